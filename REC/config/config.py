@@ -1,0 +1,304 @@
+"""Build one read-only run configuration from YAML files and command-line overrides.
+
+Order of precedence (later wins): package defaults, the model's own defaults, each YAML file left to right,
+then ``--key=value`` overrides. A mapping value given in a file replaces the earlier mapping whole (as the
+original does, so ``optim_args`` never mixes its one-group and two-group forms); a dotted override
+(``--optim_args.learning_rate=1e-3``) changes one entry. Every key is type-checked against the documented
+defaults, and every error names the file, the key and what was expected.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+_DOC_LINE = re.compile(r"^(?P<key>[A-Za-z_][\w]*):.*?#\s*(?P<type>[^:]+?):\s*(?P<doc>.*)$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any training starts."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, like the original's resolver."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------- schema
+class KeySpec:
+    """Type and meaning of one key, read from the inline comment of a defaults file."""
+
+    def __init__(self, key: str, type_text: str, doc: str, default: Any, source: str):
+        self.key, self.doc, self.default, self.source = key, doc, default, source
+        self.nullable = type_text.endswith("?")
+        self.type_text = type_text.rstrip("?").strip()
+
+    def check(self, value: Any) -> str | None:
+        """Return what was expected when ``value`` does not fit, else None."""
+        if value is None:
+            return None if self.nullable else f"a value of type {self.type_text} (null is not allowed)"
+        t = self.type_text
+        if t.startswith("choice("):
+            options = t[len("choice("):-1].split("|")
+            return None if str(value) in options else f"one of {options}"
+        if t == "int":
+            return None if _is_int(value) else "an integer"
+        if t == "float":
+            return None if _is_number(value) else "a number"
+        if t == "bool":
+            return None if isinstance(value, bool) else "true or false"
+        if t == "str":
+            return None if isinstance(value, str) else "a string"
+        if t == "dict":
+            return None if isinstance(value, dict) else "a mapping"
+        if t.startswith("list["):
+            inner = t[len("list["):-1]
+            ok = _is_int if inner == "int" else (lambda v: isinstance(v, str))
+            items = value if isinstance(value, list) else [value]
+            return None if all(ok(v) for v in items) else f"a list of {inner}"
+        if t == "any":
+            return None
+        raise ConfigError(f"{self.source}: key {self.key!r} documents unknown type {t!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_defaults(path: str | Path) -> tuple[dict, dict[str, KeySpec]]:
+    """Values and documented types of a defaults file (every top-level key must carry `# type: meaning`)."""
+    path = Path(path)
+    text = path.read_text()
+    values = parse_yaml_text(text, str(path)) or {}
+    specs: dict[str, KeySpec] = {}
+    for line in text.splitlines():
+        m = _DOC_LINE.match(line)
+        if m and m.group("key") in values:
+            specs[m.group("key")] = KeySpec(m.group("key"), m.group("type"), m.group("doc"),
+                                            values[m.group("key")], str(path))
+    undocumented = sorted(set(values) - set(specs))
+    if undocumented:
+        raise ConfigError(f"{path}: keys without a '# type: meaning' comment: {undocumented}")
+    return values, specs
+
+
+# ----------------------------------------------------------------------------------------------- config
+class Config(Mapping):
+    """Read-only resolved configuration. ``cfg.key`` and ``cfg['key']`` both work; unknown keys raise."""
+
+    def __init__(self, values: dict, sources: dict[str, str], specs: dict[str, KeySpec]):
+        object.__setattr__(self, "_values", MappingProxyType(_freeze(values)))
+        object.__setattr__(self, "_sources", dict(sources))
+        object.__setattr__(self, "_specs", specs)
+
+    def __getitem__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(f"config has no key {key!r}{_did_you_mean(key, self._values)}") from None
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError as exc:
+            raise AttributeError(str(exc)) from None
+
+    def __setattr__(self, key, value):
+        raise TypeError("Config is read-only; build a new one with Config.replace(...)")
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def source_of(self, key: str) -> str:
+        return self._sources.get(key, "defaults")
+
+    def to_dict(self) -> dict:
+        return _thaw(self._values)
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some values changed (used for values derived at run time, e.g. the run directory)."""
+        values = self.to_dict()
+        values.update(changes)
+        sources = dict(self._sources)
+        sources.update({k: "runtime" for k in changes})
+        return Config(values, sources, self._specs)
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def describe(self) -> str:
+        """One line per key with where it came from, for the run log."""
+        width = max(len(k) for k in self._values)
+        return "\n".join(f"  {k:<{width}} = {v!r:<30} ({self.source_of(k)})" for k, v in self._values.items())
+
+
+def _freeze(v):
+    if isinstance(v, dict):
+        return MappingProxyType({k: _freeze(x) for k, x in v.items()})
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v):
+    if isinstance(v, Mapping):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
+    """``--a.b=value`` pairs, the value typed by YAML parsing (``--lr=1e-3`` is a float, ``--x=[1,2]`` a list)."""
+    pairs = []
+    for arg in args:
+        body = arg[2:] if arg.startswith("--") else None
+        if not body or "=" not in body:
+            raise ConfigError(f"command line: cannot read {arg!r}; overrides look like --key=value "
+                              f"(dotted keys for nested values: --optim_args.learning_rate=1e-3)")
+        key, raw = body.split("=", 1)
+        pairs.append((key, parse_yaml_text(raw, f"command line --{key}") if raw != "" else None))
+    return pairs
+
+
+def load_config(config_files: Iterable[str | Path], overrides: Iterable[str] = (),
+                model_defaults: Callable[[str], str | Path | None] | None = None,
+                known_models: Callable[[], list[str]] | None = None) -> Config:
+    """Merge defaults, the model's defaults, ``config_files`` and ``overrides`` into a checked Config.
+
+    ``model_defaults(name)`` returns the path of a model's own defaults file; it is passed in (not imported)
+    so that this layer stays independent of the model code.
+    """
+    values, specs = read_defaults(DEFAULTS_FILE)
+    sources: dict[str, str] = {}
+    layers: list[tuple[str, dict]] = []
+    for f in config_files:
+        path = Path(f)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist (resolved: {path.resolve()})")
+        data = parse_yaml_text(path.read_text(), str(path))
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
+        layers.append((str(path), data))
+    override_pairs = parse_overrides(overrides)
+
+    # The model decides which extra keys exist, so find it first (files, then overrides).
+    model = values.get("model")
+    for _, data in layers:
+        model = data.get("model", model)
+    for key, val in override_pairs:
+        model = val if key == "model" else model
+    if not model:
+        raise ConfigError("no model given: set `model: <name>` in a config file or pass --model=<name>")
+    if model_defaults is not None:
+        path = model_defaults(str(model))
+        if path is None:
+            known = known_models() if known_models else []
+            raise ConfigError(f"unknown model {model!r}{_did_you_mean(str(model), known)}; known models: {known}")
+        model_values, model_specs = read_defaults(path)
+        clash = sorted(set(model_specs) & set(specs))
+        if clash:
+            raise ConfigError(f"{path}: redefines package keys {clash}")
+        values.update(model_values)
+        specs.update(model_specs)
+
+    for source, data in layers:
+        for key, val in data.items():
+            _check_known(key, specs, source)
+            values[key] = val
+            sources[key] = source
+    for key, val in override_pairs:
+        top, _, rest = key.partition(".")
+        _check_known(top, specs, "command line")
+        if rest:
+            current = values.get(top)
+            if not isinstance(current, dict):
+                raise ConfigError(f"command line: --{key}: {top!r} is not a mapping, so it has no entry {rest!r}")
+            current = dict(current)
+            _set_dotted(current, rest.split("."), val)
+            val = current
+        values[top] = val
+        sources[top] = "command line"
+
+    for key, spec in specs.items():
+        problem = spec.check(values.get(key))
+        if problem:
+            raise ConfigError(f"{sources.get(key, spec.source)}: key {key!r} = {values.get(key)!r}; expected {problem}")
+    values["metrics"] = _as_list(values["metrics"])
+    values["topk"] = _as_list(values["topk"])
+    _check_semantics(values, sources)
+    return Config(values, sources, specs)
+
+
+def _check_known(key: str, specs: dict, source: str) -> None:
+    if key not in specs:
+        raise ConfigError(f"{source}: unknown key {key!r}{_did_you_mean(key, specs)}")
+
+
+def _set_dotted(d: dict, parts: list[str], value: Any) -> None:
+    for p in parts[:-1]:
+        d[p] = dict(d.get(p) or {})
+        d = d[p]
+    d[parts[-1]] = value
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+OPTIM_FORMS = ({"learning_rate", "weight_decay"}, {"modal_lr", "modal_decay", "rec_lr", "rec_decay"})
+
+
+def _check_semantics(values: dict, sources: dict) -> None:
+    """Checks that span keys or look inside values; each names the key and what was expected."""
+    where = lambda k: sources.get(k, "defaults")  # noqa: E731
+    optim = values["optim_args"]
+    if set(optim) not in OPTIM_FORMS or not all(_is_number(v) for v in optim.values()):
+        raise ConfigError(f"{where('optim_args')}: key 'optim_args' = {optim!r}; expected numbers under exactly "
+                          f"{sorted(OPTIM_FORMS[0])} or {sorted(OPTIM_FORMS[1])}")
+    if any(k <= 0 for k in values["topk"]):
+        raise ConfigError(f"{where('topk')}: key 'topk' = {values['topk']}; expected positive integers")
+    for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH"):
+        if values[key] <= 0:
+            raise ConfigError(f"{where(key)}: key {key!r} = {values[key]}; expected a positive integer")
+    for key in ("eval_step", "stopping_step", "num_workers"):
+        if values[key] < 0:
+            raise ConfigError(f"{where(key)}: key {key!r} = {values[key]}; expected zero or more")
+    name, _, k = str(values["valid_metric"]).partition("@")
+    metrics_lower = [m.lower() for m in values["metrics"]]
+    if name.lower() not in metrics_lower or not k.isdigit() or int(k) not in values["topk"]:
+        raise ConfigError(f"{where('valid_metric')}: key 'valid_metric' = {values['valid_metric']!r}; expected "
+                          f"<metric>@<k> with the metric in metrics={values['metrics']} and k in topk={values['topk']}")

@@ -1,0 +1,16 @@
+"""CSV -> id maps -> split -> training batches and evaluation batches. Knows the config, not the models."""
+from .eval_batches import EvalBatches, shard_bounds
+from .interactions import DataError, Interactions, TokenTable, csv_path, load_interactions
+from .split import EvalSplit, Split, leave_one_out, sequence_chunks
+from .train_batches import TRAIN_DATASETS, EpochBatches, build_train_batches, register_train_dataset, sample_negatives
+
+
+def prepare_split(config) -> tuple[Interactions, Split]:
+    """Interactions (cached by CSV content) and their leave-one-out split for this config."""
+    inter = load_interactions(config["data_path"], config["dataset"], config["cache_dir"])
+    return inter, leave_one_out(inter)
+
+
+__all__ = ["DataError", "EvalBatches", "EvalSplit", "EpochBatches", "Interactions", "Split", "TokenTable",
+           "TRAIN_DATASETS", "build_train_batches", "csv_path", "leave_one_out", "load_interactions",
+           "prepare_split", "register_train_dataset", "sample_negatives", "sequence_chunks", "shard_bounds"]

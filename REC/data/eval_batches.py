@@ -1,0 +1,48 @@
+"""Evaluation batches: this rank's contiguous share of the users, cut into batches of users."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .split import EvalSplit
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous, disjoint, covering user ranges; a rank may get none when there are fewer users than ranks."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+class EvalBatches:
+    """Yields {'user_id': [B], 'item_seq': [B, M], 'target': [B], 'hist_row': [H], 'hist_item': [H]}.
+
+    ``item_seq`` is the model input (the last M history items, left-padded); ``hist_row``/``hist_item`` list
+    every (row in batch, item) of the full history, for masking (spec 4.1).
+    """
+
+    def __init__(self, split: EvalSplit, max_len: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.split, self.batch_size = split, batch_size
+        self.start, self.stop = shard_bounds(len(split), rank, world_size)
+        self.item_seq = torch.from_numpy(split.last_items(max_len)[self.start:self.stop])
+
+    @property
+    def n_users(self) -> int:
+        return self.stop - self.start
+
+    def __len__(self) -> int:
+        return -(-self.n_users // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        s = self.split
+        for a in range(self.start, self.stop, self.batch_size):
+            b = min(a + self.batch_size, self.stop)
+            lo, hi = s.hist_indptr[a], s.hist_indptr[b]
+            counts = np.diff(s.hist_indptr[a:b + 1])
+            yield {
+                "user_id": torch.from_numpy(s.users[a:b]),
+                "item_seq": self.item_seq[a - self.start:b - self.start],
+                "target": torch.from_numpy(s.targets[a:b]),
+                "hist_row": torch.from_numpy(np.repeat(np.arange(b - a), counts)),
+                "hist_item": torch.from_numpy(s.hist_items[lo:hi]),
+            }

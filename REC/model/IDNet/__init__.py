@@ -1,0 +1,1 @@
+"""IDNet models; each module registers its classes with @register_model("IDNet")."""

@@ -1,0 +1,1 @@
+"""PixelNet models; each module registers its classes with @register_model("PixelNet")."""

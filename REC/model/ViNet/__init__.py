@@ -1,0 +1,1 @@
+"""ViNet models; each module registers its classes with @register_model("ViNet")."""

@@ -1,0 +1,54 @@
+"""The one interface the trainer and the evaluator know models by."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model may know about the data: table sizes (row 0 of each is padding)."""
+
+    item_num: int
+    user_num: int
+
+
+class RecModel(nn.Module):
+    """Base of every recommender.
+
+    Training: ``forward(batch)`` returns the scalar loss of a training batch (the batch layout is set by
+    ``input_type``, see ``REC.data.train_batches``). Evaluation: ``item_representations()`` once per
+    evaluation, then per batch of users ``user_representations(batch)`` and ``score(users, items)``.
+    """
+
+    input_type: str = "SEQ"
+    family: str
+    defaults_file: object
+
+    def __init__(self, config, info: DatasetInfo):
+        super().__init__()
+        self.item_num, self.user_num = info.item_num, info.user_num
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_representations(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def user_representations(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B, item_num] scores of every item for every user (dot product unless a model says otherwise)."""
+        return users @ items.T
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``-log sigmoid(pos - neg)`` in fp32.
+
+    The original writes ``-log(sigmoid(d) + 1e-8)``; ``logsigmoid`` is the same away from saturation and
+    does not flatten the gradient at 1e-8 when a pair is badly misordered.
+    """
+    return -torch.nn.functional.logsigmoid(pos.float() - neg.float())

@@ -1,0 +1,93 @@
+"""Shared layers (spec 6, common building blocks)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,  # exact erf form, as the original
+    "relu": nn.ReLU,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+MASK_VALUE = -1e9  # the original's additive mask; a fully masked row (left padding) attends uniformly, no NaN
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+class MultiHeadAttention(nn.Module):
+    """Post-LN self-attention block: ``LayerNorm(x + dropout(W_o attn(x)))``."""
+
+    def __init__(self, d: int, n_heads: int, attn_dropout: float, hidden_dropout: float, eps: float):
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"embedding_size {d} is not a multiple of n_heads {n_heads}")
+        self.n_heads, self.attn_dropout = n_heads, attn_dropout
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape
+        split = lambda t: t.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        ctx = ctx.transpose(1, 2).reshape(b, l, d)
+        return self.norm(x + self.dropout(self.out(ctx)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, inner: int, act: str, dropout: float, eps: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, inner), activation(act), nn.Linear(inner, d), nn.Dropout(dropout))
+        self.norm = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.net(x))
+
+
+class TransformerEncoder(nn.Module):
+    """``n_layers`` post-LN layers (attention then feed-forward); returns the last layer's output."""
+
+    def __init__(self, n_layers: int, d: int, n_heads: int, inner: int, hidden_dropout: float,
+                 attn_dropout: float, act: str, eps: float):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({"attention": MultiHeadAttention(d, n_heads, attn_dropout, hidden_dropout, eps),
+                           "feed_forward": FeedForward(d, inner, act, hidden_dropout, eps)})
+            for _ in range(n_layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer["feed_forward"](layer["attention"](x, mask))
+        return x
+
+
+def causal_padding_mask(item_seq: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] additive mask: a position sees itself and earlier non-padding positions."""
+    l = item_seq.shape[1]
+    allowed = (item_seq != 0)[:, None, None, :] & torch.ones(l, l, dtype=torch.bool, device=item_seq.device).tril()
+    return torch.zeros(allowed.shape, device=item_seq.device).masked_fill(~allowed, MASK_VALUE)
+
+
+def init_normal_(module: nn.Module, std: float) -> None:
+    """N(0, std) for Linear and Embedding weights (every row, padding included, as the original), zero biases,
+    unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(0.0, std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()
+    if isinstance(module, nn.LayerNorm):
+        module.weight.data.fill_(1.0)
+        module.bias.data.zero_()
+

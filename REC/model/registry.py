@@ -1,0 +1,71 @@
+"""Model registries, one per family, filled by a decorator (timm's ``register_model`` pattern).
+
+``@register_model("IDNet")`` on a class makes ``model: <ClassName>`` in YAML pick it; every model file
+sits beside a ``<file>.yaml`` of its own documented hyper-parameter defaults.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import pkgutil
+from pathlib import Path
+
+FAMILIES = ("IDNet", "PixelNet", "ViNet")
+_REGISTRY: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
+
+
+class UnknownModelError(KeyError):
+    def __str__(self):  # KeyError quotes its message; we want it readable
+        return str(self.args[0])
+
+
+def register_model(family: str):
+    if family not in _REGISTRY:
+        raise ValueError(f"unknown model family {family!r}; families are {FAMILIES}")
+
+    def deco(cls):
+        name = cls.__name__
+        for fam, models in _REGISTRY.items():
+            if name in models and models[name] is not cls:
+                raise ValueError(f"model name {name!r} is already registered in {fam}")
+        defaults = Path(importlib.import_module(cls.__module__).__file__).with_suffix(".yaml")
+        if not defaults.is_file():
+            raise ValueError(f"model {name} has no defaults file {defaults}")
+        cls.family, cls.defaults_file = family, defaults
+        _REGISTRY[family][name] = cls
+        return cls
+    return deco
+
+
+def _import_all() -> None:
+    """Import every model module once so that their decorators run (no name probing, spec 0)."""
+    for family in FAMILIES:
+        package = importlib.import_module(f"REC.model.{family}")
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
+    _import_all()
+    families = [family] if family else FAMILIES
+    return sorted(n for f in families for n in _REGISTRY[f] if fnmatch.fnmatch(n.lower(), pattern.lower()))
+
+
+def get_model_class(name: str) -> type:
+    _import_all()
+    for models in _REGISTRY.values():
+        if name in models:
+            return models[name]
+    raise UnknownModelError(f"unknown model {name!r}; known models: {list_models()}")
+
+
+def model_defaults_file(name: str) -> Path | None:
+    """The defaults YAML of a registered model, or None when the name is unknown (for the config layer)."""
+    try:
+        return get_model_class(name).defaults_file
+    except UnknownModelError:
+        return None
+
+
+def create_model(name: str, config, dataset_info) -> "object":
+    return get_model_class(name)(config, dataset_info)

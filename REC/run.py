@@ -1,0 +1,123 @@
+"""One run: config -> data -> model -> training -> test -> result.json. ``worker`` is what every process runs."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed as dist
+from .config import Config, ConfigError, load_config
+from .data import EvalBatches, build_train_batches, prepare_split
+from .evaluator import FullRankingEvaluator, get_metric
+from .model import create_model, list_models, model_defaults_file
+from .model.base import DatasetInfo
+from .trainer import Trainer
+from .trainer.checkpoint import write_json_atomic
+from .utils.logging import setup_logging
+
+log = logging.getLogger(__name__)
+CONFIG_NAME = "config.yaml"
+
+
+def build_config(config_files, overrides=()) -> Config:
+    return load_config(config_files, overrides, model_defaults=model_defaults_file, known_models=list_models)
+
+
+def preflight(config: Config) -> None:
+    """Everything that can be checked before processes start: metric names, the data (prepared and cached
+    here, once, so workers only read the cache) and the model's shapes (built on the meta device, no memory)."""
+    for m in config["metrics"]:
+        try:
+            get_metric(m)
+        except ValueError as exc:
+            raise ConfigError(f"{config.source_of('metrics')}: key 'metrics': {exc}") from None
+    inter, split = prepare_split(config)
+    if len(split.valid) == 0:
+        raise ConfigError(f"dataset {config['dataset']!r}: no user has the 3 interactions that a train/valid/test "
+                          f"split needs")
+    with torch.device("meta"):
+        create_model(config["model"], config, DatasetInfo(split.item_num, split.user_num))
+    log.info("%s", inter.summary(config["dataset"]))
+
+
+def new_run_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(config["output_dir"]) / f"{config['model']}-{config['dataset']}-{stamp}"
+    for n in range(1000):
+        run_dir = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a fresh run directory under {base.parent}")
+
+
+def create_run(config_files, overrides=()) -> tuple[Config, Path]:
+    """Check the config and data, then make the run directory holding the resolved config."""
+    config = build_config(config_files, overrides)
+    preflight(config)
+    run_dir = new_run_dir(config)
+    (run_dir / CONFIG_NAME).write_text(config.dump_yaml())
+    return config, run_dir
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no {CONFIG_NAME} there; expected a run directory "
+                          f"made by main.py")
+    return build_config([path])
+
+
+def worker(run_dir: str, device: str, resume: bool = False) -> dict:
+    """Train and test in this process (one of ``world_size``); returns the result summary."""
+    spec = dist.DeviceSpec.parse(device)
+    config = load_run_config(run_dir)
+    this_device = dist.init(spec, config["dist_timeout_s"])
+    try:
+        return _train_and_test(config, Path(run_dir), this_device, spec, resume)
+    finally:
+        dist.shutdown()
+
+
+def _train_and_test(config: Config, run_dir: Path, device: torch.device, spec, resume: bool) -> dict:
+    rank, world = dist.rank(), dist.world_size()
+    if device.type == "cpu":  # share the cores between the processes of this machine
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // spec.nproc))
+    setup_logging(run_dir, rank, config["state"])
+    log.info("run directory %s, world size %d, device %s, %d threads per process\nconfig:\n%s",
+             run_dir, world, device, torch.get_num_threads(), config.describe())
+    torch.manual_seed(config["seed"])
+    np.random.seed(config["seed"] % 2 ** 32)
+
+    inter, split = prepare_split(config)
+    log.info("%s", inter.summary(config["dataset"]))
+    model = create_model(config["model"], config, DatasetInfo(split.item_num, split.user_num)).to(device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
+
+    train_batches = build_train_batches(model.input_type, split, config, rank, world)
+    m, b = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"]
+    valid_batches = EvalBatches(split.valid, m, b, rank, world)
+    test_batches = EvalBatches(split.test, m, b, rank, world)
+    evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"], device,
+                                     config["precision"])
+    trainer = Trainer(config, model, dist.wrap_ddp(model, device), evaluator, run_dir, device)
+    if resume and trainer.last_path.is_file():
+        trainer.resume()
+    elif resume:
+        log.warning("no checkpoint in %s yet (killed before the first epoch ended); starting from epoch 0", run_dir)
+    trainer.fit(train_batches, valid_batches)
+    test_result = trainer.test(test_batches)
+    summary = trainer.summary(test_result)
+    summary["trainable_parameters"] = n_params
+    if dist.is_main():
+        write_json_atomic(summary, run_dir / "result.json")
+        log.info("best valid (epoch %s): %s\ntest: %s\nresults in %s", summary["best_epoch"], summary["best_valid"],
+                 test_result, run_dir / "result.json")
+    return summary

@@ -1,0 +1,185 @@
+"""The epoch loop: train, validate every ``eval_step`` epochs, early-stop, checkpoint, resume, test.
+
+Files in the run directory (rank 0 writes them, each atomically):
+- ``last.pth``: everything needed to continue (model, optimizer, scaler, RNG, epoch, early-stopping state),
+  written after every epoch, so a killed run loses at most the epoch in progress;
+- ``best.pth``: the weights of the best validation epoch, re-loaded for the test pass;
+- ``result.json``: best epoch, best valid metrics, test metrics, times and peak memory.
+
+Reproducibility: dropout RNG and the data order are both derived from ``(seed, epoch, rank)`` at the start of
+each epoch, so a resumed run continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import distributed as dist
+from ..evaluator.ranking import autocast
+from . import checkpoint
+from .optim import build_optimizer
+
+log = logging.getLogger(__name__)
+CHECK_EVERY = 50  # steps between host syncs (NaN check, progress postfix); per-step .item() stalls the device
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, config, model, train_model, evaluator, run_dir: Path, device: torch.device):
+        """``model`` is the bare module (evaluation, checkpoints); ``train_model`` may be its DDP wrapper."""
+        self.config, self.model, self.train_model = config, model, train_model
+        self.evaluator, self.run_dir, self.device = evaluator, Path(run_dir), device
+        self.optimizer = build_optimizer(model, config)
+        self.precision = config["precision"]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.valid_key = config["valid_metric"].lower()
+        self.state = {"epoch": -1, "best_score": -math.inf, "best_epoch": None, "best_valid": None,
+                      "stale": 0, "epoch_seconds": [], "eval_seconds": [], "history": []}
+
+    # ------------------------------------------------------------------------------------------ state
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pth"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pth"
+
+    def save_last(self) -> None:
+        if dist.is_main():
+            checkpoint.save_atomic({
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "trainer": self.state,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }, self.last_path)
+
+    def resume(self) -> None:
+        ckpt = checkpoint.load(self.last_path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = ckpt["trainer"]
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if ckpt["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        log.info("resumed from %s after epoch %d (best %s=%s at epoch %s)", self.last_path, self.state["epoch"],
+                 self.valid_key, self.state["best_score"], self.state["best_epoch"])
+
+    # ------------------------------------------------------------------------------------------ loop
+    def fit(self, train_batches, valid_batches) -> None:
+        cfg = self.config
+        eval_step = min(cfg["eval_step"], cfg["epochs"])
+        for epoch in range(self.state["epoch"] + 1, cfg["epochs"]):
+            torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], epoch, dist.rank()]).generate_state(1)[0]))
+            train_batches.set_epoch(epoch)
+            t0 = time.perf_counter()
+            loss = self.train_epoch(train_batches, epoch)
+            seconds = time.perf_counter() - t0
+            self.state["epoch_seconds"].append(seconds)
+            log.info("epoch %d training [time: %.2fs, mean batch loss: %.*f]", epoch, seconds,
+                     cfg["loss_decimal_place"], loss)
+            record = {"epoch": epoch, "train_loss": loss, "train_seconds": seconds}
+            stop = False
+            if eval_step > 0 and (epoch + 1) % eval_step == 0:
+                t0 = time.perf_counter()
+                result = self.evaluator.evaluate(self.model, valid_batches)
+                seconds = time.perf_counter() - t0
+                self.state["eval_seconds"].append(seconds)
+                record.update(valid=result, eval_seconds=seconds)
+                stop = self.update_early_stopping(epoch, result)
+                log.info("epoch %d evaluating [time: %.2fs, %s: %s]\n  valid: %s", epoch, seconds, self.valid_key,
+                         result[self.valid_key], "  ".join(f"{k}: {v}" for k, v in result.items()))
+            elif eval_step == 0:
+                self.save_best(epoch, None)
+            self.state["history"].append(record)
+            self.state["epoch"] = epoch
+            self.save_last()
+            if stop:
+                log.info("early stop: no improvement in %d validations; best epoch %d",
+                         self.state["stale"], self.state["best_epoch"])
+                break
+
+    def train_epoch(self, train_batches, epoch: int) -> float:
+        loader = torch.utils.data.DataLoader(
+            train_batches, batch_size=None, shuffle=False, num_workers=self.config["num_workers"],
+            pin_memory=self.device.type == "cuda")
+        self.train_model.train()
+        total = torch.zeros((), device=self.device)
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (self.config["show_progress"] and dist.is_main()),
+                   leave=False, dynamic_ncols=True)
+        steps = 0
+        for steps, batch in enumerate(bar, 1):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.precision):
+                loss = self.train_model(batch)
+            self.scaler.scale(loss).backward()
+            if self.config["clip_grad_norm"]:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["clip_grad_norm"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.detach().float()
+            if steps % CHECK_EVERY == 0:
+                self.check_finite(total, epoch, steps)
+                bar.set_postfix(loss=f"{total.item() / steps:.4f}")
+        self.check_finite(total, epoch, steps)
+        return total.item() / max(steps, 1)
+
+    def check_finite(self, total: torch.Tensor, epoch: int, step: int) -> None:
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"training loss became NaN or infinite in epoch {epoch} by step {step}; {self.last_path} still "
+                f"holds the previous epoch. Try a lower learning rate, clip_grad_norm, or precision: fp32")
+
+    def update_early_stopping(self, epoch: int, result: dict) -> bool:
+        """Ties count as improvements, as the original (spec 5.4); returns True when training should stop."""
+        score = result[self.valid_key]
+        if score >= self.state["best_score"]:
+            self.state.update(best_score=score, stale=0)
+            self.save_best(epoch, result)
+        else:
+            self.state["stale"] += 1
+        return self.state["stale"] > self.config["stopping_step"]
+
+    def save_best(self, epoch: int, result) -> None:
+        self.state.update(best_epoch=epoch, best_valid=result)
+        if dist.is_main():
+            checkpoint.save_atomic({"model": self.model.state_dict(), "epoch": epoch}, self.best_path)
+
+    # ------------------------------------------------------------------------------------------ test
+    def test(self, test_batches) -> dict:
+        dist.barrier()  # rank 0 has finished writing best.pth
+        if self.best_path.is_file():
+            self.model.load_state_dict(checkpoint.load(self.best_path)["model"])
+        t0 = time.perf_counter()
+        result = self.evaluator.evaluate(self.model, test_batches)
+        log.info("test [time: %.2fs]: %s", time.perf_counter() - t0,
+                 "  ".join(f"{k}: {v}" for k, v in result.items()))
+        return result
+
+    def summary(self, test_result: dict) -> dict:
+        s = self.state
+        peak_rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], device=self.device)
+        dist.all_reduce_max(peak_rss)
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        return {
+            "model": self.config["model"], "dataset": self.config["dataset"],
+            "best_epoch": s["best_epoch"], "best_valid": s["best_valid"], "test": test_result,
+            "epochs_run": s["epoch"] + 1, "seconds_per_epoch": mean(s["epoch_seconds"]),
+            "eval_seconds": mean(s["eval_seconds"]), "peak_rss_mib": round(peak_rss.item(), 1),
+            "peak_gpu_mib": round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)
+            if self.device.type == "cuda" else None,
+            "world_size": dist.world_size(), "precision": self.precision, "history": s["history"],
+        }

@@ -21,6 +21,17 @@ from .utils.logging import setup_logging
 log = logging.getLogger(__name__)
 
 
+def add_launch_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs on one or more processes."""
+    p.add_argument("--device", default="cpu",
+                   help="cpu (one process), cpu:N (N processes, gloo) or GPU ids such as 0,1,2,3 (NCCL)")
+    p.add_argument("--nnodes", type=int, default=1, help="number of machines (multi-node runs)")
+    p.add_argument("--node_rank", type=int, default=0, help="rank of this machine among --nnodes")
+    p.add_argument("--master_addr", default="127.0.0.1", help="address of the node_rank 0 machine")
+    p.add_argument("--master_port", type=int, default=None,
+                   help="port on the master machine; required with --nnodes > 1, chosen free otherwise")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="main.py", description="Train and evaluate a PixelRec model.",
@@ -28,22 +39,24 @@ def parse_args(argv=None):
                "values, e.g. --optim_args.learning_rate=1e-3 --epochs=5).")
     p.add_argument("--config_file", nargs="+", default=[], metavar="YAML",
                    help="config files, merged left to right over the package defaults")
-    p.add_argument("--device", default="cpu",
-                   help="cpu (one process), cpu:N (N processes, gloo) or GPU ids such as 0,1,2,3 (NCCL)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
-    p.add_argument("--nnodes", type=int, default=1, help="number of machines (multi-node runs)")
-    p.add_argument("--node_rank", type=int, default=0, help="rank of this machine among --nnodes")
-    p.add_argument("--master_addr", default="127.0.0.1", help="address of the node_rank 0 machine")
-    p.add_argument("--master_port", type=int, default=None,
-                   help="port on the master machine; required with --nnodes > 1, chosen free otherwise")
+    add_launch_args(p)
     args, overrides = p.parse_known_args(argv)
     if args.resume and (args.config_file or overrides):
         p.error("--resume takes the config saved in the run directory; drop --config_file and overrides")
     if not args.resume and not args.config_file:
         p.error("give --config_file (e.g. IDNet/sasrec.yaml overall/ID.yaml) or --resume RUN_DIR")
+    check_launch_args(p, args)
+    return args, overrides
+
+
+def check_launch_args(p: argparse.ArgumentParser, args) -> None:
     if args.nnodes > 1 and args.master_port is None:
         p.error("--nnodes > 1 needs --master_port (and --master_addr) so that all machines meet")
-    return args, overrides
+    try:
+        args.spec = DeviceSpec.parse(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
 
 
 def launch_config(args, nproc: int):
@@ -59,11 +72,22 @@ def launch_config(args, nproc: int):
                         rdzv_configs=rdzv_configs, max_restarts=0, start_method="spawn")
 
 
+def launch(entry, entry_args: tuple, args):
+    """Run ``entry(*entry_args)`` here (one process) or on every process of the job; rank 0's return value."""
+    spec = args.spec
+    if spec.kind == "cuda":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_ids)
+    if spec.nproc * args.nnodes == 1:
+        return entry(*entry_args)
+    from torch.distributed.launcher.api import elastic_launch
+    results = elastic_launch(launch_config(args, spec.nproc), entry)(*entry_args)
+    return results.get(0) if results else None
+
+
 def main(argv=None) -> int:
     args, overrides = parse_args(argv)
     setup_logging(None, 0)
     try:
-        spec = DeviceSpec.parse(args.device)
         if args.resume:
             run_dir = args.resume
             preflight(load_run_config(run_dir))
@@ -72,11 +96,5 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if spec.kind == "cuda":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_ids)
-    if spec.nproc * args.nnodes == 1:
-        worker(str(run_dir), args.device, bool(args.resume))
-        return 0
-    from torch.distributed.launcher.api import elastic_launch
-    elastic_launch(launch_config(args, spec.nproc), worker)(str(run_dir), args.device, bool(args.resume))
+    launch(worker, (str(run_dir), args.device, bool(args.resume)), args)
     return 0

@@ -16,6 +16,7 @@ from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model, list_models, model_defaults_file
 from .model.base import DatasetInfo
 from .trainer import Trainer
+from .trainer.checkpoint import load as load_checkpoint
 from .trainer.checkpoint import write_json_atomic
 from .utils.logging import setup_logging
 
@@ -76,37 +77,59 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 def worker(run_dir: str, device: str, resume: bool = False) -> dict:
     """Train and test in this process (one of ``world_size``); returns the result summary."""
+    return _in_process_group(run_dir, device, lambda *a: _train_and_test(*a, resume=resume))
+
+
+def eval_worker(run_dir: str, device: str, checkpoint_name: str = "best.pth") -> dict:
+    """Evaluate a saved checkpoint of a run on its valid and test splits; returns both results."""
+    return _in_process_group(run_dir, device, lambda *a: _evaluate_checkpoint(*a, checkpoint_name=checkpoint_name),
+                             log_to_file=False)
+
+
+def _in_process_group(run_dir, device, body, log_to_file: bool = True):
     spec = dist.DeviceSpec.parse(device)
     config = load_run_config(run_dir)
     this_device = dist.init(spec, config["dist_timeout_s"])
     try:
-        return _train_and_test(config, Path(run_dir), this_device, spec, resume)
+        if this_device.type == "cpu":  # share the cores between the processes of this machine
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // spec.nproc))
+        setup_logging(Path(run_dir) if log_to_file else None, dist.rank(), config["state"])
+        return body(config, Path(run_dir), this_device)
     finally:
         dist.shutdown()
 
 
-def _train_and_test(config: Config, run_dir: Path, device: torch.device, spec, resume: bool) -> dict:
-    rank, world = dist.rank(), dist.world_size()
-    if device.type == "cpu":  # share the cores between the processes of this machine
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // spec.nproc))
-    setup_logging(run_dir, rank, config["state"])
-    log.info("run directory %s, world size %d, device %s, %d threads per process\nconfig:\n%s",
-             run_dir, world, device, torch.get_num_threads(), config.describe())
-    torch.manual_seed(config["seed"])
-    np.random.seed(config["seed"] % 2 ** 32)
-
+def _build(config: Config, device: torch.device):
+    """Split, model on ``device`` and this rank's evaluation batches and evaluator."""
     inter, split = prepare_split(config)
     log.info("%s", inter.summary(config["dataset"]))
     model = create_model(config["model"], config, DatasetInfo(split.item_num, split.user_num)).to(device)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
-
-    train_batches = build_train_batches(model.input_type, split, config, rank, world)
-    m, b = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"]
-    valid_batches = EvalBatches(split.valid, m, b, rank, world)
-    test_batches = EvalBatches(split.test, m, b, rank, world)
+    m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
+    evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
     evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"], device,
                                      config["precision"])
+    return split, model, evals, evaluator
+
+
+def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, checkpoint_name: str) -> dict:
+    _, model, evals, evaluator = _build(config, device)
+    path = run_dir / checkpoint_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return {name: evaluator.evaluate(model, batches) for name, batches in evals.items()}
+
+
+def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume: bool) -> dict:
+    log.info("run directory %s, world size %d, device %s, %d threads per process\nconfig:\n%s",
+             run_dir, dist.world_size(), device, torch.get_num_threads(), config.describe())
+    torch.manual_seed(config["seed"])
+    np.random.seed(config["seed"] % 2 ** 32)
+    split, model, evals, evaluator = _build(config, device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
+    train_batches = build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
+    valid_batches, test_batches = evals["valid"], evals["test"]
     trainer = Trainer(config, model, dist.wrap_ddp(model, device), evaluator, run_dir, device)
     if resume and trainer.last_path.is_file():
         trainer.resume()

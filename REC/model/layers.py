@@ -16,6 +16,35 @@ ACTIVATIONS = {
 MASK_VALUE = -1e9  # the original's additive mask; a fully masked row (left padding) attends uniformly, no NaN
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with a cheaper mask: one 64-bit random word gives four 16-bit lanes.
+
+    ``nn.Dropout`` on CPU draws one random number per element (about 2 ms for a 64x10x512 batch, a tenth of
+    a SASRec training step); this draws a quarter as many words. Keep probability is exact to 1/65536 and the
+    mask comes from torch's generator, so ``seed`` still makes runs repeatable. On CUDA, where Philox
+    dropout is already cheap, it defers to ``F.dropout``.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = int(round(p * 65536)) - 32768
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        words = torch.empty(x.numel() // 4 + 1, dtype=torch.int64, device=x.device).random_()
+        keep = words.view(torch.int16)[:x.numel()].view(x.shape) >= self.threshold
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name.lower()]()
@@ -33,23 +62,26 @@ class MultiHeadAttention(nn.Module):
         self.n_heads, self.attn_dropout = n_heads, attn_dropout
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.out = nn.Linear(d, d)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.norm = nn.LayerNorm(d, eps=eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``last_only``: compute only the last query position ([B, 1, d] out); keys and values stay complete."""
         b, l, d = x.shape
-        split = lambda t: t.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        split = lambda t: t.view(b, t.shape[1], self.n_heads, d // self.n_heads).transpose(1, 2)  # noqa: E731
+        x_q = x[:, -1:] if last_only else x
+        mask = mask[..., -1:, :] if last_only else mask
+        q, k, v = split(self.query(x_q)), split(self.key(x)), split(self.value(x))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                              dropout_p=self.attn_dropout if self.training else 0.0)
-        ctx = ctx.transpose(1, 2).reshape(b, l, d)
-        return self.norm(x + self.dropout(self.out(ctx)))
+        ctx = ctx.transpose(1, 2).reshape(b, x_q.shape[1], d)
+        return self.norm(x_q + self.dropout(self.out(ctx)))
 
 
 class FeedForward(nn.Module):
     def __init__(self, d: int, inner: int, act: str, dropout: float, eps: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, inner), activation(act), nn.Linear(inner, d), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Linear(d, inner), activation(act), nn.Linear(inner, d), Dropout(dropout))
         self.norm = nn.LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,9 +99,11 @@ class TransformerEncoder(nn.Module):
                            "feed_forward": FeedForward(d, inner, act, hidden_dropout, eps)})
             for _ in range(n_layers))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer["feed_forward"](layer["attention"](x, mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``last_only`` returns [B, 1, d], the last position only: the last layer then computes one query per
+        sequence instead of L, which is all next-item scoring needs (it halves a 2-layer evaluation)."""
+        for i, layer in enumerate(self.layers):
+            x = layer["feed_forward"](layer["attention"](x, mask, last_only and i == len(self.layers) - 1))
         return x
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..base import DatasetInfo, RecModel, bpr_loss
-from ..layers import TransformerEncoder, causal_padding_mask, init_normal_
+from ..layers import Dropout, TransformerEncoder, causal_padding_mask, init_normal_
 from ..registry import register_model
 
 
@@ -23,7 +23,7 @@ class SASRec(RecModel):
         self.item_embedding = nn.Embedding(info.item_num, d, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_len, d)
         self.input_norm = nn.LayerNorm(d, eps=config["layer_norm_eps"])
-        self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.input_dropout = Dropout(config["hidden_dropout_prob"])
         self.encoder = TransformerEncoder(
             n_layers=config["n_layers"], d=d, n_heads=config["n_heads"], inner=config["inner_size"] * d,
             hidden_dropout=config["hidden_dropout_prob"], attn_dropout=config["attn_dropout_prob"],
@@ -31,18 +31,24 @@ class SASRec(RecModel):
         std = config["initializer_range"]
         self.apply(lambda m: init_normal_(m, std))
 
-    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """[B, L] left-padded ids -> [B, L, d]; position ids are absolute window slots (spec 9.11)."""
+    def encode(self, item_seq: torch.Tensor, item_emb: torch.Tensor | None = None,
+               last_only: bool = False) -> torch.Tensor:
+        """[B, L] left-padded ids -> [B, L, d] ([B, 1, d] with ``last_only``); position ids are absolute window
+        slots (spec 9.11). ``item_emb`` passes embeddings already looked up for ``item_seq``."""
+        if item_emb is None:
+            item_emb = self.item_embedding(item_seq)
         positions = torch.arange(item_seq.shape[1], device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)
-        x = self.input_dropout(self.input_norm(x))
-        return self.encoder(x, causal_padding_mask(item_seq))
+        x = self.input_dropout(self.input_norm(item_emb + self.position_embedding(positions)))
+        return self.encoder(x, causal_padding_mask(item_seq), last_only)
 
     def forward(self, batch):
         items, negatives = batch["items"], batch["negatives"]
-        hidden = self.encode(items[:, :-1])
-        pos = (hidden * self.item_embedding(items[:, 1:])).sum(-1)
-        neg = (hidden * self.item_embedding(negatives[:, 1:])).sum(-1)
+        # One lookup for inputs, positives and negatives: each lookup's backward materialises a dense
+        # [item_num, d] gradient, so three lookups cost three table-sized fills per step.
+        emb = self.item_embedding(torch.stack([items, negatives], 1))  # [B, 2, M+1, d]
+        hidden = self.encode(items[:, :-1], emb[:, 0, :-1])
+        pos = (hidden * emb[:, 0, 1:]).sum(-1)
+        neg = (hidden * emb[:, 1, 1:]).sum(-1)
         has_target = (negatives[:, 1:] != 0).float()
         return (bpr_loss(pos, neg) * has_target).sum(-1).mean()
 
@@ -50,4 +56,4 @@ class SASRec(RecModel):
         return self.item_embedding.weight
 
     def user_representations(self, batch):
-        return self.encode(batch["item_seq"])[:, -1]
+        return self.encode(batch["item_seq"], last_only=True)[:, -1]

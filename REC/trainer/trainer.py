@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from .. import distributed as dist
 from ..evaluator.ranking import autocast
+from ..utils.memory import peak_rss_mib
 from . import checkpoint
 from .optim import build_optimizer
 
@@ -171,7 +171,7 @@ class Trainer:
 
     def summary(self, test_result: dict) -> dict:
         s = self.state
-        peak_rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], device=self.device)
+        peak_rss = torch.tensor([peak_rss_mib()], device=self.device)
         dist.all_reduce_max(peak_rss)
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         return {

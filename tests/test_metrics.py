@@ -1,0 +1,82 @@
+"""Each metric on hand-made rankings with exact expected values, and the evaluator's masking."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from REC.data import EvalBatches, EvalSplit
+from REC.evaluator import FullRankingEvaluator, get_metric
+from REC.model.base import DatasetInfo, RecModel
+
+# rows: hit at rank 1; hit at rank 3; no hit; two positives at ranks 2 and 4
+HITS = torch.tensor([[1, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 1, 0, 1, 0]], dtype=torch.bool)
+N_POS = torch.tensor([1, 1, 1, 2])
+L2 = math.log2
+
+
+@pytest.mark.parametrize("name,k,expected", [
+    ("Hit", 1, [1, 0, 0, 0]),
+    ("Hit", 5, [1, 1, 0, 1]),
+    ("Recall", 2, [1, 0, 0, 0.5]),
+    ("Recall", 5, [1, 1, 0, 1]),
+    ("Precision", 5, [0.2, 0.2, 0, 0.4]),
+    ("MRR", 2, [1, 0, 0, 0.5]),
+    ("MRR", 5, [1, 1 / 3, 0, 0.5]),
+    ("NDCG", 2, [1, 0, 0, (1 / L2(3)) / (1 + 1 / L2(3))]),
+    ("NDCG", 5, [1, 1 / L2(4), 0, (1 / L2(3) + 1 / L2(5)) / (1 + 1 / L2(3))]),
+    ("MAP", 5, [1, 1 / 3, 0, (1 / 2 + 2 / 4) / 2]),
+])
+def test_metric_values(name, k, expected):
+    got = get_metric(name)(HITS, N_POS, k)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_unknown_metric_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown metric 'AUC'; known metrics: \[.*'NDCG'"):
+        get_metric("AUC")
+
+
+class FixedScores(RecModel):
+    """Scores come from a fixed [user_num, item_num] table: the test decides every ranking."""
+
+    def __init__(self, table):
+        super().__init__(None, DatasetInfo(table.shape[1], table.shape[0]))
+        self.table = table
+
+    def item_representations(self):
+        return torch.eye(self.item_num)
+
+    def user_representations(self, batch):
+        return self.table[batch["user_id"]]
+
+
+def split_of(users, targets, histories):
+    indptr = np.cumsum([0] + [len(h) for h in histories])
+    return EvalSplit(np.array(users), np.array(targets), indptr, np.array(sum(histories, []), dtype=np.int64))
+
+
+def test_padding_and_history_are_masked():
+    # 8 items (0 = padding). Scores descend with the item id except where set.
+    table = torch.arange(8, 0, -1, dtype=torch.float32).repeat(4, 1)
+    table[:, 0] = 100.0                                  # padding scores highest: must be ignored
+    split = split_of(users=[1, 2, 3], targets=[3, 2, 7],
+                     histories=[[1, 2], [2, 5], [1]])    # user 2's target repeats a history item
+    evaluator = FullRankingEvaluator(["Recall", "NDCG"], [1, 5], 7, torch.device("cpu"))
+    result = evaluator.evaluate(FixedScores(table), EvalBatches(split, max_len=3, batch_size=2))
+    # user 1: items 1,2 masked -> item 3 ranks first. user 2: target masked, never hit.
+    # user 3: item 1 masked -> order 2,3,4,5,6,7 -> item 7 ranked 6th, outside top 5.
+    assert result == {"recall@1": round(1 / 3, 7), "recall@5": round(1 / 3, 7),
+                      "ndcg@1": round(1 / 3, 7), "ndcg@5": round(1 / 3, 7)}
+
+
+def test_batch_size_does_not_change_the_result():
+    rng = torch.Generator().manual_seed(0)
+    table = torch.randn(40, 30, generator=rng)
+    gen = np.random.default_rng(0)
+    histories = [list(gen.choice(np.arange(1, 30), size=gen.integers(1, 6), replace=False)) for _ in range(39)]
+    split = split_of(list(range(1, 40)), list(gen.integers(1, 30, size=39)), histories)
+    evaluator = FullRankingEvaluator(["Recall", "NDCG", "MRR", "Hit"], [5, 10], 7, torch.device("cpu"))
+    results = [evaluator.evaluate(FixedScores(table), EvalBatches(split, 3, b)) for b in (1, 7, 64)]
+    assert results[0] == results[1] == results[2]

@@ -102,7 +102,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    if not is_initialized():
-        return model
+    if not is_initialized() or not any(p.requires_grad for p in model.parameters()):
+        return model  # nothing to synchronise (e.g. Pop)
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)

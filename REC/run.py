@@ -41,7 +41,7 @@ def preflight(config: Config) -> None:
         raise ConfigError(f"dataset {config['dataset']!r}: no user has the 3 interactions that a train/valid/test "
                           f"split needs")
     with torch.device("meta"):
-        create_model(config["model"], config, DatasetInfo(split.item_num, split.user_num))
+        create_model(config["model"], config, DatasetInfo.from_split(split))
     log.info("%s", inter.summary(config["dataset"]))
 
 
@@ -103,7 +103,7 @@ def _build(config: Config, device: torch.device):
     """Split, model on ``device`` and this rank's evaluation batches and evaluator."""
     inter, split = prepare_split(config)
     log.info("%s", inter.summary(config["dataset"]))
-    model = create_model(config["model"], config, DatasetInfo(split.item_num, split.user_num)).to(device)
+    model = create_model(config["model"], config, DatasetInfo.from_split(split)).to(device)
     m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
     evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
     evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"], device,
@@ -121,14 +121,15 @@ def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, ch
 
 
 def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume: bool) -> dict:
-    log.info("run directory %s, world size %d, device %s, %d threads per process\nconfig:\n%s",
-             run_dir, dist.world_size(), device, torch.get_num_threads(), config.describe())
+    log.info("run directory %s, world size %d, device %s, %d threads per process\nconfig (value  # source):\n%s",
+             run_dir, dist.world_size(), device, torch.get_num_threads(), (run_dir / CONFIG_NAME).read_text())
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"] % 2 ** 32)
     split, model, evals, evaluator = _build(config, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
-    train_batches = build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
+    train_batches = (build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
+                     if model.needs_training else None)
     valid_batches, test_batches = evals["valid"], evals["test"]
     trainer = Trainer(config, model, dist.wrap_ddp(model, device), evaluator, run_dir, device)
     if resume and trainer.last_path.is_file():

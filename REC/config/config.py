@@ -149,12 +149,13 @@ class Config(Mapping):
         return Config(values, sources, self._specs)
 
     def dump_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-
-    def describe(self) -> str:
-        """One line per key with where it came from, for the run log."""
-        width = max(len(k) for k in self._values)
-        return "\n".join(f"  {k:<{width}} = {v!r:<30} ({self.source_of(k)})" for k, v in self._values.items())
+        """Every key on one line, with the file (or command line) it came from as a comment."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=10**6)
+        lines = []
+        for line in text.splitlines():
+            key = line.split(":", 1)[0]
+            lines.append(f"{line}  # {self.source_of(key)}" if not line.startswith(" ") and key in self else line)
+        return "\n".join(lines) + "\n"
 
 
 def _freeze(v):

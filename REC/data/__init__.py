@@ -2,6 +2,7 @@
 from .eval_batches import EvalBatches, shard_bounds
 from .interactions import DataError, Interactions, TokenTable, csv_path, load_interactions
 from .split import EvalSplit, Split, leave_one_out, sequence_chunks
+from . import train_masked, train_pairs, train_prefixes, train_towers  # noqa: F401  (register their datasets)
 from .train_batches import TRAIN_DATASETS, EpochBatches, build_train_batches, register_train_dataset, sample_negatives
 
 

@@ -3,16 +3,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model may know about the data: table sizes (row 0 of each is padding)."""
+    """What a model may know about the data: table sizes (row 0 of each is padding) and, for models built
+    on the training interactions (popularity, graphs), the training (user, item) pairs."""
 
     item_num: int
     user_num: int
+    train_users: np.ndarray | None = None  # int64 [n] internal user id of each training interaction
+    train_items: np.ndarray | None = None  # int64 [n]
+
+    @classmethod
+    def from_split(cls, split) -> "DatasetInfo":
+        users = np.repeat(split.train_users, np.diff(split.train_indptr))
+        return cls(split.item_num, split.user_num, users, split.train_items)
 
 
 class RecModel(nn.Module):
@@ -24,6 +33,7 @@ class RecModel(nn.Module):
     """
 
     input_type: str = "SEQ"
+    needs_training: bool = True  # False: evaluated as built (e.g. Pop); the trainer runs no epoch
     family: str
     defaults_file: object
 

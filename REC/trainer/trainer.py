@@ -39,7 +39,7 @@ class Trainer:
         """``model`` is the bare module (evaluation, checkpoints); ``train_model`` may be its DDP wrapper."""
         self.config, self.model, self.train_model = config, model, train_model
         self.evaluator, self.run_dir, self.device = evaluator, Path(run_dir), device
-        self.optimizer = build_optimizer(model, config)
+        self.optimizer = build_optimizer(model, config) if model.needs_training else None
         self.precision = config["precision"]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.valid_key = config["valid_metric"].lower()
@@ -58,7 +58,8 @@ class Trainer:
     def save_last(self) -> None:
         if dist.is_main():
             checkpoint.save_atomic({
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "scaler": self.scaler.state_dict(), "trainer": self.state,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -67,7 +68,8 @@ class Trainer:
     def resume(self) -> None:
         ckpt = checkpoint.load(self.last_path)
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.optimizer:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = ckpt["trainer"]
         torch.set_rng_state(ckpt["rng_cpu"])
@@ -79,6 +81,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
     def fit(self, train_batches, valid_batches) -> None:
         cfg = self.config
+        if not self.model.needs_training:
+            self.fit_without_training(valid_batches)
+            return
         eval_step = min(cfg["eval_step"], cfg["epochs"])
         for epoch in range(self.state["epoch"] + 1, cfg["epochs"]):
             torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], epoch, dist.rank()]).generate_state(1)[0]))
@@ -109,6 +114,16 @@ class Trainer:
                 log.info("early stop: no improvement in %d validations; best epoch %d",
                          self.state["stale"], self.state["best_epoch"])
                 break
+
+    def fit_without_training(self, valid_batches) -> None:
+        """Models such as Pop are complete when built: validate once and keep them as the best model."""
+        t0 = time.perf_counter()
+        result = self.evaluator.evaluate(self.model, valid_batches)
+        self.state["eval_seconds"].append(time.perf_counter() - t0)
+        self.state.update(best_score=result[self.valid_key], epoch=0)
+        self.state["history"].append({"epoch": 0, "valid": result})
+        self.save_best(0, result)
+        log.info("%s needs no training; valid: %s", self.config["model"], result)
 
     def train_epoch(self, train_batches, epoch: int) -> float:
         loader = torch.utils.data.DataLoader(

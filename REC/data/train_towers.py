@@ -1,0 +1,1 @@
+"""(filled by the IDNet model zoo work)"""

@@ -44,7 +44,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.valid_key = config["valid_metric"].lower()
         self.state = {"epoch": -1, "best_score": -math.inf, "best_epoch": None, "best_valid": None,
-                      "stale": 0, "epoch_seconds": [], "eval_seconds": [], "history": []}
+                      "stale": 0, "stopped": False, "epoch_seconds": [], "eval_seconds": [], "history": []}
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -85,7 +85,8 @@ class Trainer:
             self.fit_without_training(valid_batches)
             return
         eval_step = min(cfg["eval_step"], cfg["epochs"])
-        for epoch in range(self.state["epoch"] + 1, cfg["epochs"]):
+        first = cfg["epochs"] if self.state["stopped"] else self.state["epoch"] + 1  # a resumed, finished run
+        for epoch in range(first, cfg["epochs"]):
             torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], epoch, dist.rank()]).generate_state(1)[0]))
             train_batches.set_epoch(epoch)
             t0 = time.perf_counter()
@@ -108,7 +109,7 @@ class Trainer:
             elif eval_step == 0:
                 self.save_best(epoch, None)
             self.state["history"].append(record)
-            self.state["epoch"] = epoch
+            self.state.update(epoch=epoch, stopped=stop)
             self.save_last()
             if stop:
                 log.info("early stop: no improvement in %d validations; best epoch %d",

@@ -71,12 +71,13 @@ class EpochBatches(Dataset):
         raise NotImplementedError
 
 
-def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int) -> np.ndarray:
-    """One uniform negative per cell of ``avoid`` ([B, L]), from 1..item_num-1, never an item of its own row.
+def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int, per_row: int | None = None) -> np.ndarray:
+    """[B, per_row] uniform negatives from 1..item_num-1, none an item of its own row of ``avoid`` ([B, L]).
 
-    Vectorised rejection sampling: redraw only the cells that hit their row, until none does (spec 3.4).
+    ``per_row`` defaults to L (one negative per cell). Vectorised rejection sampling: redraw only the cells
+    that hit their row, until none does (spec 3.4).
     """
-    neg = rng.integers(1, item_num, size=avoid.shape)
+    neg = rng.integers(1, item_num, size=(len(avoid), avoid.shape[1] if per_row is None else per_row))
     bad = (neg[:, :, None] == avoid[:, None, :]).any(-1)
     while bad.any():
         rows, cols = np.nonzero(bad)

@@ -1,1 +1,36 @@
-"""(filled by the IDNet model zoo work)"""
+"""Cloze (masked-item) training batches for BERT4Rec (spec 3.5, BERT4RecTrainDataset), built whole per batch."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .split import Split, sequence_chunks
+from .train_batches import EpochBatches, register_train_dataset, sample_negatives
+
+
+@register_train_dataset("MASKED")
+class MaskedItemBatches(EpochBatches):
+    """Batch of chunks: {'masked_items', 'items', 'negatives'}, each [B, M+1] and left-padded.
+
+    Every real item is masked independently with probability ``mask_ratio`` (the last one too; no position is
+    forced, as the original). A masked position holds the mask token id ``item_num`` (the model's extra
+    embedding row) in ``masked_items`` and a negative that avoids the chunk's items in ``negatives``; every
+    other position has negative 0. A chunk may come out with no masked position and then adds no loss.
+    """
+
+    def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
+        self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        self.item_num = split.item_num
+        self.mask_token = split.item_num
+        self.mask_ratio = config["mask_ratio"]
+        if not 0.0 <= self.mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
+        super().__init__(len(self.chunks), config["train_batch_size"], config["seed"], rank, world_size)
+
+    def make_batch(self, indices, rng):
+        items = self.chunks[indices]
+        masked = (items != 0) & (rng.random(items.shape) < self.mask_ratio)
+        neg = sample_negatives(rng, items, self.item_num)
+        neg[~masked] = 0
+        return {"masked_items": torch.from_numpy(np.where(masked, self.mask_token, items)),
+                "items": torch.from_numpy(items), "negatives": torch.from_numpy(neg)}

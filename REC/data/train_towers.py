@@ -1,1 +1,45 @@
-"""(filled by the IDNet model zoo work)"""
+"""LEAVE_ONE_OUT_CHUNK batches: each item of a chunk is predicted from the rest of its chunk (FM, DSSM).
+
+This is the example set of the original's SampleOneTower / SampleTwoTower datasets (spec 3.5): for position
+idx of a chunk, the history is the chunk without idx (in order, so later items count too) and the positive is
+chunk[idx]. A batch is {'items': [B, M] that history, left-padded, 'target': [B], 'negatives': [B] one item
+outside the chunk}.
+
+Fix (spec 9.1): the original's FM and DSSM trained on the first example of each collated batch only; here
+every example of a batch is a row of the loss, and the batch size counts examples, not chunks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .split import Split, ragged_positions, sequence_chunks
+from .train_batches import EpochBatches, register_train_dataset, sample_negatives
+
+
+@register_train_dataset("LEAVE_ONE_OUT_CHUNK")
+class HeldOutItemBatches(EpochBatches):
+    """One example per (chunk, real position), stored as (chunk row, column) and expanded per batch.
+
+    A chunk of one item gives no example (the original emits one with an empty history): it would train a
+    user state that evaluation never shows, since every evaluated user has at least one history item.
+    """
+
+    def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
+        self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        lengths = (self.chunks != 0).sum(1)
+        lengths[lengths < 2] = 0
+        self.rows = np.repeat(np.arange(len(self.chunks), dtype=np.int64), lengths)
+        self.cols = ragged_positions(self.chunks.shape[1] - lengths, lengths)
+        self.item_num = split.item_num
+        super().__init__(len(self.rows), config["train_batch_size"], config["seed"], rank, world_size)
+
+    def make_batch(self, indices, rng):
+        rows, cols = self.rows[indices], self.cols[indices]
+        chunk = self.chunks[rows]  # [B, M+1], left-padded
+        # dropping one real column keeps the result left-padded and in order: column j reads j, or j+1 past idx
+        keep = np.arange(chunk.shape[1] - 1)[None, :]
+        others = np.take_along_axis(chunk, keep + (keep >= cols[:, None]), 1)
+        neg = sample_negatives(rng, chunk, self.item_num, per_row=1)[:, 0]
+        return {"items": torch.from_numpy(others), "target": torch.from_numpy(chunk[np.arange(len(rows)), cols]),
+                "negatives": torch.from_numpy(neg)}

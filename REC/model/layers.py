@@ -52,6 +52,15 @@ def activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
+def mlp_layers(sizes: list[int], dropout: float) -> nn.Sequential:
+    """Dropout -> Linear -> BatchNorm1d -> tanh per consecutive pair of ``sizes`` (the activation follows the
+    last layer too, as the original's MLPLayers with MF's setting); fewer than two sizes give the identity."""
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+        layers += [Dropout(dropout), nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
 class MultiHeadAttention(nn.Module):
     """Post-LN self-attention block: ``LayerNorm(x + dropout(W_o attn(x)))``."""
 
@@ -98,6 +107,14 @@ class TransformerEncoder(nn.Module):
             nn.ModuleDict({"attention": MultiHeadAttention(d, n_heads, attn_dropout, hidden_dropout, eps),
                            "feed_forward": FeedForward(d, inner, act, hidden_dropout, eps)})
             for _ in range(n_layers))
+
+    @classmethod
+    def from_config(cls, config) -> "TransformerEncoder":
+        """Built from the transformer keys every SASRec-like model shares (n_layers, n_heads, inner_size, ...)."""
+        d = config["embedding_size"]
+        return cls(n_layers=config["n_layers"], d=d, n_heads=config["n_heads"], inner=config["inner_size"] * d,
+                   hidden_dropout=config["hidden_dropout_prob"], attn_dropout=config["attn_dropout_prob"],
+                   act=config["hidden_act"], eps=config["layer_norm_eps"])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """``last_only`` returns [B, 1, d], the last position only: the last layer then computes one query per

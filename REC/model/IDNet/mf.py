@@ -1,0 +1,43 @@
+"""MF (BPR matrix factorisation) as PixelRec trains it (spec 6.1): a user table and an item table, optionally
+each followed by an MLP tower, scored by dot product against one sampled negative per training interaction."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import DatasetInfo, RecModel, bpr_loss
+from ..layers import mlp_layers
+from ..registry import register_model
+
+
+@register_model("IDNet")
+class MF(RecModel):
+    input_type = "PAIR"
+
+    def __init__(self, config, info: DatasetInfo):
+        super().__init__(config, info)
+        d, hidden = config["embedding_size"], list(config["mlp_hidden_size"])
+        self.user_embedding = nn.Embedding(info.user_num, d)
+        self.item_embedding = nn.Embedding(info.item_num, d)
+        self.user_tower = mlp_layers([d, *hidden], config["dropout_prob"])
+        self.item_tower = mlp_layers([d, *hidden], config["dropout_prob"])
+        for m in self.modules():
+            if isinstance(m, (nn.Embedding, nn.Linear)):
+                nn.init.xavier_normal_(m.weight)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, batch):
+        users = self.user_tower(self.user_embedding(batch["user_id"]))
+        # Positives and negatives go through the item tower as one [2B, d] batch (one embedding lookup, one set
+        # of BatchNorm statistics); the spec leaves the tower's batch layout open.
+        items = self.item_tower(self.item_embedding(torch.cat([batch["items"], batch["negatives"]])))
+        pos, neg = (items.view(2, *users.shape) * users).sum(-1)
+        # The original's -mean(1e-8 + log sigmoid) differs by the constant 1e-8 only.
+        return bpr_loss(pos, neg).mean()
+
+    def item_representations(self):
+        return self.item_tower(self.item_embedding.weight)
+
+    def user_representations(self, batch):
+        return self.user_tower(self.user_embedding(batch["user_id"]))

@@ -1,0 +1,35 @@
+"""Shared training and scoring of next-item models over an item-ID table (SASRec, GRU4Rec, NextItNet)."""
+from __future__ import annotations
+
+import torch
+
+from .base import RecModel, bpr_loss
+
+
+class NextItemModel(RecModel):
+    """Every position of a chunk predicts the next item against one sampled negative (spec 6.1): the BPR loss is
+    summed over positions and averaged over sequences, as the original. Subclasses own ``item_embedding`` and
+    ``encode(item_seq, item_emb=None, last_only=False) -> [B, L, d]`` (``last_only`` may return [B, 1, d])."""
+
+    input_type = "SEQ"
+
+    def encode(self, item_seq: torch.Tensor, item_emb: torch.Tensor | None = None,
+               last_only: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch):
+        items, negatives = batch["items"], batch["negatives"]
+        # One lookup for inputs, positives and negatives: each lookup's backward materialises a dense
+        # [item_num, d] gradient, so three lookups cost three table-sized fills per step.
+        emb = self.item_embedding(torch.stack([items, negatives], 1))  # [B, 2, M+1, d]
+        hidden = self.encode(items[:, :-1], emb[:, 0, :-1])
+        pos = (hidden * emb[:, 0, 1:]).sum(-1)
+        neg = (hidden * emb[:, 1, 1:]).sum(-1)
+        has_target = (negatives[:, 1:] != 0).float()
+        return (bpr_loss(pos, neg) * has_target).sum(-1).mean()
+
+    def item_representations(self):
+        return self.item_embedding.weight
+
+    def user_representations(self, batch):
+        return self.encode(batch["item_seq"], last_only=True)[:, -1]

@@ -1,27 +1,35 @@
 """The one interface the trainer and the evaluator know models by."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 
 import numpy as np
 import torch
 from torch import nn
 
 
-@dataclass(frozen=True)
 class DatasetInfo:
     """What a model may know about the data: table sizes (row 0 of each is padding) and, for models built
     on the training interactions (popularity, graphs), the training (user, item) pairs."""
 
-    item_num: int
-    user_num: int
-    train_users: np.ndarray | None = None  # int64 [n] internal user id of each training interaction
-    train_items: np.ndarray | None = None  # int64 [n]
+    def __init__(self, item_num: int, user_num: int, train_users: np.ndarray | None = None,
+                 train_items: np.ndarray | None = None, train_groups: tuple | None = None):
+        self.item_num, self.user_num, self.train_items = item_num, user_num, train_items
+        self._train_users, self._train_groups = train_users, train_groups
 
     @classmethod
     def from_split(cls, split) -> "DatasetInfo":
-        users = np.repeat(split.train_users, np.diff(split.train_indptr))
-        return cls(split.item_num, split.user_num, users, split.train_items)
+        return cls(split.item_num, split.user_num, train_items=split.train_items,
+                   train_groups=(split.train_users, split.train_indptr))
+
+    @functools.cached_property
+    def train_users(self) -> np.ndarray | None:
+        """int64 [n], the user of each training interaction. Expanded from the per-user groups on first use:
+        only graph models need it, and at 200M interactions it is 1.6 GB per process."""
+        if self._train_users is None and self._train_groups is not None:
+            users, indptr = self._train_groups
+            return np.repeat(users, np.diff(indptr))
+        return self._train_users
 
 
 class RecModel(nn.Module):

@@ -126,7 +126,7 @@ class Config(Mapping):
             raise AttributeError(str(exc)) from None
 
     def __setattr__(self, key, value):
-        raise TypeError("Config is read-only; build a new one with Config.replace(...)")
+        raise TypeError("Config is read-only; change values in a YAML file or with --key=value")
 
     def __iter__(self):
         return iter(self._values)
@@ -139,14 +139,6 @@ class Config(Mapping):
 
     def to_dict(self) -> dict:
         return _thaw(self._values)
-
-    def replace(self, **changes) -> "Config":
-        """A copy with some values changed (used for values derived at run time, e.g. the run directory)."""
-        values = self.to_dict()
-        values.update(changes)
-        sources = dict(self._sources)
-        sources.update({k: "runtime" for k in changes})
-        return Config(values, sources, self._specs)
 
     def dump_yaml(self) -> str:
         """Every key on one line, with the file (or command line) it came from as a comment."""

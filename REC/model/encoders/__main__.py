@@ -1,0 +1,51 @@
+"""``python -m REC.model.encoders [OUT_DIM]``: the registered encoders with their shipped settings and sizes.
+
+Each is built on the meta device (no memory, no weights read), with a head to OUT_DIM (default 512).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from . import build_item_encoder, get_encoder_spec, list_encoders
+
+COLUMNS = ("encoder", "backbone", "readout", "input", "width", "trainable blocks", "trainable params",
+           "total params")
+
+
+def encoder_rows(out_dim: int = 512) -> list[tuple[str, ...]]:
+    rows = []
+    for name in list_encoders():
+        spec = get_encoder_spec(name)
+        config = dict(encoder=name, encoder_pretrained=False, encoder_weights=None, encoder_readout=None,
+                      encoder_trainable_blocks=None, encoder_head_layers=[], encoder_head_activation="relu",
+                      channels_last=False)
+        with torch.device("meta"):
+            enc = build_item_encoder(config, out_dim)
+        layout = enc.backbone.block_layout()
+        blocks = "all" if spec.trainable_blocks == -1 else str(spec.trainable_blocks)
+        rows.append((name, spec.backbone, "/".join(spec.readouts), str(enc.input_size), str(enc.width),
+                     f"{blocks}/{len(layout.units) if layout else '-'}", f"{enc.trainable_parameters():,}",
+                     f"{enc.total_parameters():,}"))
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    out_dim = int(argv[0]) if argv else 512
+    print(format_table(encoder_rows(out_dim)))
+    print(f"\nreadout: the first is the default (encoder_readout: null). Parameters include the head to {out_dim}. "
+          f"Also: timm/<any timm model name> (timm's pooled features; everything trains).")
+
+
+if __name__ == "__main__":
+    main()

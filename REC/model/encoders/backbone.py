@@ -1,0 +1,85 @@
+"""What every encoder backbone offers, and partial freezing by blocks.
+
+Freezing follows open_clip's "lock the tower, leave the last N groups unlocked": a backbone lists its blocks
+in forward order, and ``encoder_trainable_blocks: N`` trains the last N blocks and whatever runs after them
+(the final norm), freezing the stem and the earlier blocks. This replaces the original's ``tune_scale``, a
+count of leading parameter tensors (spec 7.2), which means something different for every library that
+registers parameters in its own order; each shipped count is re-expressed in blocks beside its encoder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from REC.config import ConfigError
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Parameter-name prefixes of a backbone's parts, in forward order.
+
+    ``units[i]`` is block i; a unit may own a module that runs between it and the next block (Swin's patch
+    merging). ``locked`` parts stay frozen unless everything trains (the CLIP ResNets' attention pool).
+    Every parameter of the backbone must fall in exactly one part, so a renamed module fails loudly instead of
+    being frozen or trained by accident.
+    """
+
+    stem: tuple[str, ...]
+    units: tuple[tuple[str, ...], ...]
+    tail: tuple[str, ...] = ()
+    locked: tuple[str, ...] = ()
+
+    def part_of(self, param_name: str) -> int | None:
+        """-1 for the stem, i for block i, len(units) for the tail, None for a locked part."""
+        parts = [(-1, self.stem), *enumerate(self.units), (len(self.units), self.tail), (None, self.locked)]
+        found = [i for i, prefixes in parts if any(_under(param_name, p) for p in prefixes)]
+        if len(found) != 1:
+            raise RuntimeError(f"parameter {param_name!r} falls in {len(found)} parts of the block layout "
+                               f"(expected exactly one); the layout no longer matches the library's modules")
+        return found[0]
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+class Backbone(nn.Module):
+    """A library image model reduced to one readout.
+
+    ``forward(images)`` gives ``[n, width]``, or ``[n, tokens, width]`` when ``per_token`` is set (the head is
+    then applied to every token and the results averaged, the original's ``mean`` readout). The library module
+    is ``self.net``; ``block_layout()`` names its parts, or returns None when it cannot be partly frozen.
+    """
+
+    per_token = False
+
+    def __init__(self, net: nn.Module, *, width: int, input_size: int, mean, std, is_convolutional: bool):
+        super().__init__()
+        self.net = net
+        self.width, self.input_size, self.is_convolutional = int(width), int(input_size), bool(is_convolutional)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def block_layout(self) -> BlockLayout | None:
+        return None
+
+
+def set_trainable_blocks(backbone: Backbone, n: int, encoder: str, key: str = "key 'encoder_trainable_blocks'") -> None:
+    """Train the last ``n`` blocks and what follows them; -1 trains everything. Frozen parameters get
+    ``requires_grad=False``. BatchNorm running statistics still update in train mode, as in the original."""
+    layout = backbone.block_layout()
+    if n == -1:
+        for p in backbone.net.parameters():
+            p.requires_grad_(True)
+        return
+    if layout is None:
+        raise ConfigError(f"{key}: {n} is not possible for {encoder}: it has no block layout, so only -1 or null "
+                         f"(train everything) is allowed")
+    total = len(layout.units)
+    if n < 0 or n > total:
+        raise ConfigError(f"{key}: {n} is out of range for {encoder}, which has {total} blocks; use 0..{total}, "
+                         f"or -1 to train everything")
+    first = total - n
+    for name, p in backbone.net.named_parameters():
+        part = layout.part_of(name)
+        p.requires_grad_(part is not None and part >= first)

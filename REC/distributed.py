@@ -1,6 +1,7 @@
 """The only module that knows about process groups, ranks and backends.
 
-Everything else asks: ``rank()``, ``world_size()``, ``is_main()``, ``barrier()``, ``all_reduce_sum(t)``.
+Everything else asks: ``rank()``, ``world_size()``, ``is_main()``, ``barrier()``, ``all_reduce_sum(t)``,
+``all_gather_rows(t, counts)``.
 Without an initialised process group (a single process) these are no-ops, so the same code runs both ways.
 """
 from __future__ import annotations
@@ -99,6 +100,19 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def all_gather_rows(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order; ``counts[r]`` is rank r's row count (they may differ, so
+    each rank pads to the largest share before the collective and the padding is cut afterwards)."""
+    if not is_initialized():
+        return t
+    width = max(counts)
+    padded = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[:len(t)] = t
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, counts)])
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -12,6 +12,8 @@ import torch
 from . import distributed as dist
 from .config import Config, ConfigError, load_config
 from .data import EvalBatches, build_train_batches, prepare_split
+from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, cover_lmdb_path
+from .data.covers import CoverStore
 from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model, list_models, model_defaults_file
 from .model.base import DatasetInfo
@@ -41,8 +43,22 @@ def preflight(config: Config) -> None:
         raise ConfigError(f"dataset {config['dataset']!r}: no user has the 3 interactions that a train/valid/test "
                           f"split needs")
     with torch.device("meta"):
-        create_model(config["model"], config, DatasetInfo.from_split(split))
+        model = create_model(config["model"], config, DatasetInfo.from_split(split))
+    if model.item_source == "covers":
+        check_covers(config, inter)
     log.info("%s", inter.summary(config["dataset"]))
+
+
+def check_covers(config: Config, inter) -> None:
+    """Every item of the dataset must have a cover: a missing one would stop training at the first batch or
+    evaluation that names it (the original crashes there, spec 9.20)."""
+    store = CoverStore(cover_lmdb_path(config), inter.item_tokens)
+    missing = store.missing(np.arange(1, inter.item_num))
+    if len(missing):
+        first = ", ".join(inter.item_tokens[int(i)] for i in missing[:10])
+        raise ConfigError(f"covers database {str(cover_lmdb_path(config))!r} (key 'cover_lmdb') has no cover for "
+                          f"{len(missing)} of the {inter.item_num - 1} items of dataset {config['dataset']!r}, e.g. "
+                          f"{first}; run generate_lmdb.py for this dataset and fix the images its report lists")
 
 
 def new_run_dir(config: Config) -> Path:
@@ -100,19 +116,24 @@ def _in_process_group(run_dir, device, body, log_to_file: bool = True):
 
 
 def _build(config: Config, device: torch.device):
-    """Split, model on ``device`` and this rank's evaluation batches and evaluator."""
+    """Split, model on ``device``, this rank's evaluation batches and evaluator, and the covers (PixelNet)."""
     inter, split = prepare_split(config)
     log.info("%s", inter.summary(config["dataset"]))
     model = create_model(config["model"], config, DatasetInfo.from_split(split)).to(device)
     m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
     evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
+    store = item_covers = None
+    if model.item_source == "covers":
+        store = CoverStore(cover_lmdb_path(config), inter.item_tokens)
+        item_covers = ItemCoverBatches(store, split.item_num, config["cover_batch_size"], rank, world)
     evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"], device,
-                                     config["precision"])
-    return split, model, evals, evaluator
+                                     config["precision"], item_covers=item_covers,
+                                     cover_workers=config["num_workers"])
+    return split, model, evals, evaluator, store
 
 
 def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, checkpoint_name: str) -> dict:
-    _, model, evals, evaluator = _build(config, device)
+    _, model, evals, evaluator, _ = _build(config, device)
     path = run_dir / checkpoint_name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
@@ -125,11 +146,13 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
              run_dir, dist.world_size(), device, torch.get_num_threads(), (run_dir / CONFIG_NAME).read_text())
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"] % 2 ** 32)
-    split, model, evals, evaluator = _build(config, device)
+    split, model, evals, evaluator, store = _build(config, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
     train_batches = (build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
                      if model.needs_training else None)
+    if store is not None and train_batches is not None:
+        train_batches = BatchesWithCovers(train_batches, store, split.item_num)
     valid_batches, test_batches = evals["valid"], evals["test"]
     trainer = Trainer(config, model, dist.wrap_ddp(model, device), evaluator, run_dir, device)
     if resume and trainer.last_path.is_file():
@@ -140,6 +163,8 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     test_result = trainer.test(test_batches)
     summary = trainer.summary(test_result)
     summary["trainable_parameters"] = n_params
+    if evaluator.cover_seconds:  # PixelNet: encoding every item's cover, part of each evaluation's time
+        summary["cover_encode_seconds"] = sum(evaluator.cover_seconds) / len(evaluator.cover_seconds)
     if dist.is_main():
         write_json_atomic(summary, run_dir / "result.json")
         log.info("best valid (epoch %s): %s\ntest: %s\nresults in %s", summary["best_epoch"], summary["best_valid"],

@@ -15,6 +15,22 @@ SMALL = {
     "GRU4Rec": ["--embedding_size=32"],
     "NextItNet": ["--embedding_size=32", "--block_num=1"],
     "SRGNN": ["--embedding_size=32", "--step=1"],
+    # ViNet (tests/test_vinet.py adds the feature file and its width)
+    "VisRank": [],
+    "VBPR": ["--embedding_size=32"],
+    "ACF": ["--embedding_size=32"],
+    "FSASRec": ["--embedding_size=32", "--n_heads=2", "--n_layers=1"],
+    # PixelNet (tests/test_pixelnet.py): the ID model's small settings, a tiny encoder on tiny covers
+    "MOSASRec": ["--embedding_size=32", "--n_heads=2", "--n_layers=1"],
+    "MOBERT4Rec": ["--embedding_size=32", "--n_heads=2", "--n_layers=1"],
+    "MOLightSANs": ["--embedding_size=32", "--n_heads=2", "--n_layers=1"],
+    "MOGRU4Rec": ["--embedding_size=32"],
+    "MONextItNet": ["--embedding_size=32", "--block_num=1"],
+    "MOSRGNN": ["--embedding_size=32", "--step=1"],
+    "MOMF": ["--embedding_size=32"],
+    "MOFM": ["--embedding_size=32"],
+    "MODSSM": ["--embedding_size=32"],
+    "DVBPR": ["--embedding_size=32", "--dropout_prob=0.0", "--image_size=224"],
 }
 
 # extra overrides for the short training run that must beat Pop on the synthetic log

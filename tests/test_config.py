@@ -62,7 +62,7 @@ def test_wrong_type_names_file_key_and_expectation(tmp_path):
 
 
 def test_unknown_model_lists_known_models(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown model 'SASrec' \(did you mean 'SASRec'\?\); known models: \[.*'SASRec'"):
+    with pytest.raises(ConfigError, match=r"unknown model 'SASrec' \(did you mean 'SASRec'.*\?\); known models: \[.*'SASRec'"):
         build_config(BASE, ["--model=SASrec"])
 
 

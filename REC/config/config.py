@@ -230,21 +230,9 @@ def load_config(config_files: Iterable[str | Path], overrides: Iterable[str] = (
 
     for source, data in layers:
         for key, val in data.items():
-            _check_known(key, specs, source)
-            values[key] = val
-            sources[key] = source
+            _assign(values, sources, specs, key, val, source)
     for key, val in override_pairs:
-        top, _, rest = key.partition(".")
-        _check_known(top, specs, "command line")
-        if rest:
-            current = values.get(top)
-            if not isinstance(current, dict):
-                raise ConfigError(f"command line: --{key}: {top!r} is not a mapping, so it has no entry {rest!r}")
-            current = dict(current)
-            _set_dotted(current, rest.split("."), val)
-            val = current
-        values[top] = val
-        sources[top] = "command line"
+        _assign(values, sources, specs, key, val, "command line")
 
     for key, spec in specs.items():
         problem = spec.check(values.get(key))
@@ -254,6 +242,23 @@ def load_config(config_files: Iterable[str | Path], overrides: Iterable[str] = (
     values["topk"] = _as_list(values["topk"])
     _check_semantics(values, sources)
     return Config(values, sources, specs)
+
+
+def _assign(values: dict, sources: dict, specs: dict, key: str, val: Any, source: str) -> None:
+    """``key: value`` replaces the whole value (a mapping too, as the original); a dotted ``a.b: value`` (in a file
+    or on the command line) changes one entry of mapping ``a`` and keeps the rest, so that e.g. an encoder's file
+    can set ``optim_args.modal_lr`` without erasing the recommender's ``rec_lr`` set by the model's file."""
+    top, _, rest = key.partition(".")
+    _check_known(top, specs, source)
+    if rest:
+        current = values.get(top)
+        if not isinstance(current, dict):
+            raise ConfigError(f"{source}: {key}: {top!r} is not a mapping, so it has no entry {rest!r}")
+        current = dict(current)
+        _set_dotted(current, rest.split("."), val)
+        val = current
+    values[top] = val
+    sources[top] = source
 
 
 def _check_known(key: str, specs: dict, source: str) -> None:

@@ -46,3 +46,100 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False, columns=["item_id", "user_id", "timestamp"])
     return path
+
+
+def visual_log(n_users: int, n_items: int, n_groups: int = 8, n_cold: int = 0, min_len: int = 5,
+               max_len: int = 30, p_group: float = 0.8, p_next: float = 0.0, zipf: float = 1.1,
+               cold_fraction: float = 0.5, seed: int = 0) -> tuple[pd.DataFrame, dict[str, int]]:
+    """A log where an item's visual group carries the signal: each user has a favourite group and draws from
+    it with probability ``p_group`` (else a popularity-weighted draw from all items); with ``p_next`` the next
+    item instead follows a fixed successor chain (order signal, as ``sequential_log``).
+
+    ``n_cold`` extra items (tokens ``c<k>``) occur only as the LAST interaction of a ``cold_fraction`` of the users,
+    always from that user's
+    favourite group: they never appear in training or validation, so test metrics over those users measure how
+    well a model ranks items it has never trained on. Returns the frame and each item token's group.
+    """
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, n_groups, size=n_items)
+    members = [np.flatnonzero(groups == g) for g in range(n_groups)]
+    if any(len(m) == 0 for m in members):
+        raise ValueError(f"{n_items} items leave some of the {n_groups} groups empty; use more items")
+    favourite = rng.integers(0, n_groups, size=n_users)
+    lengths = rng.integers(min_len, max_len + 1, size=n_users)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** zipf
+    popularity = popularity[rng.permutation(n_items)]
+    popularity /= popularity.sum()
+    successor = np.empty(n_items, dtype=np.int64)
+    order = rng.permutation(n_items)
+    successor[order] = np.roll(order, -1)
+
+    def from_favourite(users):
+        sizes = np.array([len(members[g]) for g in favourite[users]])
+        picks = (rng.random(len(users)) * sizes).astype(np.int64)
+        offsets = np.cumsum([0] + [len(m) for m in members])
+        flat = np.concatenate(members)
+        return flat[offsets[favourite[users]] + picks]
+
+    all_users = np.arange(n_users)
+    items = np.empty((n_users, max_len), dtype=np.int64)
+    items[:, 0] = from_favourite(all_users)
+    for t in range(1, max_len):  # loop over positions, not interactions
+        u = rng.random(n_users)
+        fav = from_favourite(all_users)
+        pop = rng.choice(n_items, size=n_users, p=popularity)
+        items[:, t] = np.where(u < p_next, successor[items[:, t - 1]], np.where(u < p_next + (1 - p_next) * p_group,
+                                                                               fav, pop))
+    keep = np.arange(max_len)[None, :] < lengths[:, None]
+    tokens = np.char.add("i", items[keep].astype(str))
+    user = np.repeat(all_users, lengths)
+    position = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    start = rng.integers(0, 10_000_000, size=n_users)
+    times = np.repeat(start, lengths) + position * 60
+    group_of = {f"i{i}": int(g) for i, g in enumerate(groups)}
+    if n_cold:
+        cold_groups = np.arange(n_cold) % n_groups
+        cold_members = [np.flatnonzero(cold_groups == g) for g in range(n_groups)]
+        takers = np.flatnonzero(rng.random(n_users) < cold_fraction)
+        takers = takers[[len(cold_members[favourite[u]]) > 0 for u in takers]]
+        picks = np.array([rng.choice(cold_members[favourite[u]]) for u in takers], dtype=np.int64)
+        tokens = np.concatenate([tokens, np.char.add("c", picks.astype(str))])
+        user = np.concatenate([user, takers])
+        times = np.concatenate([times, start[takers] + lengths[takers] * 60])
+        group_of.update({f"c{k}": int(g) for k, g in enumerate(cold_groups)})
+    frame = pd.DataFrame({"item_id": tokens, "user_id": np.char.add("u", user.astype(str)), "timestamp": times})
+    return frame.iloc[rng.permutation(len(frame))].reset_index(drop=True), group_of
+
+
+# one colour per group, far apart in RGB; groups beyond the palette reuse it with a different stripe direction
+_PALETTE = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230], [235, 210, 40], [200, 60, 210], [40, 210, 220],
+                     [240, 140, 30], [120, 120, 120]], dtype=np.int64)
+
+
+def group_covers(group_of: dict[str, int], size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """An RGB uint8 [size, size, 3] cover per item token: its group's colour with stripes (the group signal),
+    per-item brightness, a random patch of random colour (item identity) and pixel noise (no two alike)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    covers = {}
+    for token, g in group_of.items():
+        base = _PALETTE[g % len(_PALETTE)]
+        stripes = ((xx if (g // len(_PALETTE)) % 2 == 0 else yy) // max(size // 8, 1)) % 2
+        img = base[None, None, :] * (0.75 + 0.25 * stripes[:, :, None]) * rng.uniform(0.8, 1.1)
+        h, w = rng.integers(size // 6, size // 3, size=2)
+        y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
+        img[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, size=3)
+        img = img + rng.normal(0, 12, size=img.shape)
+        covers[token] = np.clip(img, 0, 255).astype(np.uint8)
+    return covers
+
+
+def write_covers(covers: dict[str, np.ndarray], folder: str | Path, ext: str = "png") -> Path:
+    """One ``<token>.<ext>`` file per cover, the layout generate_lmdb.py reads."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for token, img in covers.items():
+        Image.fromarray(img).save(folder / f"{token}.{ext}")
+    return folder

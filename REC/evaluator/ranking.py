@@ -8,6 +8,7 @@ the same count as a 1-process run.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 
@@ -22,17 +23,51 @@ def autocast(device: torch.device, precision: str):
 
 
 class FullRankingEvaluator:
-    def __init__(self, metrics, topk, decimals: int, device: torch.device, precision: str = "fp32"):
+    """``item_covers`` (PixelNet): this rank's share of every item's cover, in batches with ``counts`` per rank
+    (``REC.data.cover_batches.ItemCoverBatches``); each evaluation encodes them once and gathers the rows."""
+
+    def __init__(self, metrics, topk, decimals: int, device: torch.device, precision: str = "fp32",
+                 item_covers=None, cover_workers: int = 0):
         self.metric_fns = [(m.lower(), get_metric(m)) for m in metrics]
         self.topk, self.max_k = list(topk), max(topk)
         self.decimals, self.device, self.precision = decimals, device, precision
         self.keys = [f"{name}@{k}" for name, _ in self.metric_fns for k in self.topk]
+        self.item_covers, self.cover_workers = item_covers, cover_workers
+        self.cover_seconds: list[float] = []
+
+    def encode_all_covers(self, model) -> torch.Tensor:
+        """[item_num, d] float32: row 0 (padding) zero, then every item's encoded cover."""
+        loader = torch.utils.data.DataLoader(self.item_covers, batch_size=None, num_workers=self.cover_workers,
+                                             pin_memory=self.device.type == "cuda")
+        t0 = time.perf_counter()
+        parts = [torch.zeros(1, model.cover_width, device=self.device)] if dist.rank() == 0 else []
+        for covers in loader:
+            with autocast(self.device, self.precision):
+                parts.append(model.encode_covers(covers.to(self.device, non_blocking=True)).float())
+        local = torch.cat(parts) if parts else torch.zeros(0, model.cover_width, device=self.device)
+        counts = list(self.item_covers.counts)
+        counts[0] += 1  # rank 0 holds the padding row
+        table = dist.all_gather_rows(local, counts)
+        self.cover_seconds.append(time.perf_counter() - t0)
+        return table
 
     @torch.no_grad()
     def evaluate(self, model, batches) -> dict[str, float]:
         """Mean of every metric@k over all users of all ranks, rounded to ``decimals``."""
         was_training = model.training
         model.eval()
+        if self.item_covers is not None:
+            table = self.encode_all_covers(model)
+            with autocast(self.device, self.precision):
+                model.use_cover_table(table)
+        try:
+            return self._rank_users(model, batches)
+        finally:
+            if self.item_covers is not None:
+                model.use_cover_table(None)
+            model.train(was_training)
+
+    def _rank_users(self, model, batches) -> dict[str, float]:
         with autocast(self.device, self.precision):
             items = model.item_representations()
         items = items.float()
@@ -46,7 +81,6 @@ class FullRankingEvaluator:
         count = torch.tensor([float(batches.n_users)], dtype=torch.float64, device=self.device)
         dist.all_reduce_sum(sums)
         dist.all_reduce_sum(count)
-        model.train(was_training)
         means = (sums / count.clamp(min=1)).tolist()
         return {key: round(v, self.decimals) for key, v in zip(self.keys, means)}
 

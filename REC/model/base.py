@@ -42,12 +42,17 @@ class RecModel(nn.Module):
 
     input_type: str = "SEQ"
     needs_training: bool = True  # False: evaluated as built (e.g. Pop); the trainer runs no epoch
+    item_source: str = "ids"     # "covers": items are encoded from cover images (PixelNet, REC.model.pixel)
     family: str
     defaults_file: object
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__()
         self.item_num, self.user_num = info.item_num, info.user_num
+
+    def item_table(self, num: int, d: int, **kwargs) -> nn.Module:
+        """The item table of an ID model; PixelNet replaces it by cover encodings (``REC.model.pixel``)."""
+        return nn.Embedding(num, d, **kwargs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -30,7 +30,7 @@ class BERT4Rec(RecModel):
         super().__init__(config, info)
         d, self.max_len = config["embedding_size"], config["MAX_ITEM_LIST_LENGTH"]
         self.mask_token = info.item_num  # the extra last row; the dataset uses the same id (split.item_num)
-        self.item_embedding = nn.Embedding(info.item_num + 1, d, padding_idx=0)
+        self.item_embedding = self.item_table(info.item_num + 1, d, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_len + 1, d)
         self.input_norm = nn.LayerNorm(d, eps=config["layer_norm_eps"])
         self.input_dropout = Dropout(config["hidden_dropout_prob"])

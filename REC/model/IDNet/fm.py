@@ -24,7 +24,7 @@ class HistoryTower(RecModel):
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
-        self.item_embedding = nn.Embedding(info.item_num, config["embedding_size"], padding_idx=0)
+        self.item_embedding = self.item_table(info.item_num, config["embedding_size"], padding_idx=0)
         nn.init.xavier_normal_(self.item_embedding.weight)
 
     def user_vector(self, hist_emb: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

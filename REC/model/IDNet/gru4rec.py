@@ -25,7 +25,7 @@ class GRU4Rec(NextItemModel):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d, width = config["embedding_size"], config["hidden_size"] * config["embedding_size"]
-        self.item_embedding = nn.Embedding(info.item_num, d, padding_idx=0)
+        self.item_embedding = self.item_table(info.item_num, d, padding_idx=0)
         self.input_dropout = Dropout(config["dropout_prob"])
         # bias=False is what keeps padding inert (module docstring); do not add biases here.
         self.gru = nn.GRU(d, width, num_layers=config["num_layers"], bias=False, batch_first=True)

@@ -72,7 +72,7 @@ class LightGCN(RecModel):
             raise ValueError("LightGCN needs the training interactions: build its DatasetInfo with from_split")
         d, self.n_layers = config["embedding_size"], config["n_layers"]
         self.user_embedding = nn.Embedding(info.user_num, d)
-        self.item_embedding = nn.Embedding(info.item_num, d)
+        self.item_embedding = self.item_table(info.item_num, d)
         nn.init.xavier_normal_(self.user_embedding.weight)
         nn.init.xavier_normal_(self.item_embedding.weight)
         # A plain attribute, not a buffer: DDP would broadcast buffers at every step and checkpoints would carry

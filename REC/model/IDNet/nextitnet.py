@@ -57,7 +57,7 @@ class NextItNet(NextItemModel):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d, kernel = config["embedding_size"], config["kernel_size"]
-        self.item_embedding = nn.Embedding(info.item_num, d, padding_idx=0)
+        self.item_embedding = self.item_table(info.item_num, d, padding_idx=0)
         bound = math.sqrt(1.0 / info.item_num)
         nn.init.uniform_(self.item_embedding.weight, -bound, bound)
         self.blocks = nn.ModuleList(ResidualBlock(d, kernel, dilation)

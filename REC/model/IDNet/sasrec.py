@@ -20,7 +20,7 @@ class SASRec(NextItemModel):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d, self.max_len = config["embedding_size"], config["MAX_ITEM_LIST_LENGTH"]
-        self.item_embedding = nn.Embedding(info.item_num, d, padding_idx=0)
+        self.item_embedding = self.item_table(info.item_num, d, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_len, d)
         self.input_norm = nn.LayerNorm(d, eps=config["layer_norm_eps"])
         self.input_dropout = Dropout(config["hidden_dropout_prob"])

@@ -79,7 +79,7 @@ class SRGNN(RecModel):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d = config["embedding_size"]
-        self.item_embedding = nn.Embedding(info.item_num, d)  # no padding_idx, as the original
+        self.item_embedding = self.item_table(info.item_num, d)  # no padding_idx, as the original
         self.gnn = GatedGNN(d, config["step"])
         self.att_last, self.att_seq = nn.Linear(d, d), nn.Linear(d, d)
         self.att_out = nn.Linear(d, 1, bias=False)

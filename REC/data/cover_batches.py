@@ -1,0 +1,70 @@
+"""Covers for PixelNet: the pixels of every item a training batch names, and every item's cover for evaluation.
+
+Pixels travel as uint8 (a quarter of float32's bytes through the loader, pinned memory and the host-to-device
+copy); the model converts and normalises them on its device (``REC.model.pixel.CoverItems``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .covers import DEFAULT_NAME
+from .eval_batches import shard_bounds
+
+# batch keys that hold item ids (a BERT4Rec mask token, id item_num, is one too but has no cover)
+ITEM_KEYS = ("items", "negatives", "target", "masked_items")
+
+
+def cover_lmdb_path(config) -> Path:
+    """``cover_lmdb``, or ``<data_path>/covers.lmdb`` where generate_lmdb.py writes by default."""
+    return Path(config["cover_lmdb"] or Path(config["data_path"]) / DEFAULT_NAME)
+
+
+class BatchesWithCovers(Dataset):
+    """A training batch plus {'cover_ids': [U] its distinct real item ids, ascending, 'covers': uint8 [U, 3, H, W]}.
+
+    Each distinct item is read and encoded once per batch however often the batch names it (a SASRec batch of
+    64 chunks names up to 1,408 items with their negatives); its vector is then gathered for every position, so
+    the gradient is the same sum over positions as encoding each position separately.
+    """
+
+    def __init__(self, batches, store, item_num: int):
+        self.batches, self.store, self.item_num = batches, store, item_num
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
+        batch = self.batches[b]
+        ids = torch.cat([batch[k].reshape(-1) for k in ITEM_KEYS if k in batch]).unique()
+        ids = ids[(ids > 0) & (ids < self.item_num)]
+        batch["cover_ids"] = ids
+        batch["covers"] = torch.from_numpy(self.store.get(ids.numpy()))
+        return batch
+
+
+class ItemCoverBatches(Dataset):
+    """This rank's contiguous share of the items 1..item_num-1, in order, as uint8 cover batches [n, 3, H, W].
+
+    Evaluation encodes each share on its own rank and gathers the rows (the original encoded every item on
+    every rank, spec 9.21).
+    """
+
+    def __init__(self, store, item_num: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.store, self.batch_size = store, batch_size
+        n = item_num - 1
+        self.counts = [b - a for a, b in (shard_bounds(n, r, world_size) for r in range(world_size))]
+        start, stop = shard_bounds(n, rank, world_size)
+        self.ids = np.arange(start + 1, stop + 1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return -(-len(self.ids) // self.batch_size)
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        return torch.from_numpy(self.store.get(self.ids[b * self.batch_size:(b + 1) * self.batch_size]))

@@ -1,0 +1,131 @@
+"""PixelNet items: every item is its cover image passed through a trainable image encoder (spec 6.2).
+
+``CoverItems`` stands in for an ID model's ``nn.Embedding``: ``items(ids)`` gives vectors and ``items.weight``
+the whole table, so a PixelNet model is its IDNet model with this module in place of the ID table
+(``PixelItems``), and the recommender code is shared, not copied.
+
+- Training: the batch carries the covers of its distinct items (``cover_ids`` ascending, uint8 ``covers``).
+  They are encoded once per step and every id of the batch is looked up among them.
+- Evaluation: the evaluator encodes every item's cover (sharded across ranks) and hands the table over with
+  ``use_cover_table``; lookups then index it.
+
+Padding (id 0) is a zero vector; the original encoded a blank grey image instead (spec 9.12), which only ever
+reaches masked positions. BERT4Rec's mask token is the encoder's output for the all-ones image, as the original.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HALF_NORM = (0.5, 0.5, 0.5)  # the original normalised every encoder's input to [-1, 1] (spec 3.7)
+
+
+class CoverItems(nn.Module):
+    def __init__(self, config, d: int, mask_id: int | None = None, encoder: nn.Module | None = None):
+        super().__init__()
+        from .encoders import build_item_encoder  # timm and open_clip load only when a pixel model is built
+
+        # the attribute name puts the encoder (and its head) in the "modal" optimizer group (spec 5.1)
+        self.visual_encoder = encoder if encoder is not None else build_item_encoder(config, d)
+        self.embedding_dim, self.mask_id = d, mask_id
+        self.resize_to = config["image_size"] or self.visual_encoder.input_size
+        self.cover_size = (self.resize_to, self.resize_to)
+        native = config["image_norm"] == "native"
+        mean = self.visual_encoder.mean if native else HALF_NORM
+        std = self.visual_encoder.std if native else HALF_NORM
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.channels_last = bool(config["channels_last"]) and self.visual_encoder.is_convolutional
+        self._ids = self._rows = self._table = None
+
+    def pixels(self, covers: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, 3, h, w] -> normalised float [n, 3, S, S]; covers stored at another size than S (``image_size``,
+        else the encoder's native input size) are resized on the device."""
+        x = covers.float().div_(255.0)
+        if x.shape[-2:] != self.cover_size:
+            x = F.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False,
+                              antialias=True)
+        x = (x - self.mean) / self.std
+        if self.channels_last and x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def mask_image(self, device) -> torch.Tensor:
+        """BERT4Rec's mask token image: ones in normalised space, as the original (spec 4.2)."""
+        return torch.ones(1, 3, *self.cover_size, device=device)
+
+    def _encode(self, covers: torch.Tensor, with_mask: bool) -> torch.Tensor:
+        x = self.pixels(covers)
+        if with_mask:  # encoded with the batch: one encoder call per step
+            x = torch.cat([x, self.mask_image(x.device)])
+        return self.visual_encoder(x)
+
+    def encode(self, covers: torch.Tensor) -> torch.Tensor:
+        """[n, d] item vectors of uint8 covers [n, 3, h, w]."""
+        return self._encode(covers, False)
+
+    def load_batch(self, cover_ids: torch.Tensor, covers: torch.Tensor) -> None:
+        rows = self._encode(covers, self.mask_id is not None)
+        ids = [cover_ids.new_zeros(1), cover_ids]
+        if self.mask_id is not None:
+            ids.append(cover_ids.new_full((1,), self.mask_id))
+        self._ids = torch.cat(ids)
+        self._rows = torch.cat([rows.new_zeros(1, rows.shape[1]), rows])
+
+    def release(self) -> None:
+        self._ids = self._rows = None
+
+    def use_table(self, table: torch.Tensor | None) -> None:
+        """[item_num, d] every item's vector (row 0 padding); None frees it."""
+        if table is not None and self.mask_id is not None:
+            table = torch.cat([table, self.visual_encoder(self.mask_image(table.device)).to(table.dtype)])
+        self._table = table
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self._table is None:
+            raise RuntimeError("no item table: evaluation encodes every cover first (FullRankingEvaluator)")
+        return self._table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._rows is not None:  # training step: look up among the batch's distinct items
+            return self._rows[torch.searchsorted(self._ids, ids)]
+        return self.weight[ids]
+
+
+class PixelItems:
+    """Mixin that turns an ID model into its PixelNet form: ``class MOSASRec(PixelItems, SASRec)``.
+
+    The ID model builds its item table through ``item_table``; here that returns a placeholder on the meta
+    device (no memory; the ID model's initialisation runs on it for nothing), which is then replaced by
+    ``CoverItems`` of the same width. A table with one row more than the items (BERT4Rec) gets a mask token.
+    """
+
+    item_source = "covers"
+
+    def item_table(self, num: int, d: int, **kwargs) -> nn.Module:
+        return nn.Embedding(num, d, device="meta", **kwargs)
+
+    def __init__(self, config, info):
+        super().__init__(config, info)
+        placeholder = self.item_embedding
+        mask_id = info.item_num if placeholder.num_embeddings > info.item_num else None
+        self.item_embedding = CoverItems(config, placeholder.embedding_dim, mask_id)
+
+    def forward(self, batch):
+        self.item_embedding.load_batch(batch["cover_ids"], batch["covers"])
+        try:
+            return super().forward(batch)
+        finally:
+            self.item_embedding.release()
+
+    @property
+    def cover_width(self) -> int:
+        return self.item_embedding.embedding_dim
+
+    def encode_covers(self, covers: torch.Tensor) -> torch.Tensor:
+        return self.item_embedding.encode(covers)
+
+    def use_cover_table(self, table: torch.Tensor | None) -> None:
+        self.item_embedding.use_table(table)

@@ -120,6 +120,8 @@ def _build(config: Config, device: torch.device):
     inter, split = prepare_split(config)
     log.info("%s", inter.summary(config["dataset"]))
     model = create_model(config["model"], config, DatasetInfo.from_split(split)).to(device)
+    if model.item_source == "covers" and device.type == "cuda" and config["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)  # before DDP wraps it, so its buckets see the layout
     m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
     evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
     store = item_covers = None

@@ -90,7 +90,8 @@ def test_pixel_model_trains_and_scores_all_items(name, vis_data):
     batch = batches[0]
     assert batch["covers"].dtype == torch.uint8 and batch["covers"].shape[1:] == (3, COVER, COVER)
     assert torch.equal(batch["cover_ids"], batch["cover_ids"].unique())  # distinct and ascending
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    lr = 3e-4 if name == "DVBPR" else 3e-3  # a CNN-F from scratch with a 22528-wide layer diverges at 3e-3
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(12):
         opt.zero_grad()
@@ -100,7 +101,7 @@ def test_pixel_model_trains_and_scores_all_items(name, vis_data):
         opt.step()
         losses.append(loss.item())
     assert min(losses[-3:]) < 0.8 * losses[0], losses
-    encoder_grads = [p.grad for p in model.item_embedding.visual_encoder.parameters() if p.requires_grad]
+    encoder_grads = [p.grad for n, p in model.named_parameters() if "visual_encoder" in n and p.requires_grad]
     assert encoder_grads and all(g is not None for g in encoder_grads)  # trained end to end
 
     evaluator = FullRankingEvaluator(["Recall", "NDCG"], [10], 7, torch.device("cpu"),

@@ -36,7 +36,6 @@ class CoverItems(nn.Module):
         std = self.visual_encoder.std if native else HALF_NORM
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.channels_last = bool(config["channels_last"]) and self.visual_encoder.is_convolutional
         self._ids = self._rows = self._table = None
 
     def pixels(self, covers: torch.Tensor) -> torch.Tensor:
@@ -46,10 +45,7 @@ class CoverItems(nn.Module):
         if x.shape[-2:] != self.cover_size:
             x = F.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False,
                               antialias=True)
-        x = (x - self.mean) / self.std
-        if self.channels_last and x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return (x - self.mean) / self.std  # the encoder moves it to channels-last where that helps
 
     def mask_image(self, device) -> torch.Tensor:
         """BERT4Rec's mask token image: ones in normalised space, as the original (spec 4.2)."""
@@ -111,7 +107,12 @@ class PixelItems:
         super().__init__(config, info)
         placeholder = self.item_embedding
         mask_id = info.item_num if placeholder.num_embeddings > info.item_num else None
-        self.item_embedding = CoverItems(config, placeholder.embedding_dim, mask_id)
+        self.item_embedding = self.cover_items(config, info, placeholder.embedding_dim, mask_id)
+
+    def cover_items(self, config, info, d: int, mask_id: int | None) -> nn.Module:
+        """The module in place of the ID table: ``CoverItems`` over the configured encoder, unless a model
+        (DVBPR) brings its own; it must offer CoverItems' methods."""
+        return CoverItems(config, d, mask_id)
 
     def forward(self, batch):
         self.item_embedding.load_batch(batch["cover_ids"], batch["covers"])

@@ -2,8 +2,8 @@
 
 score(u, i) = γ_u·γ_i + θ_u·CNNF(cover_i): ID factors plus visual factors, each half of ``embedding_size``
 (spec 6.2). The original ships this model but cannot run it (its dataset yields two values, its forward unpacks
-three, spec 9.15); this one runs. It is the same score as a dot product of [γ_u; θ_u] with [γ_i; CNNF(cover_i)],
-which is how it is computed, so full ranking is one matrix product.
+three, spec 9.15); this one runs. The score is the dot product of [γ_u; θ_u] with [γ_i; CNNF(cover_i)], so DVBPR
+is MF (REC.model.IDNet.mf) whose item table is that concatenation, and full ranking is one matrix product.
 
 Deliberate differences: the CNN-F flattens an adaptive average pool of the last feature map to the 22x2 grid
 its first fully connected layer expects (at the original's 224 px this pool is the identity), so other cover
@@ -15,16 +15,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..IDNet.mf import MF
 from ..layers import Dropout
-from ..pixel import CoverItems
+from ..pixel import CoverItems, PixelItems
 from ..registry import register_model
 
 
 class CNNF(nn.Module):
     """The CNN-F of the DVBPR paper (spec 6.2): 5 convolutions and 3 fully connected layers, xavier-uniform."""
 
-    input_size, is_convolutional = 224, True
+    is_convolutional = True
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # trained from scratch: no pretraining statistics
 
     def __init__(self, out_dim: int, dropout: float, input_size: int = 224):
@@ -49,49 +49,41 @@ class CNNF(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("PixelNet")
-class DVBPR(RecModel):
-    input_type = "PAIR"
-    item_source = "covers"
+class IdAndCoverItems(nn.Module):
+    """Item vectors [γ_i; CNNF(cover_i)]: an ID table beside ``CoverItems``, with CoverItems' interface."""
 
-    def __init__(self, config, info: DatasetInfo):
-        super().__init__(config, info)
-        d = config["embedding_size"]
-        if d % 2:
-            raise ValueError(f"embedding_size {d} must be even: half ID factors, half visual factors")
-        half = d // 2
-        self.user_embedding = nn.Embedding(info.user_num, d)          # [γ_u; θ_u]
-        self.item_id_embedding = nn.Embedding(info.item_num, half)    # γ_i
-        nn.init.xavier_normal_(self.user_embedding.weight)
-        nn.init.xavier_normal_(self.item_id_embedding.weight)
-        cnn = CNNF(half, config["dropout_prob"], config["image_size"] or CNNF.input_size)
-        self.item_embedding = CoverItems(config, half, encoder=cnn)
+    def __init__(self, item_num: int, half: int, covers: CoverItems):
+        super().__init__()
+        self.ids, self.covers = nn.Embedding(item_num, half), covers
+        nn.init.xavier_normal_(self.ids.weight)
+        self.embedding_dim = covers.embedding_dim  # the width the evaluator encodes covers to
 
-    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.item_id_embedding(ids), self.item_embedding(ids)], -1)
-
-    def forward(self, batch):
-        self.item_embedding.load_batch(batch["cover_ids"], batch["covers"])
-        try:
-            users = self.user_embedding(batch["user_id"])
-            pos = (users * self.item_vectors(batch["items"])).sum(-1)
-            neg = (users * self.item_vectors(batch["negatives"])).sum(-1)
-            return bpr_loss(pos, neg).mean()
-        finally:
-            self.item_embedding.release()
-
-    def item_representations(self):
-        return torch.cat([self.item_id_embedding.weight, self.item_embedding.weight], -1)
-
-    def user_representations(self, batch):
-        return self.user_embedding(batch["user_id"])
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.ids(ids), self.covers(ids)], -1)
 
     @property
-    def cover_width(self) -> int:
-        return self.item_embedding.embedding_dim
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.ids.weight, self.covers.weight], -1)
 
-    def encode_covers(self, covers: torch.Tensor) -> torch.Tensor:
-        return self.item_embedding.encode(covers)
+    def load_batch(self, cover_ids, covers):
+        self.covers.load_batch(cover_ids, covers)
 
-    def use_cover_table(self, table: torch.Tensor | None) -> None:
-        self.item_embedding.use_table(table)
+    def release(self):
+        self.covers.release()
+
+    def encode(self, covers):
+        return self.covers.encode(covers)
+
+    def use_table(self, table):
+        self.covers.use_table(table)
+
+
+@register_model("PixelNet")
+class DVBPR(PixelItems, MF):
+    input_type = "PAIR"
+
+    def cover_items(self, config, info, d, mask_id):
+        if d % 2:
+            raise ValueError(f"embedding_size {d} must be even: half ID factors, half visual factors")
+        cnn = CNNF(d // 2, config["dropout_prob"], config["image_size"] or 224)
+        return IdAndCoverItems(info.item_num, d // 2, CoverItems(config, d // 2, encoder=cnn))

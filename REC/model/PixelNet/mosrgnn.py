@@ -5,6 +5,10 @@ encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here
 """
 from __future__ import annotations
 
+import math
+
+from torch import nn
+
 from ..IDNet.srgnn import SRGNN
 from ..pixel import PixelItems
 from ..registry import register_model
@@ -12,4 +16,8 @@ from ..registry import register_model
 
 @register_model("PixelNet")
 class MOSRGNN(PixelItems, SRGNN):
-    pass
+    def __init__(self, config, info):
+        super().__init__(config, info)
+        bound = 1.0 / math.sqrt(config["embedding_size"])
+        for p in self.item_embedding.visual_encoder.head.parameters():  # the original re-draws the head (spec 6.2)
+            nn.init.uniform_(p, -bound, bound)

@@ -101,11 +101,21 @@ def sequence_chunks(split: Split, max_len: int) -> np.ndarray:
     so that results stay comparable). Users with no training items give no chunk.
     """
     c = max_len + 1
-    lengths = np.diff(split.train_indptr)
-    drop = np.where(lengths > c, lengths % c, 0)
-    kept = lengths - drop
-    n_chunks = np.where(kept > 0, np.maximum(kept // c, 1), 0)
-    chunk_user = np.repeat(np.arange(len(lengths)), n_chunks)
+    drop, kept, n_chunks = _chunks_per_row(split, c)
+    chunk_user = np.repeat(np.arange(len(n_chunks)), n_chunks)
     chunk_rank = np.arange(len(chunk_user)) - (np.cumsum(n_chunks) - n_chunks)[chunk_user]
     chunk_start = split.train_indptr[:-1][chunk_user] + drop[chunk_user] + chunk_rank * c
     return left_pad_segments(split.train_items, chunk_start, np.minimum(kept, c)[chunk_user], c)
+
+
+def sequence_chunk_users(split: Split, max_len: int) -> np.ndarray:
+    """int64 [n_chunks]: the internal user id of each row of ``sequence_chunks(split, max_len)``."""
+    return np.repeat(split.train_users, _chunks_per_row(split, max_len + 1)[2])
+
+
+def _chunks_per_row(split: Split, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per training row: items dropped (oldest first), items kept, and the number of chunks of size ``c``."""
+    lengths = np.diff(split.train_indptr)
+    drop = np.where(lengths > c, lengths % c, 0)
+    kept = lengths - drop
+    return drop, kept, np.where(kept > 0, np.maximum(kept // c, 1), 0)

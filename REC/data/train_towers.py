@@ -1,9 +1,9 @@
-"""LEAVE_ONE_OUT_CHUNK batches: each item of a chunk is predicted from the rest of its chunk (FM, DSSM).
+"""LEAVE_ONE_OUT_CHUNK batches: each item of a chunk is predicted from the rest of its chunk (FM, DSSM, ACF).
 
 This is the example set of the original's SampleOneTower / SampleTwoTower datasets (spec 3.5): for position
 idx of a chunk, the history is the chunk without idx (in order, so later items count too) and the positive is
 chunk[idx]. A batch is {'items': [B, M] that history, left-padded, 'target': [B], 'negatives': [B] one item
-outside the chunk}.
+outside the chunk, 'user_id': [B] the chunk's user (ACF's input, as the original's SampleACFTrainDataset)}.
 
 Fix (spec 9.1): the original's FM and DSSM trained on the first example of each collated batch only; here
 every example of a batch is a row of the loss, and the batch size counts examples, not chunks.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .split import Split, ragged_positions, sequence_chunks
+from .split import Split, ragged_positions, sequence_chunk_users, sequence_chunks
 from .train_batches import EpochBatches, register_train_dataset, sample_negatives
 
 
@@ -27,6 +27,7 @@ class HeldOutItemBatches(EpochBatches):
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        self.chunk_users = sequence_chunk_users(split, config["MAX_ITEM_LIST_LENGTH"])
         lengths = (self.chunks != 0).sum(1)
         lengths[lengths < 2] = 0
         self.rows = np.repeat(np.arange(len(self.chunks), dtype=np.int64), lengths)
@@ -42,4 +43,4 @@ class HeldOutItemBatches(EpochBatches):
         others = np.take_along_axis(chunk, keep + (keep >= cols[:, None]), 1)
         neg = sample_negatives(rng, chunk, self.item_num, per_row=1)[:, 0]
         return {"items": torch.from_numpy(others), "target": torch.from_numpy(chunk[np.arange(len(rows)), cols]),
-                "negatives": torch.from_numpy(neg)}
+                "negatives": torch.from_numpy(neg), "user_id": torch.from_numpy(self.chunk_users[rows])}

@@ -1,0 +1,106 @@
+"""Frozen item-feature tables for the ViNet models (spec 7.3): one ``.npy`` per dataset and image encoder,
+row i = internal item id i (items numbered by first appearance in the CSV, spec 3.1), row 0 = padding.
+
+Not a model (no ``@register_model``): the ViNet models share the loader and the holder below.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FEATURE_KEY = "v_feat_path"
+
+
+class FeatureFileError(ValueError):
+    """The feature file is missing or does not fit the dataset or the model; the message names the file and the
+    config key, so ``main.py`` reports it before any process starts (exit status 2)."""
+
+
+def _describe_ndim(ndim: tuple[int, ...]) -> str:
+    shapes = {2: "[item_num, D]", 3: "[item_num, R, D] (R regions)", 4: "[item_num, H, W, D] (a feature map)"}
+    return " or ".join(shapes.get(n, f"{n}-d") for n in ndim)
+
+
+def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[int, ...] = (2,),
+                       expected_width: int | None = None, key: str = FEATURE_KEY) -> torch.Tensor:
+    """The float32 table ``[item_num, ..., D]`` of ``path``, checked against the dataset and the model.
+
+    ``ndim``: the numbers of dimensions the model accepts; ``expected_width``: the last dimension D the model was
+    configured for (None: any). Under ``torch.device("meta")`` (the launcher's preflight) only the header is read
+    and a meta tensor of the right shape comes back, so a bad file fails before any process starts at no cost.
+    A float32 file is memory-mapped copy-on-write, not read: pages load as rows are used, and several processes
+    on one machine share them through the page cache.
+    """
+    if path is None:
+        raise FeatureFileError(f"config key {key!r} is null; set it to the item feature file (.npy) extracted for "
+                               f"this dataset, e.g. --{key}=dataset/visual_features/RN50.npy")
+    path = Path(path)
+    where = f"feature file {str(path)!r} (config key {key!r})"
+    if not path.is_file():
+        raise FeatureFileError(f"{where} does not exist (resolved: {path.resolve()}); relative paths are relative to "
+                               f"the working directory, and the features must be extracted for this dataset first")
+    try:
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FeatureFileError(f"{where} is not a numeric .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray) or not (np.issubdtype(array.dtype, np.floating)
+                                                 or np.issubdtype(array.dtype, np.integer)):
+        raise FeatureFileError(f"{where} holds {getattr(array, 'dtype', type(array).__name__)}, not numbers")
+    if array.ndim not in ndim:
+        raise FeatureFileError(f"{where} has shape {list(array.shape)} ({array.ndim} dimensions); this model expects "
+                               f"{_describe_ndim(ndim)}")
+    if array.shape[0] != item_num:
+        raise FeatureFileError(
+            f"{where} has {array.shape[0]} rows, but the dataset needs item_num = {item_num} rows ({item_num - 1} "
+            f"items + 1 padding row 0, row i = internal item id i); the features must be extracted for this dataset")
+    if expected_width is not None and array.shape[-1] != expected_width:
+        raise FeatureFileError(f"{where} has feature width {array.shape[-1]} (shape {list(array.shape)}), but the "
+                               f"model is configured for width {expected_width} (v_feat_dim); extract the features "
+                               f"with the matching encoder or change v_feat_dim")
+    if torch.empty(0).device.type == "meta":
+        return torch.empty(array.shape, dtype=torch.float32)
+    if array.dtype == np.float32 and array.flags.c_contiguous:
+        return torch.from_numpy(array)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+class FrozenFeatures(nn.Module):
+    """A frozen feature table that moves with the model (``.to(device)``) but is neither a parameter nor a buffer:
+    checkpoints stay small (the file is the source of truth), and DDP does not broadcast the table from rank 0 at
+    every forward, which it does for all buffers, non-persistent ones included (each rank reads the same file).
+
+    ``on_host``: the table stays in host memory (memory-mapped) whatever the model's device, and each lookup
+    copies only its rows to the device of the ids: for feature maps larger than the GPU's memory.
+    """
+
+    def __init__(self, table: torch.Tensor, on_host: bool = False):
+        super().__init__()
+        self.table, self.on_host = table, on_host
+
+    def _apply(self, fn, recurse=True):
+        if not self.on_host:
+            self.table = fn(self.table)
+        return super()._apply(fn, recurse)
+
+    @property
+    def width(self) -> int:
+        return self.table.shape[-1]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """[...] item ids -> [..., *feature shape], on the device of ``ids``."""
+        if self.table.device == ids.device:
+            return self.table[ids]
+        return self.table[ids.to(self.table.device)].to(ids.device, non_blocking=True)
+
+    def extra_repr(self) -> str:
+        return f"shape={list(self.table.shape)}, device={self.table.device}"
+
+
+def features_from_config(config, item_num: int, *, ndim: tuple[int, ...] = (2,),
+                         on_host: bool = False) -> FrozenFeatures:
+    """The model's ``v_feat_path`` table, checked against ``v_feat_dim`` when that is set."""
+    return FrozenFeatures(load_item_features(config[FEATURE_KEY], item_num, ndim=ndim,
+                                             expected_width=config["v_feat_dim"]), on_host=on_host)

@@ -1,0 +1,61 @@
+"""VBPR (He & McAuley, AAAI 2016) as PixelRec trains it (spec 6.3).
+
+score(u, i) = gamma_u . gamma_i + theta_u . (E f_i) + beta' . f_i, with frozen visual features f_i, ID tables
+gamma_u, gamma_i, theta_u of width d' = embedding_size / 2, the projection E: D -> d' and the visual bias
+beta': D -> 1 (no item or global bias terms, as the original). BPR loss over one sampled negative per training
+interaction. E and beta' are the parameters whose names contain ``projection``: with
+``encoder_param_prefix: projection`` they form the optimizer's "modal" group (the original's decay_check_name).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import DatasetInfo, RecModel, bpr_loss
+from ..registry import register_model
+from .features import features_from_config
+
+
+@register_model("ViNet")
+class VBPR(RecModel):
+    input_type = "PAIR"
+
+    def __init__(self, config, info: DatasetInfo):
+        super().__init__(config, info)
+        d = config["embedding_size"]
+        if d < 2 or d % 2:
+            raise ValueError(f"VBPR splits embedding_size between the ID and the visual factors; it must be even, "
+                             f"got {d}")
+        half = d // 2
+        self.features = features_from_config(config, info.item_num)
+        self.user_embedding = nn.Embedding(info.user_num, half)         # gamma_u
+        self.item_embedding = nn.Embedding(info.item_num, half)         # gamma_i
+        self.user_visual_embedding = nn.Embedding(info.user_num, half)  # theta_u
+        self.projection = nn.Linear(self.features.width, half, bias=False)  # E
+        self.bias_projection = nn.Linear(self.features.width, 1, bias=False)  # beta'
+        for m in (self.user_embedding, self.item_embedding, self.user_visual_embedding, self.projection,
+                  self.bias_projection):
+            nn.init.xavier_normal_(m.weight)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """[..., d + 1]: gamma_i, E f_i and the visual bias beta' f_i, to be dotted with ``user_vectors``."""
+        f = self.features(items)
+        return torch.cat([self.item_embedding(items), self.projection(f), self.bias_projection(f)], -1)
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """[..., d + 1]: gamma_u, theta_u and a constant 1 that picks up the item's visual bias."""
+        gamma, theta = self.user_embedding(users), self.user_visual_embedding(users)
+        return torch.cat([gamma, theta, torch.ones_like(gamma[..., :1])], -1)
+
+    def forward(self, batch):
+        user = self.user_vectors(batch["user_id"])
+        items = self.item_vectors(torch.stack([batch["items"], batch["negatives"]]))  # [2, B, d + 1]
+        pos, neg = (items * user).sum(-1)
+        return bpr_loss(pos, neg).mean()
+
+    def item_representations(self):
+        f = self.features.table  # whole table: no gathered copy
+        return torch.cat([self.item_embedding.weight, self.projection(f), self.bias_projection(f)], -1)
+
+    def user_representations(self, batch):
+        return self.user_vectors(batch["user_id"])

@@ -1,0 +1,374 @@
+"""Frozen image features of every item, for the ViNet models (spec 7.3, 10): ``python -m REC.extract_features``.
+
+The original shipped its feature files (``RN50.npy``, ``RN50_layer4.npy``) as downloads and no code that made
+them. Here they come from the same item encoders PixelNet trains (``REC.model.encoders``), frozen:
+
+- a feature is the backbone's readout WITHOUT the projection head (``RN50.npy`` is the 2048-d pooled ResNet
+  output), or with ``spatial`` the last feature map ``[H, W, D]`` (CNNs) or patch tokens ``[R, D]``
+  (transformers) for ACF; covers are normalised and resized exactly as PixelNet does (``CoverItems.pixels``);
+- the file is ``[item_num, ...]`` float32, row i = internal item id i, row 0 (padding) zeros, with the item
+  token of every row in ``<output>.items.txt`` and the settings in ``<output>.json``;
+- extraction writes into ``<output>.partial`` (a memory-mapped ``.npy``) and records the rows done in
+  ``<output>.partial.json`` after each flushed chunk; a rerun with the same settings continues there, and the
+  finished file is renamed into place, so ``<output>`` is never half written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .config import Config, ConfigError
+from .data import load_interactions
+from .data.cover_batches import cover_lmdb_path
+from .data.covers import CoverStore
+from .evaluator.ranking import autocast
+from .run import build_config, check_covers
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "pixelrec-features", 1
+FEATURES_DIR = "visual_features"
+# What build_config needs that an encoder file such as overall/RN50.yaml leaves to the PixelNet model file layered
+# before it, none of which extraction reads: a model (Pop adds no keys of its own) and a two-group optim_args
+# (the encoder files set only its optim_args.modal_* entries). Layered first, so every given file wins over it.
+BASE_LAYER = {"model": "Pop",
+              "optim_args": {"modal_lr": 1.0e-4, "modal_decay": 0.0, "rec_lr": 1.0e-4, "rec_decay": 0.0}}
+
+
+class FeatureExtractionError(ValueError):
+    """The extraction cannot run as asked (a partial file of other settings, an output in the way, no spatial
+    map); the message says what to change."""
+
+
+# ----------------------------------------------------------------------------------------------- config
+def feature_config(config_files, overrides=()) -> Config:
+    """The config of ``config_files`` + ``overrides`` (``main.py``'s syntax) over a base layer that supplies what
+    an encoder file alone lacks (see ``BASE_LAYER``): no PixelNet model file needs to be named."""
+    with tempfile.TemporaryDirectory(prefix="pixelrec-features-") as tmp:
+        path = Path(tmp) / "extract_features-base.yaml"
+        path.write_text(yaml.safe_dump(BASE_LAYER))
+        return build_config([path, *config_files], overrides)
+
+
+def default_output(config, spatial: bool = False) -> Path:
+    """``<data_path>/visual_features/<encoder>.npy`` (``timm/x`` -> ``timm_x``); ``_spatial`` before the suffix
+    for feature maps."""
+    name = str(config["encoder"]).replace("/", "_") + ("_spatial" if spatial else "")
+    return Path(config["data_path"]) / FEATURES_DIR / f"{name}.npy"
+
+
+# ----------------------------------------------------------------------------------------------- features
+class FrozenCoverFeatures(torch.nn.Module):
+    """uint8 covers ``[n, 3, h, w]`` -> float features ``[n, width]``, or ``[n, H, W, D]`` / ``[n, R, D]`` with
+    ``spatial``, from the configured encoder in eval mode with every parameter frozen.
+
+    Random weights (``encoder_pretrained: false``) are drawn after seeding with ``config['seed']``, so a resumed
+    extraction continues with the same encoder.
+    """
+
+    def __init__(self, config, spatial: bool = False):
+        super().__init__()
+        from .model.encoders import build_item_encoder
+        from .model.pixel import CoverItems
+
+        if not config["encoder"]:
+            from .model.encoders import list_encoders
+            raise ConfigError(f"no encoder: set `encoder` in a config file (e.g. overall/RN50.yaml) or pass "
+                              f"--encoder=<name>; known encoders: {list_encoders()}, or timm/<name>")
+        torch.manual_seed(config["seed"])
+        encoder = build_item_encoder(config, 1)  # the head (to width 1, the cheapest) is never called
+        # CoverItems holds the normalisation and resizing PixelNet applies; its encoder is ours, unused there
+        self.items = CoverItems(config, 1, encoder=encoder)
+        self.backbone, self.spatial = encoder.backbone, spatial
+        self.encoder_name, self.readout = encoder.name, encoder.readout
+        self.channels_last = encoder.channels_last
+        if spatial:
+            self._check_spatial()
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def image_size(self) -> int:
+        return self.items.resize_to
+
+    def _check_spatial(self) -> None:
+        from .model.encoders.clip_encoders import ClipResNet, ClipViT
+        from .model.encoders.timm_encoders import TimmBackbone
+
+        if isinstance(self.backbone, ClipViT):
+            self.backbone.per_token = True  # our own instance: forward now returns every token, before ln_post
+        elif not isinstance(self.backbone, (ClipResNet, TimmBackbone)):
+            raise FeatureExtractionError(f"--spatial is not supported for encoder {self.encoder_name!r} "
+                                         f"({type(self.backbone).__name__}); it knows the CLIP ResNets, CLIP ViT "
+                                         f"and timm backbones")
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        from .model.encoders.clip_encoders import ClipResNet, ClipViT
+
+        b = self.backbone
+        if isinstance(b, ClipResNet):  # layer4 before the attention pool or the average
+            v = b.net
+            return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x))))).permute(0, 2, 3, 1)
+        if isinstance(b, ClipViT):
+            return b(x)[:, 1:]  # the patch tokens, class token dropped
+        out = b.net.forward_features(x)  # timm: the map or tokens before pooling
+        if out.ndim == 4:
+            return out if getattr(b.net, "output_fmt", "NCHW") == "NHWC" else out.permute(0, 2, 3, 1)
+        if out.ndim == 3:
+            return out[:, getattr(b.net, "num_prefix_tokens", 0):]
+        raise FeatureExtractionError(f"--spatial is not supported for encoder {self.encoder_name!r}: its "
+                                     f"forward_features gives shape {list(out.shape)}, not a map or tokens")
+
+    def forward(self, covers: torch.Tensor) -> torch.Tensor:
+        x = self.items.pixels(covers)
+        if self.channels_last and x.is_cuda:  # as ItemEncoder.forward: cuDNN's NHWC kernels
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.spatial:
+            return self._feature_map(x)
+        out = self.backbone(x)
+        # the ViT `mean` readout gives every token to the head and averages; without a head, average the tokens
+        return out.mean(dim=1) if self.backbone.per_token else out
+
+    def prepare(self, device: torch.device) -> FrozenCoverFeatures:
+        self.to(device)
+        if self.channels_last and device.type == "cuda":
+            self.backbone.to(memory_format=torch.channels_last)
+        return self
+
+
+class _CoverRows(Dataset):
+    """uint8 cover batches ``[n, 3, H, W]`` of the items ``start..stop-1`` in order; unlike ItemCoverBatches it
+    starts anywhere, so a resumed extraction can change the batch size."""
+
+    def __init__(self, store: CoverStore, start: int, stop: int, batch_size: int):
+        self.store, self.start, self.stop, self.batch_size = store, start, stop, batch_size
+
+    def __len__(self) -> int:
+        return (max(0, self.stop - self.start) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        a = self.start + b * self.batch_size
+        return torch.from_numpy(self.store.get(np.arange(a, min(a + self.batch_size, self.stop))))
+
+
+# ----------------------------------------------------------------------------------------------- files
+def sidecars(output: Path) -> dict[str, Path]:
+    """The files that go with ``output``: item tokens, settings, and the partial file with its progress."""
+    return {"items": Path(f"{output}.items.txt"), "meta": Path(f"{output}.json"),
+            "partial": Path(f"{output}.partial"), "progress": Path(f"{output}.partial.json")}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _items_digest(tokens) -> str:
+    return hashlib.sha256(tokens.blob.tobytes() + tokens.offsets.tobytes()).hexdigest()
+
+
+def _read_progress(path: Path) -> dict | None:
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return progress if isinstance(progress, dict) and progress.get("format") == FORMAT else None
+
+
+def _allocated(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512  # the memmap is sparse: only written rows take space
+    except (OSError, AttributeError):
+        return 0
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+@dataclass
+class ExtractResult:
+    path: Path              # the finished file, or the partial one when ``complete`` is false
+    shape: tuple[int, ...]
+    rows_done: int          # rows written so far, padding row 0 included
+    complete: bool
+    images: int             # covers encoded by this call
+    seconds: float          # time spent in the extraction loop of this call
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FeatureExtractionError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FeatureExtractionError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FeatureExtractionError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise FeatureExtractionError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    return device
+
+
+def extract_features(config, output=None, *, spatial: bool = False, device: str = "cpu",
+                     batch_size: int | None = None, precision: str | None = None, workers: int | None = None,
+                     max_batches: int | None = None, flush_every: int = 8, restart: bool = False,
+                     overwrite: bool = False) -> ExtractResult:
+    """Write the frozen features of every item of ``config``'s dataset to ``output`` (see the module docstring).
+
+    ``batch_size``, ``precision`` and ``workers`` default to the config's ``cover_batch_size``, ``precision`` and
+    ``num_workers``. ``max_batches`` stops this call after that many batches (the partial file stays; the next
+    call continues). A partial file of other settings is an error unless ``restart`` discards it; an existing
+    ``output`` is an error unless ``overwrite``.
+    """
+    output = Path(output) if output else default_output(config, spatial)
+    if output.suffix != ".npy":
+        raise FeatureExtractionError(f"--output {str(output)!r}: the feature file must end in .npy")
+    batch_size = int(config["cover_batch_size"] if batch_size is None else batch_size)
+    precision = precision or config["precision"]
+    workers = config["num_workers"] if workers is None else int(workers)
+    if batch_size < 1 or workers < 0 or flush_every < 1 or (max_batches is not None and max_batches < 1):
+        raise FeatureExtractionError(f"need batch_size >= 1, workers >= 0, max_batches >= 1; got batch_size="
+                                     f"{batch_size}, workers={workers}, max_batches={max_batches}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise FeatureExtractionError(f"precision {precision!r}: expected fp32, bf16 or fp16")
+    dev = _device(device)
+    files = sidecars(output)
+    if output.exists() and not overwrite:
+        raise FeatureExtractionError(f"{output} already exists; pass --overwrite to replace it (it is replaced "
+                                     f"only once the new file is complete) or choose another --output")
+
+    inter = load_interactions(config["data_path"], config["dataset"], config["cache_dir"])
+    store = CoverStore(cover_lmdb_path(config), inter.item_tokens)  # a missing database fails here
+    check_covers(config, inter)  # every item needs a cover: name how many lack one, and which
+    item_num = inter.item_num
+
+    model = FrozenCoverFeatures(config, spatial).prepare(dev)
+    with torch.inference_mode(), autocast(dev, precision):
+        probe = model(torch.zeros(1, 3, store.height, store.width, dtype=torch.uint8, device=dev))
+    shape = (item_num, *probe.shape[1:])
+    settings = {
+        "dataset": config["dataset"], "items": item_num - 1, "items_sha256": _items_digest(inter.item_tokens),
+        "encoder": model.encoder_name, "readout": None if spatial else model.readout, "spatial": spatial,
+        "encoder_pretrained": bool(config["encoder_pretrained"]), "encoder_weights": config["encoder_weights"],
+        "seed": None if config["encoder_pretrained"] else config["seed"],  # only random weights depend on it
+        "image_norm": config["image_norm"], "image_size": model.image_size, "precision": precision,
+        "shape": list(shape), "dtype": "float32",
+    }
+
+    rows_done = _open_partial(files, settings, restart)
+    total_bytes = int(np.prod(shape)) * 4
+    output.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(output.parent).free
+    if total_bytes - _allocated(files["partial"]) > free:
+        raise FeatureExtractionError(f"{output}: the features need {total_bytes / 1e9:.2f} GB "
+                                     f"({'x'.join(map(str, shape))} float32) and {output.parent} has "
+                                     f"{free / 1e9:.2f} GB free")
+    if rows_done:
+        array = np.lib.format.open_memmap(files["partial"], mode="r+")
+    else:
+        array = np.lib.format.open_memmap(files["partial"], mode="w+", dtype=np.float32, shape=shape)
+        rows_done = 1  # row 0, the padding, is the file's zeros
+        _save_progress(files["progress"], settings, rows_done, batch_size)
+    log.info("frozen %s features of %d items (%s) from %s at %d px on %s (%s): %s -> %s (%.2f GB)%s",
+             model.encoder_name, item_num - 1, "spatial" if spatial else f"{model.readout} readout", store.path,
+             model.image_size, dev, precision, list(shape), output, total_bytes / 1e9,
+             f"; continuing at row {rows_done}" if rows_done > 1 else "")
+
+    rows = _CoverRows(store, rows_done, item_num, batch_size)
+    loader = DataLoader(rows, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input shape for the whole run
+    bar = tqdm(total=item_num - 1, initial=rows_done - 1, unit="img", desc="features", dynamic_ncols=True,
+               disable=not config["show_progress"])
+    start, images, batches, since_flush = time.perf_counter(), 0, 0, 0
+    try:
+        with torch.inference_mode(), autocast(dev, precision):
+            for covers in loader:
+                feats = model(covers.to(dev, non_blocking=True)).float()
+                n = len(covers)
+                array[rows_done:rows_done + n] = feats.cpu().numpy()
+                rows_done, images, batches, since_flush = rows_done + n, images + n, batches + 1, since_flush + 1
+                bar.update(n)
+                if since_flush >= flush_every:
+                    array.flush()
+                    _save_progress(files["progress"], settings, rows_done, batch_size)
+                    since_flush = 0
+                if batches == max_batches:
+                    break
+    finally:  # also on Ctrl-C: the rows written so far are kept for the next run
+        seconds = time.perf_counter() - start
+        bar.close()
+        array.flush()
+        del array
+        _save_progress(files["progress"], settings, rows_done, batch_size)
+
+    if rows_done < item_num:
+        log.info("stopped after %d batches at row %d of %d; rerun the same command to continue (%s)",
+                 batches, rows_done, item_num, files["partial"])
+        return ExtractResult(files["partial"], shape, rows_done, False, images, seconds)
+    _finish(output, files, settings, inter.item_tokens)
+    log.info("wrote %s %s: %d covers in %.1f s (%.1f images/s)", output, list(shape), images, seconds,
+             images / seconds if seconds > 0 else float("nan"))
+    return ExtractResult(output, shape, rows_done, True, images, seconds)
+
+
+def _save_progress(path: Path, settings: dict, rows_done: int, batch_size: int) -> None:
+    _write_atomic(path, json.dumps({"format": FORMAT, "version": VERSION, "settings": settings,
+                                    "rows_done": rows_done, "batch_size": batch_size,
+                                    "batches_done": -(-(rows_done - 1) // batch_size)}, indent=1))
+
+
+def _open_partial(files: dict[str, Path], settings: dict, restart: bool) -> int:
+    """Rows already done by an earlier run of the same settings (0: start afresh). A partial file of other
+    settings is an error unless ``restart``: silently discarding hours of extraction is worse than asking."""
+    partial, progress_file = files["partial"], files["progress"]
+    progress = _read_progress(progress_file) if progress_file.exists() else None
+    if restart or not partial.exists() or progress is None:
+        if partial.exists() and not restart:
+            log.warning("%s has no readable progress record %s; starting afresh", partial, progress_file)
+        partial.unlink(missing_ok=True)
+        progress_file.unlink(missing_ok=True)
+        return 0
+    old = progress.get("settings") or {}
+    changed = [f"{k}: {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    if changed:
+        raise FeatureExtractionError(f"{partial} was started with other settings ({'; '.join(changed)}); rerun "
+                                     f"with the options it was started with to continue it, or pass --restart "
+                                     f"to discard it")
+    try:
+        head = np.load(partial, mmap_mode="r")
+        ok = head.shape == tuple(settings["shape"]) and head.dtype == np.float32
+        del head
+    except (ValueError, OSError):
+        ok = False
+    if not ok:
+        raise FeatureExtractionError(f"{partial} is not a float32 array of shape {settings['shape']} as its "
+                                     f"progress record says; pass --restart to discard it")
+    return int(progress["rows_done"])
+
+
+def _finish(output: Path, files: dict[str, Path], settings: dict, tokens) -> None:
+    """Sidecars first, then the atomic rename: a reader that finds ``output`` also finds what its rows are."""
+    _write_atomic(files["items"], "\n".join(tokens.to_list()) + "\n")
+    meta = {"format": FORMAT, "version": VERSION, **settings, "items_file": files["items"].name,
+            "rows": "row i = internal item id i (first appearance in the CSV); row 0 = padding, zeros"}
+    _write_atomic(files["meta"], json.dumps(meta, indent=1))
+    os.replace(files["partial"], output)
+    files["progress"].unlink(missing_ok=True)

@@ -1,0 +1,205 @@
+"""Feature extraction for ViNet (python -m REC.extract_features): a real covers LMDB, a real timm encoder with random
+weights (the same weights in every process: they are drawn after seeding with the config's seed)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from REC.data import load_interactions
+from REC.data.cover_pack import pack_covers
+from REC.data.covers import CoverStore
+from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
+from REC.extract_features import main
+from REC.features import FeatureExtractionError, FrozenCoverFeatures, feature_config, sidecars
+from REC.model import list_models
+from REC.model.encoders import Backbone, build_item_encoder
+
+from .conftest import ROOT, result_of, run_main
+
+COVER, WIDTH = 32, 96  # px of the stored covers; timm test_resnet's pooled width
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """80 items in 4 visual groups; covers.lmdb holds every cover, partial.lmdb lacks three of them."""
+    folder = tmp_path_factory.mktemp("featdata")
+    frame, groups = visual_log(n_users=150, n_items=80, n_groups=4, min_len=5, max_len=12, p_group=0.9, seed=4)
+    write_csv(frame, folder / "Vis.csv")
+    write_covers(group_covers(groups, size=COVER, seed=4), folder / "cover")
+    assert pack_covers(folder / "Vis.csv", folder / "cover", folder / "covers.lmdb", size=COVER, workers=1).ok
+    tokens = load_interactions(str(folder), "Vis").item_tokens.to_list()
+    for token in tokens[1:4]:
+        (folder / "cover" / f"{token}.png").unlink()
+    pack_covers(folder / "Vis.csv", folder / "cover", folder / "partial.lmdb", size=COVER, workers=1)
+    return folder
+
+
+def args(data, *extra):
+    return ["--config_file", "overall/ResNet50.yaml", f"--data_path={data}", "--dataset=Vis",
+            "--encoder=timm/test_resnet", "--encoder_pretrained=false", f"--image_size={COVER}",
+            "--show_progress=false", "--num_workers=0", *extra]
+
+
+def extract(data, out, *extra) -> np.ndarray:
+    assert main(args(data, "--output", str(out), *extra)) == 0
+    return np.load(out)
+
+
+@pytest.fixture(scope="module")
+def features(data, tmp_path_factory):
+    """One uninterrupted extraction in 3 batches of 32 (the reference for the resume tests)."""
+    out = tmp_path_factory.mktemp("feat") / "full.npy"
+    return out, extract(data, out, "--batch_size=32")
+
+
+def test_rows_are_the_frozen_backbone_output_without_head(data, features):
+    out, array = features
+    inter = load_interactions(str(data), "Vis")
+    assert array.shape == (inter.item_num, WIDTH) and array.dtype == np.float32
+    assert not array[0].any()  # padding
+    cfg = feature_config(["overall/ResNet50.yaml"], args(data)[2:])
+    torch.manual_seed(cfg["seed"])
+    encoder = build_item_encoder(cfg, 8).eval()
+    ids = np.array([1, 7, 33, inter.item_num - 1])
+    covers = torch.from_numpy(CoverStore(data / "covers.lmdb", inter.item_tokens).get(ids))
+    with torch.no_grad():
+        expected = encoder.backbone((covers.float() / 255 - 0.5) / 0.5).numpy()  # image_norm half, no resize
+    np.testing.assert_allclose(array[ids], expected, rtol=1e-4, atol=1e-5)
+    # the sidecars say what each row is and how it was made
+    files = sidecars(out)
+    assert files["items"].read_text().splitlines() == inter.item_tokens.to_list()
+    meta = json.loads(files["meta"].read_text())
+    assert meta["shape"] == [inter.item_num, WIDTH] and meta["encoder"] == "timm/test_resnet"
+    assert meta["readout"] == "pool" and meta["image_size"] == COVER
+    assert not files["partial"].exists() and not files["progress"].exists()
+
+
+def test_spatial_is_the_map_before_pooling(data, tmp_path):
+    """At 64 px the test ResNet's last map is 2x2; its mean over positions is the pooled vector."""
+    maps = extract(data, tmp_path / "maps.npy", "--spatial", "--image_size=64")
+    pooled = extract(data, tmp_path / "pooled.npy", "--image_size=64")
+    assert maps.shape == (pooled.shape[0], 2, 2, WIDTH) and not maps[0].any()
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_spatial_needs_a_known_backbone(data):
+    class Opaque(Backbone):
+        def forward(self, images):
+            return images.mean(dim=(2, 3))
+
+    extractor = FrozenCoverFeatures(feature_config(["overall/ResNet50.yaml"], args(data)[2:]))
+    extractor.backbone = Opaque(torch.nn.Identity(), width=3, input_size=32, mean=(0, 0, 0), std=(1, 1, 1),
+                                is_convolutional=False)
+    with pytest.raises(FeatureExtractionError, match="--spatial is not supported"):
+        extractor._check_spatial()
+
+
+def test_resume_after_interruption_equals_one_run(data, features, tmp_path, capsys):
+    _, full = features
+    out = tmp_path / "resumed.npy"
+    assert main(args(data, "--output", str(out), "--batch_size=32", "--max_batches=2")) == 0
+    files = sidecars(out)
+    assert not out.exists() and files["partial"].exists()
+    assert json.loads(files["progress"].read_text())["rows_done"] == 65
+    capsys.readouterr()
+    resumed = extract(data, out, "--batch_size=32")
+    assert "continuing at row 65" in capsys.readouterr().out
+    np.testing.assert_array_equal(resumed, full)
+    # the rest with another batch size (e.g. after running out of memory): the same rows, up to float rounding
+    out = tmp_path / "smaller_batches.npy"
+    assert main(args(data, "--output", str(out), "--batch_size=32", "--max_batches=1")) == 0
+    np.testing.assert_allclose(extract(data, out, "--batch_size=5"), full, rtol=1e-5, atol=1e-6)
+
+
+def test_a_partial_file_of_other_settings_is_an_error_until_restart(data, features, tmp_path, capsys):
+    _, full = features
+    out = tmp_path / "changed.npy"
+    assert main(args(data, "--output", str(out), "--batch_size=16", "--max_batches=1")) == 0
+    capsys.readouterr()
+    assert main(args(data, "--output", str(out), "--image_size=24")) == 2
+    err = capsys.readouterr().err
+    assert "was started with other settings (image_size: 32 then, 24 now" in err and "--restart" in err
+    assert sidecars(out)["partial"].exists()  # kept
+    np.testing.assert_array_equal(extract(data, out, "--restart"), full)
+
+
+def test_an_interrupted_batch_loop_keeps_the_rows_done(data, features, tmp_path, monkeypatch):
+    """Ctrl-C in the middle: the rows written before it are recorded, and a rerun finishes the same file."""
+    _, full = features
+    out = tmp_path / "ctrl_c.npy"
+    calls = {"n": 0}
+    forward = FrozenCoverFeatures.forward
+
+    def interrupted(self, covers):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the probe, one batch, then Ctrl-C
+            raise KeyboardInterrupt
+        return forward(self, covers)
+
+    monkeypatch.setattr(FrozenCoverFeatures, "forward", interrupted)
+    assert main(args(data, "--output", str(out), "--batch_size=32")) == 130
+    assert json.loads(sidecars(out)["progress"].read_text())["rows_done"] == 33
+    monkeypatch.setattr(FrozenCoverFeatures, "forward", forward)
+    np.testing.assert_array_equal(extract(data, out, "--batch_size=32"), full)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cover_lmdb={data}/nowhere.lmdb"], "covers database {data}/nowhere.lmdb does not exist"),
+    (["--cover_lmdb={data}/partial.lmdb"], "has no cover for 3 of the|e.g. {first}, "),
+    (["--encoder=timm/no_such_net"], "timm has no model 'no_such_net'"),
+    (["--encoder=nope"], "unknown encoder 'nope'"),
+    (["--output={data}/features.txt"], "must end in .npy"),
+])
+def test_bad_inputs_are_one_line_errors(data, tmp_path, capsys, extra, message):
+    extra = [e.format(data=data) for e in extra]
+    out = [] if any(e.startswith("--output") for e in extra) else ["--output", str(tmp_path / "f.npy")]
+    assert main(args(data, *out, *extra)) == 2
+    err = capsys.readouterr().err
+    first = load_interactions(str(data), "Vis").item_tokens[1]  # the first item whose cover was removed
+    assert err.startswith("error: ") and err.count("\n") == 1
+    for part in message.split("|"):
+        assert part.format(data=data, first=first) in err
+    assert not (tmp_path / "f.npy").exists()
+
+
+def test_an_existing_output_needs_overwrite(data, features, capsys):
+    out, full = features
+    assert main(args(data, "--output", str(out))) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    np.testing.assert_array_equal(extract(data, out, "--overwrite"), full)
+
+
+def test_command_line_exit_status_without_traceback(data, tmp_path):
+    argv = args(data, "--output", str(tmp_path / "f.npy"), "--cover_lmdb=/nonexistent")
+    proc = subprocess.run([sys.executable, "-m", "REC.extract_features", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: covers database /nonexistent")
+
+
+@pytest.mark.skipif("VBPR" not in list_models(), reason="ViNet VBPR is not in this tree yet")
+def test_vbpr_trains_on_extracted_features(data, features, tmp_path):
+    out, _ = features
+    proc = run_main(["--config_file", "ViNet/vbpr.yaml", "overall/ID.yaml", f"--data_path={data}", "--dataset=Vis",
+                     f"--v_feat_path={out}", f"--v_feat_dim={WIDTH}", "--embedding_size=32", "--epochs=1",
+                     "--show_progress=false", f"--output_dir={tmp_path}"])
+    result = result_of(proc)
+    assert 0 <= result["test"]["ndcg@10"] <= 1
+
+
+def test_resizing_matches_pixelnet(data, tmp_path):
+    """Covers stored at 32 px and extracted at 48: resized on the device as PixelNet does (bilinear, antialias)."""
+    array = extract(data, tmp_path / "48.npy", "--image_size=48")
+    inter = load_interactions(str(data), "Vis")
+    cfg = feature_config(["overall/ResNet50.yaml"], args(data, "--image_size=48")[2:])
+    torch.manual_seed(cfg["seed"])
+    encoder = build_item_encoder(cfg, 8).eval()
+    covers = torch.from_numpy(CoverStore(data / "covers.lmdb", inter.item_tokens).get(np.array([2, 5])))
+    x = F.interpolate(covers.float() / 255, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        expected = encoder.backbone((x - 0.5) / 0.5).numpy()
+    np.testing.assert_allclose(array[[2, 5]], expected, rtol=1e-4, atol=1e-5)

@@ -43,6 +43,9 @@ class RecModel(nn.Module):
     input_type: str = "SEQ"
     needs_training: bool = True  # False: evaluated as built (e.g. Pop); the trainer runs no epoch
     item_source: str = "ids"     # "covers": items are encoded from cover images (PixelNet, REC.model.pixel)
+    # True: user_representations reads a learned per-user vector (batch["user_id"]), so only users of the
+    # training data can be scored, never a bare history of items (REC.predict refuses those)
+    needs_user_id: bool = False
     family: str
     defaults_file: object
 

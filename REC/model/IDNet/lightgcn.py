@@ -65,6 +65,7 @@ class _SymmetricSpMM(torch.autograd.Function):
 @register_model("IDNet")
 class LightGCN(RecModel):
     input_type = "PAIR"
+    needs_user_id = True
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)

@@ -13,6 +13,7 @@ from ..registry import register_model
 @register_model("IDNet")
 class MF(RecModel):
     input_type = "PAIR"
+    needs_user_id = True
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)

@@ -23,6 +23,7 @@ CHUNK_ELEMENTS = 1 << 26  # feature values gathered at once when a large evaluat
 @register_model("ViNet")
 class ACF(RecModel):
     input_type = "LEAVE_ONE_OUT_CHUNK"  # these batches carry user_id too
+    needs_user_id = True
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)

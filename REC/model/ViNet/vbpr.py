@@ -19,6 +19,7 @@ from .features import features_from_config
 @register_model("ViNet")
 class VBPR(RecModel):
     input_type = "PAIR"
+    needs_user_id = True
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)

@@ -1,0 +1,384 @@
+"""Top-k recommendations from a finished run, in the original ids of the dataset's CSV.
+
+    python -m REC.predict runs/SASRec-Beauty-... --output recs.csv [--users users.txt] [--topk 10]
+
+A user's input is their whole known history: every interaction of the CSV, so what comes after the test item
+is the next recommendation. The model reads the last M (``MAX_ITEM_LIST_LENGTH``) items, as at evaluation, and
+the history is masked unless ``--keep_history``. The same from Python::
+
+    rec = Recommender.from_run("runs/SASRec-Beauty-...")
+    rec.recommend(["B0001", "B0042"], k=10)        # [(item id, score), ...], best first
+    rec.recommend_users(["A2X..."], k=10)          # DataFrame user_id, rank, item_id, score
+
+PixelNet runs encode every item's cover once; ``save_item_representations`` keeps that table (``.npy`` plus
+an id list) so that serving can skip the encoding (``from_run(..., item_representations=path)``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import ConfigError
+from .data import DataError, EvalBatches, EvalSplit, prepare_split
+from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
+from .data.covers import CoverStore
+from .data.split import ragged_positions
+from .evaluator import FullRankingEvaluator
+from .evaluator.ranking import autocast
+from .model import create_model
+from .model.base import DatasetInfo
+from .run import load_run_config
+from .trainer.checkpoint import load as load_checkpoint
+
+SHOWN = 5  # unknown ids quoted in an error message
+
+
+class UnknownIdError(ValueError):
+    """Ids that the run's dataset does not hold; the message gives their count and the first few."""
+
+
+class KnownUsersOnlyError(RuntimeError):
+    """The model scores users by a learned per-user vector, so it cannot score a bare history."""
+
+
+def _unknown(kind: str, missing: list[str], total: int, where: str) -> UnknownIdError:
+    first = ", ".join(repr(m) for m in missing[:SHOWN])
+    return UnknownIdError(f"{len(missing)} of the {total} {kind} ids given are not in {where}: {first}"
+                          f"{', ...' if len(missing) > SHOWN else ''}")
+
+
+def _npy_base(path: str | Path) -> Path:
+    """``x``, ``x.npy`` -> ``x``: the table is ``x.npy``, its ids ``x.items.txt``."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix == ".npy" else path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
+    """Write ``path`` through a temporary file in the same folder, renamed over it only when the block ends
+    without an error; on an error the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Recommender:
+    """A trained model with its dataset's id maps, ranking every item for a batch of histories at a time."""
+
+    def __init__(self, config, model, inter, device: torch.device, precision: str, cover_table=None):
+        self.config, self.model, self.inter = config, model.eval(), inter
+        self.device, self.precision = device, precision
+        self.max_len = config["MAX_ITEM_LIST_LENGTH"]
+        self.item_num = inter.item_num
+        self.item_ids = np.array(inter.item_tokens.to_list(), dtype=object)  # internal id -> original id
+        self._cover_table = cover_table
+        self._items = None
+        self._item_index = self._user_index = None
+        # sequence row of each internal user id: Interactions lists users in order of their first event
+        self._row_of_user = np.zeros(inter.user_num, dtype=np.int64)
+        self._row_of_user[inter.users] = np.arange(len(inter.users))
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best.pth", device: str | torch.device = "cpu",
+                 precision: str | None = None, item_representations: str | Path | None = None) -> "Recommender":
+        """Load ``config.yaml`` and ``checkpoint`` of a run directory and the data (from its cache).
+
+        ``precision``: fp32, bf16 or fp16 autocast for the forward passes; None takes the run's. Scores are
+        always computed in fp32. ``item_representations``: a table written by ``save_item_representations``
+        (PixelNet), used instead of encoding every cover again.
+        """
+        config = load_run_config(run_dir)
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
+        precision = precision or config["precision"]
+        path = Path(run_dir) / checkpoint
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
+        inter, split = prepare_split(config)
+        model = create_model(config["model"], config, DatasetInfo.from_split(split))
+        model.load_state_dict(load_checkpoint(path)["model"])
+        model = model.to(device)
+        if model.item_source == "covers" and device.type == "cuda" and config["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        table = None
+        if item_representations is not None:
+            if model.item_source != "covers":
+                raise ValueError(f"item_representations: model {config['model']} reads its items from the "
+                                 f"checkpoint, not from covers; there is nothing to load")
+            table = cls.load_item_table(item_representations, inter.item_tokens.to_list(), model.cover_width)
+        return cls(config, model, inter, device, precision, table)
+
+    @staticmethod
+    def load_item_table(path: str | Path, item_ids: list[str], width: int) -> torch.Tensor:
+        """A saved [item_num, d] table, checked against the run's items (same ids in the same rows) and width."""
+        base = _npy_base(path)
+        npy, txt = base.with_name(base.name + ".npy"), base.with_name(base.name + ".items.txt")
+        for f in (npy, txt):
+            if not f.is_file():
+                raise FileNotFoundError(f"item representations: {f} does not exist (save_item_representations "
+                                        f"writes <path>.npy and <path>.items.txt)")
+        table = np.load(npy, allow_pickle=False)
+        saved_ids = txt.read_text(encoding="utf-8").split("\n")[:-1]
+        if table.ndim != 2 or table.shape[0] != len(saved_ids):
+            raise ValueError(f"{npy}: shape {table.shape} does not match the {len(saved_ids)} ids of {txt}")
+        if saved_ids != item_ids:
+            diff = sum(a != b for a, b in zip(saved_ids, item_ids)) + abs(len(saved_ids) - len(item_ids))
+            raise ValueError(f"{txt}: {len(saved_ids)} rows, but the run's dataset has {len(item_ids)} items "
+                             f"(padding row included) and {diff} rows differ; the table was saved from "
+                             f"another dataset or another version of it")
+        if table.shape[1] != width:
+            raise ValueError(f"{npy}: rows of width {table.shape[1]}, but the model's items have width {width}")
+        return torch.from_numpy(table.astype(np.float32, copy=False))
+
+    # --------------------------------------------------------------------------------------------- items
+    @property
+    def items(self) -> torch.Tensor:
+        """[item_num(, ...)] every item's representation, computed on first use (PixelNet: encodes the covers)."""
+        if self._items is None:
+            with torch.no_grad():
+                if self.model.item_source == "covers":
+                    if self._cover_table is None:
+                        self._cover_table = self._encode_covers().cpu()
+                    with autocast(self.device, self.precision):
+                        self.model.use_cover_table(self._cover_table.to(self.device))
+                with autocast(self.device, self.precision):
+                    self._items = self.model.item_representations().float()
+        return self._items
+
+    def _encode_covers(self) -> torch.Tensor:
+        """The evaluator's cover encoding, on one process: [item_num, d] float32, row 0 zero."""
+        config = self.config
+        store = CoverStore(cover_lmdb_path(config), self.inter.item_tokens)
+        covers = ItemCoverBatches(store, self.item_num, config["cover_batch_size"])
+        evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"],
+                                         self.device, self.precision, item_covers=covers,
+                                         cover_workers=config["num_workers"])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return evaluator.encode_all_covers(self.model)
+        finally:
+            self.model.train(was_training)
+
+    def save_item_representations(self, path: str | Path) -> Path:
+        """PixelNet: write ``<path>.npy`` (float32 [item_num, d], row 0 padding) and ``<path>.items.txt`` (the
+        original id of each row, ``[PAD]`` first); returns the ``.npy`` path."""
+        if self.model.item_source != "covers":
+            raise ValueError(f"model {self.config['model']} reads its items from the checkpoint, not from covers; "
+                             f"only PixelNet runs have item representations to save")
+        self.items  # noqa: B018  (encodes the covers when not done yet)
+        base = _npy_base(path)
+        npy, txt = base.with_name(base.name + ".npy"), base.with_name(base.name + ".items.txt")
+        with atomic_output(npy, "wb") as f:
+            np.save(f, self._cover_table.float().numpy(), allow_pickle=False)
+        with atomic_output(txt, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(f"{i}\n" for i in self.item_ids)
+        return npy
+
+    # -------------------------------------------------------------------------------------------- ids
+    def item_index(self, history: Iterable[str]) -> np.ndarray:
+        """Original item ids -> internal ids; UnknownIdError names those the dataset does not hold."""
+        if self._item_index is None:
+            self._item_index = {t: i for i, t in enumerate(self.item_ids) if i > 0}
+        history = [str(h) for h in history]
+        missing = [h for h in history if h not in self._item_index]
+        if missing:
+            raise _unknown("item", missing, len(history), f"dataset {self.config['dataset']!r}")
+        return np.array([self._item_index[h] for h in history], dtype=np.int64)
+
+    def user_index(self, user_ids: Iterable[str]) -> np.ndarray:
+        """Original user ids -> internal ids; UnknownIdError names those the dataset does not hold."""
+        if self._user_index is None:
+            self._user_index = {t: i for i, t in enumerate(self.inter.user_tokens.to_list()) if i > 0}
+        user_ids = [str(u) for u in user_ids]
+        missing = [u for u in user_ids if u not in self._user_index]
+        if missing:
+            raise _unknown("user", missing, len(user_ids), f"dataset {self.config['dataset']!r}")
+        return np.array([self._user_index[u] for u in user_ids], dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------------ ranking
+    def _full_histories(self, users: np.ndarray) -> EvalSplit:
+        """The whole sequence of each internal user id, as an EvalSplit without targets."""
+        rows = self._row_of_user[users]
+        starts, lengths = self.inter.indptr[rows], np.diff(self.inter.indptr)[rows]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        items = self.inter.items[ragged_positions(starts, lengths)]
+        return EvalSplit(users.astype(np.int64), np.zeros(len(rows), dtype=np.int64), indptr, items)
+
+    @torch.no_grad()
+    def rank(self, split: EvalSplit, k: int, exclude_history: bool = True, batch_size: int = 1024,
+             progress=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per batch of users: (internal item ids [B, k], scores [B, k]), best first, as the evaluator ranks
+        (same batches, same masking). Padding never appears; a masked item has score -inf."""
+        items = self.items
+        k = max(1, min(k, self.item_num - 1))
+        for batch in EvalBatches(split, self.max_len, batch_size):
+            batch = {key: v.to(self.device, non_blocking=True) for key, v in batch.items()}
+            with autocast(self.device, self.precision):
+                users = self.model.user_representations(batch)
+            scores = self.model.score(users.float(), items).float()
+            scores[:, 0] = -torch.inf
+            if exclude_history:
+                scores[batch["hist_row"], batch["hist_item"]] = -torch.inf
+            top = scores.topk(k, dim=1)
+            if progress is not None:
+                progress.update(len(scores))
+            yield top.indices.cpu().numpy(), top.values.cpu().numpy()
+
+    def recommend_histories(self, histories: list[list[str]], k: int = 10, exclude_history: bool = True,
+                            batch_size: int = 1024) -> list[list[tuple[str, float]]]:
+        """``recommend`` for many histories at once, in batches."""
+        if self.model.needs_user_id:
+            raise KnownUsersOnlyError(
+                f"model {self.config['model']} scores known users only (its user vector is learned per user id), "
+                f"so it cannot rank items for a given history; use recommend_users(user_ids) instead")
+        empty = [n for n, h in enumerate(histories) if len(h) == 0]
+        if empty:
+            raise ValueError(f"{len(empty)} of the {len(histories)} histories are empty (e.g. number {empty[0]}); "
+                             f"give at least one item id")
+        encoded = [self.item_index(h) for h in histories]
+        lengths = np.array([len(h) for h in encoded], dtype=np.int64)
+        indptr = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        # user 0 is the padding user: only its count is read, by models that need no user vector
+        split = EvalSplit(np.zeros(len(encoded), dtype=np.int64), np.zeros(len(encoded), dtype=np.int64), indptr,
+                          np.concatenate(encoded))
+        out = []
+        for ids, scores in self.rank(split, k, exclude_history, batch_size):
+            for row_ids, row_scores in zip(ids, scores):
+                keep = np.isfinite(row_scores)
+                out.append([(self.item_ids[i], float(s)) for i, s in zip(row_ids[keep], row_scores[keep])])
+        return out
+
+    def recommend(self, history: list[str], k: int = 10, exclude_history: bool = True) -> list[tuple[str, float]]:
+        """Top-k (original item id, score) after ``history`` (original item ids, oldest first), best first.
+        Items of the history are left out unless ``exclude_history`` is False."""
+        return self.recommend_histories([list(history)], k, exclude_history)[0]
+
+    def iter_user_rows(self, users: np.ndarray, k: int, exclude_history: bool = True, batch_size: int = 1024,
+                       chunk_users: int = 65536, progress=None) -> Iterator[list[tuple[str, int, str, float]]]:
+        """Per batch of internal user ids (their whole history as input): (user id, rank, item id, score) rows in
+        original ids. Users are taken ``chunk_users`` at a time so the model inputs of millions of users are
+        never built at once."""
+        user_tokens = self.inter.user_tokens
+        for a in range(0, len(users), chunk_users):
+            chunk = users[a:a + chunk_users]
+            done = 0
+            for ids, scores in self.rank(self._full_histories(chunk), k, exclude_history, batch_size, progress):
+                rows = []
+                for u, row_ids, row_scores in zip(chunk[done:done + len(ids)], ids, scores):
+                    token = user_tokens[int(u)]
+                    keep = np.isfinite(row_scores)
+                    rows.extend((token, r, self.item_ids[i], float(s))
+                                for r, (i, s) in enumerate(zip(row_ids[keep], row_scores[keep]), 1))
+                done += len(ids)
+                yield rows
+
+    def all_users(self) -> np.ndarray:
+        """Every internal user id, in the order of the users' first line in the CSV."""
+        return np.arange(1, self.inter.user_num, dtype=np.int64)
+
+    def recommend_users(self, user_ids: list[str], k: int = 10, exclude_history: bool = True,
+                        batch_size: int = 1024) -> pd.DataFrame:
+        """Top-k for known users (original ids), each from their whole history: columns user_id, rank,
+        item_id, score; k rows per user unless fewer items are left unmasked."""
+        users = self.user_index(user_ids)
+        rows = [r for part in self.iter_user_rows(users, k, exclude_history, batch_size) for r in part]
+        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
+
+
+# ---------------------------------------------------------------------------------------------- command
+def read_user_file(path: str | Path) -> list[str]:
+    """One original user id per line; blank lines are skipped and repeats dropped (first kept)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+
+
+def write_recommendations(path: str | Path, row_batches: Iterable[list[tuple]]) -> int:
+    """CSV ``user_id,rank,item_id,score``, written atomically (``atomic_output``); returns the number of rows."""
+    n = 0
+    with atomic_output(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["user_id", "rank", "item_id", "score"])
+        for rows in row_batches:
+            writer.writerows((u, r, i, f"{s:.7g}") for u, r, i, s in rows)
+            n += len(rows)
+    return n
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m REC.predict", description=__doc__.splitlines()[0],
+                                epilog="Exit status 2: a bad argument, run directory or user id; nothing is written.")
+    p.add_argument("run_dir", help="a run directory made by main.py (holds config.yaml and the checkpoints)")
+    p.add_argument("--output", default="recs.csv",
+                   help="CSV to write (user_id,rank,item_id,score), replaced atomically when complete")
+    p.add_argument("--users", metavar="FILE",
+                   help="only these users: one original user id per line (default: every user of the dataset)")
+    p.add_argument("--topk", type=int, default=10, help="items per user")
+    p.add_argument("--keep_history", action="store_true",
+                   help="do not mask the items the user already interacted with (masked by default)")
+    p.add_argument("--checkpoint", default="best.pth", help="checkpoint file in the run directory")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch_size", type=int, default=1024, help="users scored per batch")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="autocast dtype of the forward passes (scores are fp32); default: the run's precision")
+    p.add_argument("--save_items", metavar="PATH.npy",
+                   help="PixelNet: also save every item's encoded cover as PATH.npy and PATH.items.txt, to be "
+                        "loaded with Recommender.from_run(..., item_representations=PATH)")
+    args = p.parse_args(argv)
+    if args.topk < 1:
+        p.error("--topk must be at least 1")
+    if args.batch_size < 1:
+        p.error("--batch_size must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    try:
+        if args.users is not None and not Path(args.users).is_file():
+            raise FileNotFoundError(f"--users {args.users!r}: no such file")
+        rec = Recommender.from_run(args.run_dir, args.checkpoint, args.device, args.precision)
+        if args.users is None:
+            users = rec.all_users()
+        else:
+            wanted = read_user_file(args.users)
+            if not wanted:
+                raise ValueError(f"--users {args.users!r}: the file lists no user id")
+            users = rec.user_index(wanted)
+        if args.save_items:
+            npy = rec.save_item_representations(args.save_items)
+            print(f"item representations: {npy}", file=sys.stderr)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tqdm(total=len(users), unit="user", desc="predict", file=sys.stderr) as bar:
+        n = write_recommendations(args.output, rec.iter_user_rows(users, args.topk, not args.keep_history,
+                                                                  args.batch_size, progress=bar))
+    print(f"{n} rows for {len(users)} users written to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Recommendations from a trained run (REC.predict): original ids, the evaluator's ranking, bad inputs, atomic output."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from REC.data import EvalBatches, leave_one_out, load_interactions
+from REC.evaluator import FullRankingEvaluator
+from REC.model import create_model, list_models
+from REC.model.base import DatasetInfo
+from REC.predict import KnownUsersOnlyError, Recommender, UnknownIdError, main, write_recommendations
+from REC.run import CONFIG_NAME, build_config
+from REC.trainer.checkpoint import save_atomic
+
+from .conftest import ROOT, result_of, run_dir_of, run_main, sasrec_args
+from .model_cases import SMALL
+from .test_pixelnet import TINY_ENCODER, vis_data  # noqa: F401  (the fixture, reused)
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def run(seq_data, tmp_path_factory):
+    """A tiny SASRec trained for 2 epochs, its run directory and test figures."""
+    proc = run_main(sasrec_args(seq_data, tmp_path_factory.mktemp("runs"), "--epochs=2", "--eval_batch_size=64"))
+    return run_dir_of(proc), result_of(proc)
+
+
+@pytest.fixture(scope="module")
+def rec(run):
+    return Recommender.from_run(run[0])
+
+
+@pytest.fixture(scope="module")
+def cli_csv(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("recs") / "recs.csv"
+    assert main([str(run[0]), "--output", str(out), "--topk", str(K), "--batch_size", "100"]) == 0
+    return pd.read_csv(out, dtype={"user_id": str, "item_id": str})
+
+
+def original_sequences(seq_data) -> dict[str, list[str]]:
+    frame = pd.read_csv(seq_data / "Seq.csv", dtype={"user_id": str, "item_id": str})
+    frame = frame.sort_values("timestamp", kind="stable")
+    return {u: list(g["item_id"]) for u, g in frame.groupby("user_id", sort=False)}
+
+
+def test_cli_writes_k_original_ids_per_user_ranked_and_masked(cli_csv, seq_data):
+    seqs = original_sequences(seq_data)
+    items = {i for s in seqs.values() for i in s}
+    assert list(cli_csv.columns) == ["user_id", "rank", "item_id", "score"]
+    assert set(cli_csv["user_id"]) == set(seqs) and set(cli_csv["item_id"]) <= items
+    for user, g in cli_csv.groupby("user_id", sort=False):
+        assert g["rank"].tolist() == list(range(1, K + 1))
+        assert (np.diff(g["score"].to_numpy()) <= 0).all()
+        assert not set(g["item_id"]) & set(seqs[user])  # history masked
+        assert g["item_id"].is_unique
+
+
+def test_ranking_equals_the_evaluators_on_the_test_split(rec, run):
+    """The test users' histories (everything before the test item) given to ``recommend``: the same top-k as the
+    evaluator's ranking (its own masking code), and the same test figures as the run's result.json."""
+    run_dir, result = run
+    split = leave_one_out(load_interactions(rec.config["data_path"], rec.config["dataset"]))
+    test = split.test
+    histories = [[rec.item_ids[i] for i in test.hist_items[a:b]] for a, b in zip(test.hist_indptr[:-1],
+                                                                                 test.hist_indptr[1:])]
+    got = rec.recommend_histories(histories, K, batch_size=rec.config["eval_batch_size"])
+
+    class Capture(FullRankingEvaluator):
+        tops = []
+
+        def batch_sums(self, scores, batch):
+            sums = super().batch_sums(scores, batch)  # masks ``scores`` in place
+            self.tops.append(scores.topk(K, dim=1))
+            return sums
+
+    evaluator = Capture(["Recall", "NDCG"], [K], 7, torch.device("cpu"))
+    metrics = evaluator.evaluate(rec.model, EvalBatches(test, rec.max_len, rec.config["eval_batch_size"]))
+    want_ids = torch.cat([t.indices for t in evaluator.tops]).numpy()
+    want_scores = torch.cat([t.values for t in evaluator.tops]).numpy()
+    assert [[i for i, _ in row] for row in got] == [list(rec.item_ids[r]) for r in want_ids]
+    np.testing.assert_allclose([[s for _, s in row] for row in got], want_scores, rtol=1e-6)
+
+    targets = rec.item_ids[test.targets]
+    ranks = [next((r for r, (i, _) in enumerate(row, 1) if i == t), None) for row, t in zip(got, targets)]
+    recall = np.mean([r is not None for r in ranks])
+    ndcg = np.mean([1 / math.log2(r + 1) if r else 0.0 for r in ranks])
+    assert recall == pytest.approx(metrics[f"recall@{K}"], abs=1e-6) == pytest.approx(result["test"]["recall@10"],
+                                                                                      abs=1e-6)
+    assert ndcg == pytest.approx(metrics[f"ndcg@{K}"], abs=1e-6) == pytest.approx(result["test"]["ndcg@10"], abs=1e-6)
+
+
+def test_python_api_equals_the_command_line(rec, cli_csv, seq_data):
+    user = cli_csv["user_id"].iloc[0]
+    want = cli_csv[cli_csv["user_id"] == user]
+    got = rec.recommend(original_sequences(seq_data)[user], k=K)
+    assert [i for i, _ in got] == want["item_id"].tolist()
+    np.testing.assert_allclose([s for _, s in got], want["score"], rtol=1e-5)
+    frame = rec.recommend_users([user], k=K)
+    assert frame["item_id"].tolist() == want["item_id"].tolist() and frame["rank"].tolist() == want["rank"].tolist()
+
+
+def test_keep_history_ranks_every_real_item(rec, seq_data):
+    history = original_sequences(seq_data)[next(iter(original_sequences(seq_data)))]
+    kept = rec.recommend(history, k=rec.item_num, exclude_history=False)
+    masked = rec.recommend(history, k=rec.item_num)
+    assert len(kept) == rec.item_num - 1 and "[PAD]" not in {i for i, _ in kept}
+    assert [i for i, _ in masked] == [i for i, _ in kept if i not in set(history)]
+
+
+def test_unknown_users_exit_2_before_writing(run, cli_csv, tmp_path):
+    users = tmp_path / "users.txt"
+    known = cli_csv["user_id"].unique()[:2].tolist()
+    users.write_text("\n".join([known[0], "ghost-1", known[1], "ghost-2", "ghost-3"]) + "\n")
+    out = tmp_path / "recs.csv"
+    proc = subprocess.run([sys.executable, "-m", "REC.predict", str(run[0]), "--users", str(users), "--output",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "3 of the 5 user ids" in proc.stderr and "'ghost-1', 'ghost-2', 'ghost-3'" in proc.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == [users]
+
+
+def test_unknown_items_raise_value_error(rec, cli_csv):
+    known = cli_csv["item_id"].iloc[0]
+    with pytest.raises(ValueError, match=r"2 of the 3 item ids .*'nope-1', 'nope-2'"):
+        rec.recommend(["nope-1", known, "nope-2"])
+    with pytest.raises(UnknownIdError, match="1 of the 1 user ids"):
+        rec.recommend_users(["nobody"])
+    with pytest.raises(ValueError, match="empty"):
+        rec.recommend([])
+
+
+def test_output_is_written_under_a_temporary_name_then_renamed(tmp_path):
+    out = tmp_path / "recs.csv"
+    seen = []
+
+    def batches(fail: bool):
+        for n in range(3):
+            seen.append((out.exists(), sorted(p.name for p in tmp_path.iterdir())))
+            if fail and n == 1:
+                raise RuntimeError("stopped mid-way")
+            yield [("u", 1, f"i{n}", 0.5)]
+
+    assert write_recommendations(out, batches(False)) == 3
+    assert all(not exists and len(names) == 1 and names[0].startswith(".recs.csv.") for exists, names in seen)
+    assert out.read_text() == "user_id,rank,item_id,score\nu,1,i0,0.5\nu,1,i1,0.5\nu,1,i2,0.5\n"
+    before = out.read_text()
+    with pytest.raises(RuntimeError, match="mid-way"):
+        write_recommendations(out, batches(True))
+    assert out.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["recs.csv"]
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--output", "--users", "--topk", "--keep_history", "--checkpoint", "--device", "--batch_size",
+                   "--precision", "--save_items"):
+        assert option in text
+
+
+@pytest.mark.parametrize("name", list_models(family="IDNet"))
+def test_needs_user_id_says_whether_the_user_vector_reads_the_user_id(name, seq_data):
+    """The flag that makes ``recommend(history)`` refuse a model must match what the model reads."""
+    cfg = build_config([f"IDNet/{name.lower()}.yaml", "overall/ID.yaml"],
+                       [f"--data_path={seq_data}", "--dataset=Seq", *SMALL[name]])
+    split = leave_one_out(load_interactions(str(seq_data), "Seq"))
+    model = create_model(name, cfg, DatasetInfo.from_split(split)).eval()
+    batch = next(iter(EvalBatches(split.test, cfg["MAX_ITEM_LIST_LENGTH"], 8)))
+    with torch.no_grad():
+        real = model.user_representations(batch)
+        anonymous = model.user_representations(dict(batch, user_id=torch.zeros_like(batch["user_id"])))
+    assert model.needs_user_id == (not torch.equal(real, anonymous))
+
+
+def test_known_user_models_refuse_a_bare_history(seq_data):
+    cfg = build_config(["IDNet/mf.yaml", "overall/ID.yaml"], [f"--data_path={seq_data}", "--dataset=Seq"])
+    inter = load_interactions(str(seq_data), "Seq")
+    model = create_model("MF", cfg, DatasetInfo.from_split(leave_one_out(inter)))
+    rec = Recommender(cfg, model, inter, torch.device("cpu"), "fp32")
+    with pytest.raises(KnownUsersOnlyError, match="known users only.*recommend_users"):
+        rec.recommend([rec.item_ids[1]])
+    user = inter.user_tokens[1]
+    assert rec.recommend_users([user], k=3)["user_id"].tolist() == [user] * 3
+
+
+def test_pixelnet_item_representations_round_trip(vis_data, tmp_path):  # noqa: F811
+    """Covers encoded once and saved; a Recommender loading the table gives the same recommendations, and a
+    table that does not match the dataset is refused."""
+    cfg = build_config(["PixelNet/sasrec.yaml", "overall/ViT.yaml"],
+                       [f"--data_path={vis_data}", "--dataset=Vis", *TINY_ENCODER, *SMALL["MOSASRec"]])
+    split = leave_one_out(load_interactions(str(vis_data), "Vis"))
+    torch.manual_seed(0)
+    model = create_model("MOSASRec", cfg, DatasetInfo.from_split(split))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / CONFIG_NAME).write_text(cfg.dump_yaml())
+    save_atomic({"model": model.state_dict(), "epoch": 0}, run_dir / "best.pth")
+
+    encoded = Recommender.from_run(run_dir)
+    users = encoded.inter.user_tokens.to_list()[1:6]
+    want = encoded.recommend_users(users, k=5)
+    npy = encoded.save_item_representations(tmp_path / "items.npy")
+    table = np.load(npy)
+    assert table.shape == (encoded.item_num, model.cover_width) and not table[0].any()
+    ids = (tmp_path / "items.items.txt").read_text().splitlines()
+    assert ids == encoded.item_ids.tolist()
+
+    loaded = Recommender.from_run(run_dir, item_representations=tmp_path / "items")
+    pd.testing.assert_frame_equal(loaded.recommend_users(users, k=5), want)
+    history = [encoded.item_ids[3], encoded.item_ids[7]]
+    assert loaded.recommend(history, k=5) == encoded.recommend(history, k=5)
+
+    (tmp_path / "items.items.txt").write_text("\n".join(ids[:-1]) + "\n")
+    np.save(tmp_path / "items.npy", table[:-1])
+    with pytest.raises(ValueError, match="the run's dataset has"):
+        Recommender.from_run(run_dir, item_representations=tmp_path / "items.npy")

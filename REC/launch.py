@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     try:
         if args.resume:
             run_dir = args.resume
-            preflight(load_run_config(run_dir))
+            preflight(load_run_config(run_dir), resume=True)
         else:
             _, run_dir = create_run(args.config_file, overrides)
     except (ConfigError, DataError, ValueError) as exc:

@@ -20,6 +20,7 @@ from .model.base import DatasetInfo
 from .trainer import Trainer
 from .trainer.checkpoint import load as load_checkpoint
 from .trainer.checkpoint import write_json_atomic
+from .trainer.transfer import check_init_from, initialise_from
 from .utils.logging import setup_logging
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,10 @@ def build_config(config_files, overrides=()) -> Config:
     return load_config(config_files, overrides, model_defaults=model_defaults_file, known_models=list_models)
 
 
-def preflight(config: Config) -> None:
+def preflight(config: Config, resume: bool = False) -> None:
     """Everything that can be checked before processes start: metric names, the data (prepared and cached
-    here, once, so workers only read the cache) and the model's shapes (built on the meta device, no memory)."""
+    here, once, so workers only read the cache), the model's shapes (built on the meta device, no memory) and
+    whether ``init_from`` fits them (not on ``resume``: a resumed run continues from its own weights)."""
     for m in config["metrics"]:
         try:
             get_metric(m)
@@ -46,6 +48,8 @@ def preflight(config: Config) -> None:
         model = create_model(config["model"], config, DatasetInfo.from_split(split))
     if model.item_source == "covers":
         check_covers(config, inter)
+    if config["init_from"] and not resume:
+        check_init_from(model, config)
     log.info("%s", inter.summary(config["dataset"]))
 
 
@@ -156,6 +160,8 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     if store is not None and train_batches is not None:
         train_batches = BatchesWithCovers(train_batches, store, split.item_num)
     valid_batches, test_batches = evals["valid"], evals["test"]
+    if config["init_from"] and not (resume and (run_dir / "last.pth").is_file()):  # once, before any epoch
+        initialise_from(model, config, run_dir)
     trainer = Trainer(config, model, dist.wrap_ddp(model, device), evaluator, run_dir, device)
     if resume and trainer.last_path.is_file():
         trainer.resume()

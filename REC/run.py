@@ -11,7 +11,8 @@ import torch
 
 from . import distributed as dist
 from .config import Config, ConfigError, load_config
-from .data import EvalBatches, build_train_batches, prepare_split
+from .data import EvalBatches, Interactions, Split, build_train_batches, prepare_split
+from .data.protocols import save_protocol
 from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .evaluator import FullRankingEvaluator, get_metric
@@ -31,7 +32,7 @@ def build_config(config_files, overrides=()) -> Config:
     return load_config(config_files, overrides, model_defaults=model_defaults_file, known_models=list_models)
 
 
-def preflight(config: Config, resume: bool = False) -> None:
+def preflight(config: Config, resume: bool = False) -> tuple[Interactions, Split]:
     """Everything that can be checked before processes start: metric names, the data (prepared and cached
     here, once, so workers only read the cache), the model's shapes (built on the meta device, no memory) and
     whether ``init_from`` fits them (not on ``resume``: a resumed run continues from its own weights)."""
@@ -51,6 +52,7 @@ def preflight(config: Config, resume: bool = False) -> None:
     if config["init_from"] and not resume:
         check_init_from(model, config)
     log.info("%s", inter.summary(config["dataset"]))
+    return inter, split
 
 
 def check_covers(config: Config, inter) -> None:
@@ -81,9 +83,10 @@ def new_run_dir(config: Config) -> Path:
 def create_run(config_files, overrides=()) -> tuple[Config, Path]:
     """Check the config and data, then make the run directory holding the resolved config."""
     config = build_config(config_files, overrides)
-    preflight(config)
+    inter, split = preflight(config)
     run_dir = new_run_dir(config)
     (run_dir / CONFIG_NAME).write_text(config.dump_yaml())
+    save_protocol(split, inter.item_tokens, run_dir)  # cold_items.txt and protocol.json, when a protocol is on
     return config, run_dir
 
 
@@ -134,7 +137,9 @@ def _build(config: Config, device: torch.device):
         item_covers = ItemCoverBatches(store, split.item_num, config["cover_batch_size"], rank, world)
     evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"], device,
                                      config["precision"], item_covers=item_covers,
-                                     cover_workers=config["num_workers"])
+                                     cover_workers=config["num_workers"],
+                                     item_counts=np.bincount(split.train_items, minlength=split.item_num),
+                                     popularity_buckets=config["popularity_buckets"])
     return split, model, evals, evaluator, store
 
 
@@ -144,7 +149,12 @@ def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, ch
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
     model.load_state_dict(load_checkpoint(path)["model"])
-    return {name: evaluator.evaluate(model, batches) for name, batches in evals.items()}
+    results = {}
+    for name, batches in evals.items():
+        results[name] = evaluator.evaluate(model, batches)
+        if evaluator.last_buckets:  # per target-popularity bucket, as result.json's test_buckets
+            results[f"{name}_buckets"] = evaluator.last_buckets
+    return results
 
 
 def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume: bool) -> dict:
@@ -171,6 +181,8 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     test_result = trainer.test(test_batches)
     summary = trainer.summary(test_result)
     summary["trainable_parameters"] = n_params
+    if split.protocol:
+        summary["protocol"] = split.protocol
     if evaluator.cover_seconds:  # PixelNet: encoding every item's cover, part of each evaluation's time
         summary["cover_encode_seconds"] = sum(evaluator.cover_seconds) / len(evaluator.cover_seconds)
     if dist.is_main():

@@ -300,3 +300,23 @@ def _check_semantics(values: dict, sources: dict) -> None:
     if name.lower() not in metrics_lower or not k.isdigit() or int(k) not in values["topk"]:
         raise ConfigError(f"{where('valid_metric')}: key 'valid_metric' = {values['valid_metric']!r}; expected "
                           f"<metric>@<k> with the metric in metrics={values['metrics']} and k in topk={values['topk']}")
+    _check_protocols(values, where)
+
+
+def _check_protocols(values: dict, where) -> None:
+    edges = list(values["popularity_buckets"])
+    if edges and (edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:]))):
+        raise ConfigError(f"{where('popularity_buckets')}: key 'popularity_buckets' = {edges}; expected [] or "
+                          f"strictly increasing lower edges starting at 0 (so the buckets cover every user)")
+    if not 0.0 <= values["cold_item_ratio"] < 1.0:
+        raise ConfigError(f"{where('cold_item_ratio')}: key 'cold_item_ratio' = {values['cold_item_ratio']}; "
+                          f"expected a fraction in [0, 1)")
+    if values["cold_item_ratio"] > 0 and values["cold_item_file"]:
+        raise ConfigError(f"keys 'cold_item_ratio' ({where('cold_item_ratio')}) and 'cold_item_file' "
+                          f"({where('cold_item_file')}) both choose the held-out items; set one of them")
+    if not 0.0 < values["train_user_ratio"] <= 1.0:
+        raise ConfigError(f"{where('train_user_ratio')}: key 'train_user_ratio' = {values['train_user_ratio']}; "
+                          f"expected a fraction in (0, 1]")
+    if values["train_user_cap"] is not None and values["train_user_cap"] <= 0:
+        raise ConfigError(f"{where('train_user_cap')}: key 'train_user_cap' = {values['train_user_cap']}; "
+                          f"expected a positive integer or null")

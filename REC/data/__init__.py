@@ -1,15 +1,17 @@
 """CSV -> id maps -> split -> training batches and evaluation batches. Knows the config, not the models."""
 from .eval_batches import EvalBatches, shard_bounds
 from .interactions import DataError, Interactions, TokenTable, csv_path, load_interactions
+from .protocols import apply_protocols
 from .split import EvalSplit, Split, leave_one_out, sequence_chunks
 from . import train_masked, train_pairs, train_prefixes, train_towers  # noqa: F401  (register their datasets)
 from .train_batches import TRAIN_DATASETS, EpochBatches, build_train_batches, register_train_dataset, sample_negatives
 
 
 def prepare_split(config) -> tuple[Interactions, Split]:
-    """Interactions (cached by CSV content) and their leave-one-out split for this config."""
+    """Interactions (cached by CSV content) and their leave-one-out split for this config, with the config's
+    protocols (cold items, few-shot training users; ``REC.data.protocols``) applied."""
     inter = load_interactions(config["data_path"], config["dataset"], config["cache_dir"])
-    return inter, leave_one_out(inter)
+    return inter, apply_protocols(leave_one_out(inter), inter.item_tokens, config)
 
 
 __all__ = ["DataError", "EvalBatches", "EvalSplit", "EpochBatches", "Interactions", "Split", "TokenTable",

@@ -39,6 +39,18 @@ class Split:
     test: EvalSplit
     item_num: int
     user_num: int
+    # set by REC.data.protocols when a protocol changed the split; None under the standard protocol
+    cold_items: np.ndarray | None = None  # int64, sorted internal ids held out of training entirely
+    protocol: dict | None = None          # JSON-ready settings and sizes of the protocols applied
+
+    def negative_pool(self) -> np.ndarray | None:
+        """Items a training negative may be: None = any of 1..item_num-1; else every item not held out."""
+        if self.cold_items is None or len(self.cold_items) == 0:
+            return None
+        allowed = np.ones(self.item_num, dtype=bool)
+        allowed[0] = False
+        allowed[self.cold_items] = False
+        return np.flatnonzero(allowed)
 
 
 def leave_one_out(inter: Interactions) -> Split:

@@ -71,17 +71,23 @@ class EpochBatches(Dataset):
         raise NotImplementedError
 
 
-def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int, per_row: int | None = None) -> np.ndarray:
+def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int, per_row: int | None = None,
+                     pool: np.ndarray | None = None) -> np.ndarray:
     """[B, per_row] uniform negatives from 1..item_num-1, none an item of its own row of ``avoid`` ([B, L]).
 
-    ``per_row`` defaults to L (one negative per cell). Vectorised rejection sampling: redraw only the cells
-    that hit their row, until none does (spec 3.4).
+    ``per_row`` defaults to L (one negative per cell). ``pool`` (sorted item ids, ``Split.negative_pool()``)
+    restricts the draw to those items, e.g. every item but the held-out ones of the cold_items protocol; None
+    keeps the plain draw, so the random stream, and every run without a protocol, is unchanged. Vectorised
+    rejection sampling: redraw only the cells that hit their row, until none does (spec 3.4).
     """
-    neg = rng.integers(1, item_num, size=(len(avoid), avoid.shape[1] if per_row is None else per_row))
+    def draw(size):
+        return rng.integers(1, item_num, size=size) if pool is None else pool[rng.integers(0, len(pool), size=size)]
+
+    neg = draw((len(avoid), avoid.shape[1] if per_row is None else per_row))
     bad = (neg[:, :, None] == avoid[:, None, :]).any(-1)
     while bad.any():
         rows, cols = np.nonzero(bad)
-        neg[rows, cols] = rng.integers(1, item_num, size=len(rows))
+        neg[rows, cols] = draw(len(rows))
         bad[rows, cols] = (neg[rows, cols][:, None] == avoid[rows]).any(-1)
     return neg
 
@@ -96,12 +102,12 @@ class NextItemBatches(EpochBatches):
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
-        self.item_num = split.item_num
+        self.item_num, self.pool = split.item_num, split.negative_pool()
         super().__init__(len(self.chunks), config["train_batch_size"], config["seed"], rank, world_size)
 
     def make_batch(self, indices, rng):
         items = self.chunks[indices]
-        neg = sample_negatives(rng, items, self.item_num)
+        neg = sample_negatives(rng, items, self.item_num, pool=self.pool)
         has_target = np.zeros_like(items, dtype=bool)
         has_target[:, 1:] = (items[:, 1:] != 0) & (items[:, :-1] != 0)
         neg[~has_target] = 0

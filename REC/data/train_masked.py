@@ -20,7 +20,7 @@ class MaskedItemBatches(EpochBatches):
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
-        self.item_num = split.item_num
+        self.item_num, self.pool = split.item_num, split.negative_pool()
         self.mask_token = split.item_num
         self.mask_ratio = config["mask_ratio"]
         if not 0.0 <= self.mask_ratio <= 1.0:
@@ -30,7 +30,7 @@ class MaskedItemBatches(EpochBatches):
     def make_batch(self, indices, rng):
         items = self.chunks[indices]
         masked = (items != 0) & (rng.random(items.shape) < self.mask_ratio)
-        neg = sample_negatives(rng, items, self.item_num)
+        neg = sample_negatives(rng, items, self.item_num, pool=self.pool)
         neg[~masked] = 0
         return {"masked_items": torch.from_numpy(np.where(masked, self.mask_token, items)),
                 "items": torch.from_numpy(items), "negatives": torch.from_numpy(neg)}

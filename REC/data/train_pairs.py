@@ -11,7 +11,8 @@ from .train_batches import EpochBatches, register_train_dataset
 @register_train_dataset("PAIR")
 class PairBatches(EpochBatches):
     """Every training interaction once per epoch (spec 3.5, PairTrainDataset), each with one negative that avoids
-    the user's whole training history (spec 3.4), not only a chunk as the sequence datasets do.
+    the user's whole training history (spec 3.4), not only a chunk as the sequence datasets do, drawn from
+    ``split.negative_pool()`` (every item but the held-out ones under the cold_items protocol).
 
     Examples are positions in ``split.train_items``; a batch finds each example's user row by a search in the
     CSR offsets, so nothing per interaction is stored beyond one sorted array of (row, item) keys, which answers
@@ -20,14 +21,14 @@ class PairBatches(EpochBatches):
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.indptr, self.items, self.users = split.train_indptr, split.train_items, split.train_users
-        self.item_num = split.item_num
+        self.item_num, self.pool = split.item_num, split.negative_pool()
         rows = np.repeat(np.arange(len(self.users), dtype=np.int64), np.diff(self.indptr))
         self.history = np.unique(rows * self.item_num + self.items)
         distinct = np.bincount(self.history // self.item_num, minlength=len(self.users))
-        full = np.flatnonzero(distinct >= self.item_num - 1)
+        full = np.flatnonzero(distinct >= (self.item_num - 1 if self.pool is None else len(self.pool)))
         if len(full):  # rejection sampling would never end (the original hangs here)
-            raise ValueError(f"{len(full)} users have interacted with every item in training (e.g. internal user "
-                             f"id {self.users[full[0]]}), so no negative exists for them")
+            raise ValueError(f"{len(full)} users have interacted with every item that may be a negative (e.g. "
+                             f"internal user id {self.users[full[0]]}), so no negative exists for them")
         super().__init__(len(self.items), config["train_batch_size"], config["seed"], rank, world_size)
 
     def in_history(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -35,12 +36,17 @@ class PairBatches(EpochBatches):
         pos = np.minimum(np.searchsorted(self.history, keys), len(self.history) - 1)
         return self.history[pos] == keys
 
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.pool is None:  # the plain draw, so runs without a protocol keep their random stream
+            return rng.integers(1, self.item_num, size=n)
+        return self.pool[rng.integers(0, len(self.pool), size=n)]
+
     def make_batch(self, indices, rng):
         rows = np.searchsorted(self.indptr, indices, side="right") - 1
-        neg = rng.integers(1, self.item_num, size=len(indices))
+        neg = self.draw(rng, len(indices))
         bad = np.flatnonzero(self.in_history(rows, neg))
         while len(bad):  # redraw only the rejected cells
-            neg[bad] = rng.integers(1, self.item_num, size=len(bad))
+            neg[bad] = self.draw(rng, len(bad))
             bad = bad[self.in_history(rows[bad], neg[bad])]
         return {"user_id": torch.from_numpy(self.users[rows]), "items": torch.from_numpy(self.items[indices]),
                 "negatives": torch.from_numpy(neg)}

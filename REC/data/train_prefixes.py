@@ -30,13 +30,13 @@ class PrefixBatches(EpochBatches):
         n_targets = np.maximum((chunks != 0).sum(1) - 1, 0)  # a chunk is left-padded: its items are a suffix
         self.rows = np.repeat(np.arange(len(chunks), dtype=np.int64), n_targets)
         self.ends = ragged_positions(width - n_targets, n_targets)  # column of each prefix's last item
-        self.item_num = split.item_num
+        self.item_num, self.pool = split.item_num, split.negative_pool()
         super().__init__(len(self.rows), config["train_batch_size"], config["seed"], rank, world_size)
 
     def make_batch(self, indices, rng):
         rows, ends = self.rows[indices], self.ends[indices] + self.max_len  # columns of self.padded
         prefix = self.padded[rows[:, None], ends[:, None] + np.arange(-self.max_len, 1)]  # [B, M+1]
-        neg = sample_negatives(rng, prefix, self.item_num, per_row=1)[:, 0]
+        neg = sample_negatives(rng, prefix, self.item_num, per_row=1, pool=self.pool)[:, 0]
         return {"items": torch.from_numpy(np.ascontiguousarray(prefix[:, :-1])),
                 "target": torch.from_numpy(np.ascontiguousarray(prefix[:, -1])),
                 "negatives": torch.from_numpy(neg)}

@@ -32,7 +32,7 @@ class HeldOutItemBatches(EpochBatches):
         lengths[lengths < 2] = 0
         self.rows = np.repeat(np.arange(len(self.chunks), dtype=np.int64), lengths)
         self.cols = ragged_positions(self.chunks.shape[1] - lengths, lengths)
-        self.item_num = split.item_num
+        self.item_num, self.pool = split.item_num, split.negative_pool()
         super().__init__(len(self.rows), config["train_batch_size"], config["seed"], rank, world_size)
 
     def make_batch(self, indices, rng):
@@ -41,6 +41,6 @@ class HeldOutItemBatches(EpochBatches):
         # dropping one real column keeps the result left-padded and in order: column j reads j, or j+1 past idx
         keep = np.arange(chunk.shape[1] - 1)[None, :]
         others = np.take_along_axis(chunk, keep + (keep >= cols[:, None]), 1)
-        neg = sample_negatives(rng, chunk, self.item_num, per_row=1)[:, 0]
+        neg = sample_negatives(rng, chunk, self.item_num, per_row=1, pool=self.pool)[:, 0]
         return {"items": torch.from_numpy(others), "target": torch.from_numpy(chunk[np.arange(len(rows)), cols]),
                 "negatives": torch.from_numpy(neg), "user_id": torch.from_numpy(self.chunk_users[rows])}

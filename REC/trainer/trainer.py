@@ -4,7 +4,8 @@ Files in the run directory (rank 0 writes them, each atomically):
 - ``last.pth``: everything needed to continue (model, optimizer, scaler, RNG, epoch, early-stopping state),
   written after every epoch, so a killed run loses at most the epoch in progress;
 - ``best.pth``: the weights of the best validation epoch, re-loaded for the test pass;
-- ``result.json``: best epoch, best valid metrics, test metrics, times and peak memory.
+- ``result.json``: best epoch, best valid metrics, test metrics (overall, and per target-popularity bucket in
+  ``best_valid_buckets`` / ``test_buckets`` when ``popularity_buckets`` is on), times and peak memory.
 
 Reproducibility: dropout RNG and the data order are both derived from ``(seed, epoch, rank)`` at the start of
 each epoch, so a resumed run continues exactly as the uninterrupted run would have.
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed as dist
-from ..evaluator.ranking import autocast
+from ..evaluator.ranking import autocast, format_buckets
 from ..utils.memory import peak_rss_mib
 from . import checkpoint
 from .optim import build_optimizer
@@ -45,6 +46,7 @@ class Trainer:
         self.valid_key = config["valid_metric"].lower()
         self.state = {"epoch": -1, "best_score": -math.inf, "best_epoch": None, "best_valid": None,
                       "stale": 0, "stopped": False, "epoch_seconds": [], "eval_seconds": [], "history": []}
+        self.test_buckets: dict | None = None  # the evaluator's per-bucket figures of the test pass
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -170,7 +172,8 @@ class Trainer:
         return self.state["stale"] > self.config["stopping_step"]
 
     def save_best(self, epoch: int, result) -> None:
-        self.state.update(best_epoch=epoch, best_valid=result)
+        self.state.update(best_epoch=epoch, best_valid=result,
+                          best_valid_buckets=self.evaluator.last_buckets if result is not None else None)
         if dist.is_main():
             checkpoint.save_atomic({"model": self.model.state_dict(), "epoch": epoch}, self.best_path)
 
@@ -183,6 +186,11 @@ class Trainer:
         result = self.evaluator.evaluate(self.model, test_batches)
         log.info("test [time: %.2fs]: %s", time.perf_counter() - t0,
                  "  ".join(f"{k}: {v}" for k, v in result.items()))
+        self.test_buckets = self.evaluator.last_buckets
+        for name, buckets in (("best valid", self.state.get("best_valid_buckets")), ("test", self.test_buckets)):
+            if buckets:
+                log.info("%s by target popularity (training occurrences of the target item):\n%s", name,
+                         format_buckets(buckets))
         return result
 
     def summary(self, test_result: dict) -> dict:
@@ -193,6 +201,7 @@ class Trainer:
         return {
             "model": self.config["model"], "dataset": self.config["dataset"],
             "best_epoch": s["best_epoch"], "best_valid": s["best_valid"], "test": test_result,
+            "best_valid_buckets": s.get("best_valid_buckets"), "test_buckets": self.test_buckets,
             "epochs_run": s["epoch"] + 1, "seconds_per_epoch": mean(s["epoch_seconds"]),
             "eval_seconds": mean(s["eval_seconds"]), "peak_rss_mib": round(peak_rss.item(), 1),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)

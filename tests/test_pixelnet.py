@@ -182,3 +182,21 @@ def test_pixelnet_ranks_never_trained_items_where_idnet_cannot(tmp_path):
                               *common[:4]]))["test"]
     chance = 10 / (120 + 24)
     assert pixel["recall@10"] > 3 * chance and ids["recall@10"] < chance, (pixel, ids)
+
+
+@pytest.mark.slow
+def test_the_papers_main_configuration_runs(tmp_path):
+    """README's main example, PixelNet/sasrec.yaml + overall/ViT.yaml, with the real CLIP ViT-B/32 (random weights:
+    nothing downloads) on 64 px covers resized to its 224 px on the device, one epoch on a tiny log."""
+    frame, groups = visual_log(n_users=24, n_items=30, n_groups=3, min_len=4, max_len=6, seed=1)
+    write_csv(frame, tmp_path / "Tiny.csv")
+    write_covers(group_covers(groups, size=64, seed=1), tmp_path / "cover")
+    assert pack_covers(tmp_path / "Tiny.csv", tmp_path / "cover", tmp_path / "covers.lmdb", size=64, workers=1).ok
+    proc = run_main(["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", f"--data_path={tmp_path}",
+                     "--dataset=Tiny", f"--output_dir={tmp_path}", "--encoder_pretrained=false", "--epochs=1",
+                     "--train_batch_size=4", "--num_workers=0", "--show_progress=false", "--cover_batch_size=16"])
+    result = result_of(proc)
+    # the last 2 of 12 blocks + a 768->512 head (14.57M) and SASRec at d 512 (4.21M): the paper's ~1.9e7
+    assert result["trainable_parameters"] == 18_781_184
+    assert "the last 2 of 12 blocks train" in proc.stderr + proc.stdout
+    assert 0.0 <= result["test"]["ndcg@10"] <= 1.0

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,16 +29,12 @@ sys.path.insert(0, str(ROOT))
 from REC.data import load_interactions  # noqa: E402
 from REC.data.cover_pack import pack_covers  # noqa: E402
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
+from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
 
 
 def run(args_list: list[str]) -> dict:
     t0 = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args_list], cwd=ROOT, capture_output=True,
-                          text=True)
-    if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
-    line = next(line for line in proc.stdout.splitlines() if "results in" in line)
-    result = json.loads(Path(line.rsplit(" ", 1)[-1]).read_text())
+    result, _ = run_main(args_list)
     result["wall_s"] = time.time() - t0
     return result
 

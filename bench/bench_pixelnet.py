@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from REC.data.cover_batches import BatchesWithCovers, ItemCoverBatches  # noqa: 
 from REC.data.cover_pack import pack_covers  # noqa: E402
 from REC.data.covers import CoverStore  # noqa: E402
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
+from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
 from REC.evaluator.ranking import autocast  # noqa: E402
 from REC.model import create_model  # noqa: E402
 from REC.model.base import DatasetInfo  # noqa: E402
@@ -101,12 +101,7 @@ def speed(folder: Path, args, precision: str) -> dict:
 
 
 def run(args_list: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args_list], cwd=ROOT, capture_output=True,
-                          text=True)
-    if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
-    line = next(line for line in proc.stdout.splitlines() if "results in" in line)
-    return json.loads(Path(line.rsplit(" ", 1)[-1]).read_text())
+    return run_main(args_list)[0]
 
 
 def cold(folder: Path, args, out: Path) -> dict:

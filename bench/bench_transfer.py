@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from REC.data.cover_pack import pack_covers  # noqa: E402
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
+from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
 
 
 def make_domain(folder: Path, name: str, item_prefix: str, user_prefix: str, seed: int, args) -> None:
@@ -43,15 +43,6 @@ def make_domain(folder: Path, name: str, item_prefix: str, user_prefix: str, see
                          workers=1)
     assert report.ok, report.summary()
 
-
-def run(args_list: list[str]) -> tuple[dict, Path]:
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args_list], cwd=ROOT, capture_output=True,
-                          text=True)
-    if proc.returncode:
-        raise SystemExit(f"main.py {' '.join(args_list)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    line = next(line for line in proc.stdout.splitlines() if "results in" in line)
-    path = Path(line.rsplit(" ", 1)[-1])
-    return json.loads(path.read_text()), path.parent
 
 
 def main() -> None:
@@ -93,12 +84,12 @@ def main() -> None:
         results, arms = {}, [("PixelNet SASRec", pixel)] + ([] if args.skip_idnet else [("IDNet SASRec", idnet)])
         for name, recipe in arms:
             t0 = time.perf_counter()
-            pre, pre_dir = run([*recipe, *on_a])
+            pre, pre_dir = run_main([*recipe, *on_a])
             print(f"{name} pre-trained on A: test recall@10 {pre['test']['recall@10']:.4f} ndcg@10 "
                   f"{pre['test']['ndcg@10']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
             for arm, extra in (("from scratch on B", []), ("from A, fine-tuned on B", [f"--init_from={pre_dir}"])):
                 t0 = time.perf_counter()
-                r, run_dir = run([*recipe, *on_b, *extra])
+                r, run_dir = run_main([*recipe, *on_b, *extra])
                 loaded = None
                 if extra:
                     counts = json.loads((run_dir / "transfer_report.json").read_text())["counts"]

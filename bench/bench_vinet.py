@@ -12,7 +12,6 @@ whose features carry little of the signal). With real weights use e.g. --encoder
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -24,15 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 from REC.data.cover_pack import pack_covers  # noqa: E402
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
+from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
 
 
 def main_py(args_list: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args_list], cwd=ROOT, capture_output=True,
-                          text=True)
-    if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
-    line = next(line for line in proc.stdout.splitlines() if "results in" in line)
-    return json.loads(Path(line.rsplit(" ", 1)[-1]).read_text())
+    return run_main(args_list)[0]
 
 
 def pretrain_group_classifier(covers: dict, groups: dict, args, path: Path) -> None:

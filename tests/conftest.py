@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from REC.data.synthetic import sequential_log, write_csv
 
@@ -22,6 +23,21 @@ def seq_data(tmp_path_factory) -> Path:
     write_csv(sequential_log(n_users=301, n_items=120, min_len=6, max_len=25, p_next=0.8, seed=3),
               folder / "Seq.csv")
     return folder
+
+
+def train_steps(model, batch: dict, steps: int, lr: float) -> list[float]:
+    """``steps`` AdamW steps of ``model`` on one training batch (its trainable parameters); every loss must be a
+    finite scalar. Returns the losses, for the caller's own "it decreased" assertion."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model(batch)
+        assert loss.dim() == 0 and torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
 
 
 def run_main(args: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
 from REC.run import build_config
 
-from .conftest import result_of, run_main
+from .conftest import result_of, run_main, train_steps
 from .model_cases import BEAT_POP, SMALL
 
 MODELS = list_models(family="IDNet")
@@ -50,15 +50,7 @@ def test_scoring_shapes_and_all_items_equal_item_by_item(name, seq_data):
 def test_loss_is_a_finite_scalar_and_decreases(name, seq_data):
     cfg, split, model = build(name, seq_data)
     batch = build_train_batches(model.input_type, split, cfg)[0]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = model(batch)
-        assert loss.dim() == 0 and torch.isfinite(loss)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model, batch, steps=30, lr=3e-3)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

@@ -18,7 +18,7 @@ from REC.model.base import DatasetInfo
 from REC.run import build_config
 from REC.trainer.optim import build_optimizer
 
-from .conftest import ROOT, result_of, run_main
+from .conftest import ROOT, result_of, run_main, train_steps
 from .model_cases import SMALL
 
 PIXEL_MODELS = list_models(family="PixelNet")
@@ -92,15 +92,7 @@ def test_pixel_model_trains_and_scores_all_items(name, vis_data):
     assert batch["covers"].dtype == torch.uint8 and batch["covers"].shape[1:] == (3, COVER, COVER)
     assert torch.equal(batch["cover_ids"], batch["cover_ids"].unique())  # distinct and ascending
     lr = 3e-4 if name == "DVBPR" else 3e-3  # a CNN-F from scratch with a 22528-wide layer diverges at 3e-3
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(12):
-        opt.zero_grad()
-        loss = model(batch)
-        assert loss.dim() == 0 and torch.isfinite(loss)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model, batch, steps=12, lr=lr)
     assert min(losses[-3:]) < 0.8 * losses[0], losses
     encoder_grads = [p.grad for n, p in model.named_parameters() if "visual_encoder" in n and p.requires_grad]
     assert encoder_grads and all(g is not None for g in encoder_grads)  # trained end to end

@@ -17,7 +17,7 @@ from REC.model.base import DatasetInfo
 from REC.model.ViNet.features import FeatureFileError, FrozenFeatures, load_item_features
 from REC.run import build_config, create_run
 
-from .conftest import ROOT, result_of, run_dir_of, run_main
+from .conftest import ROOT, result_of, run_dir_of, run_main, train_steps
 from .model_cases import SMALL
 
 N_GROUPS, DIM = 6, 16
@@ -227,15 +227,7 @@ def test_fsasrec_hybrid_adds_an_id_table_to_the_feature_projection(vis_data):
 def test_loss_is_a_finite_scalar_and_decreases(config_file, vis_data):
     cfg, split, model = build(config_file, vis_data)
     batch = build_train_batches(model.input_type, split, cfg)[0]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = model(batch)
-        assert loss.dim() == 0 and torch.isfinite(loss)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model, batch, steps=30, lr=3e-3)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

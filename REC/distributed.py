@@ -1,13 +1,14 @@
 """The only module that knows about process groups, ranks and backends.
 
 Everything else asks: ``rank()``, ``world_size()``, ``is_main()``, ``barrier()``, ``all_reduce_sum(t)``,
-``all_gather_rows(t, counts)``.
+``all_gather_rows(t, counts)``, ``gather_objects(x)``, ``broadcast_object(x)``, ``ranks_where(flag)``.
 Without an initialised process group (a single process) these are no-ops, so the same code runs both ways.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,44 @@ class DeviceSpec:
     @property
     def backend(self) -> str:
         return "nccl" if self.kind == "cuda" else "gloo"
+
+
+class DisagreementError(RuntimeError):
+    """The processes of one job do not see the same input (run directory, checkpoint, weights). Every rank raises
+    it together, with the same message, so none is left waiting in a collective."""
+
+
+def compose_visible_devices(gpu_ids: tuple[int, ...], visible: str | None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` value that gives this job the GPUs ``--device`` names.
+
+    ``--device`` counts the GPUs this job may use: when a scheduler (SLURM, Kubernetes) has already set
+    ``CUDA_VISIBLE_DEVICES`` to the GPUs it granted, ``--device 0,1`` means the first two of those, so the
+    result is a sub-list of it (``"3,5,7"`` and (0, 1) give ``"3,5"``); overwriting it with ``"0,1"`` would take
+    GPUs granted to another job. Unset, the ids are the machine's own."""
+    if visible is None:
+        return ",".join(str(i) for i in gpu_ids)
+    granted = [v.strip() for v in visible.split(",") if v.strip()]
+    beyond = [i for i in gpu_ids if i >= len(granted)]
+    if beyond:
+        raise ValueError(f"--device {','.join(map(str, gpu_ids))}: GPU {beyond[0]} does not exist for this job, "
+                         f"which may use {len(granted)} GPU(s) (CUDA_VISIBLE_DEVICES={visible!r}); --device counts "
+                         f"them from 0")
+    return ",".join(granted[i] for i in gpu_ids)
+
+
+def select_gpus(spec: DeviceSpec) -> None:
+    """Restrict this process and the ones it launches to the GPUs of ``spec``, and check that CUDA sees them.
+
+    Must run before anything initialises CUDA in this process: CUDA reads ``CUDA_VISIBLE_DEVICES`` once."""
+    ids = ",".join(map(str, spec.gpu_ids))
+    visible = compose_visible_devices(spec.gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {ids}: no CUDA GPU is usable here (torch {torch.__version__}, built for CUDA "
+                         f"{torch.version.cuda}, CUDA_VISIBLE_DEVICES={visible!r}); use --device cpu or cpu:N")
+    if torch.cuda.device_count() < spec.nproc:
+        raise ValueError(f"--device {ids}: CUDA finds only {torch.cuda.device_count()} of these {spec.nproc} GPUs "
+                         f"(CUDA_VISIBLE_DEVICES={visible!r}); this machine has fewer")
 
 
 def is_initialized() -> bool:
@@ -100,6 +139,49 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable, small), in rank order, on every rank."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def ranks_where(flag: bool, device: torch.device | None = None) -> list[int]:
+    """The ranks whose ``flag`` is true, the same list on every rank (one small all-reduce), so that a condition
+    seen by one rank (a NaN loss) stops all of them together instead of leaving the others in a collective."""
+    if not is_initialized():
+        return [0] if flag else []
+    flags = torch.zeros(world_size(), device=device)
+    flags[rank()] = float(flag)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    return [r for r, f in enumerate(flags.tolist()) if f]
+
+
+def check_same(value, what: str, hint: str, shown=None) -> None:
+    """Raise :class:`DisagreementError` on every rank when any rank's ``value`` differs from rank 0's; the message
+    names the first such rank and shows its ``shown`` (default: ``value``) beside rank 0's."""
+    if not is_initialized():
+        return
+    seen = gather_objects((socket.gethostname(), value, value if shown is None else shown))
+    odd = [r for r, (_, v, _) in enumerate(seen) if v != seen[0][1]]
+    if odd:
+        (host0, _, shown0), (host, _, shown_r) = seen[0], seen[odd[0]]
+        more = f" and {len(odd) - 1} more rank(s)" if len(odd) > 1 else ""
+        raise DisagreementError(f"{what} differs between rank 0 on {host0} ({shown0}) and rank {odd[0]} on {host} "
+                                f"({shown_r}){more}: {hint}")
 
 
 def all_gather_rows(t: torch.Tensor, counts: list[int]) -> torch.Tensor:

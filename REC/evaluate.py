@@ -1,31 +1,63 @@
 """Re-evaluate a finished (or running) run's checkpoint on its valid and test splits, on any device layout.
 
-    python -m REC.evaluate runs/SASRec-Beauty-... --device cpu:2 [--checkpoint last.pth]
+    python -m REC.evaluate runs/SASRec-Beauty-... --device cpu:2 [--checkpoint last.pth] [--allow_changed_data]
+
+The CSV is read through the run's own vocabulary (its internal ids), and it must be the file the run was trained
+on: figures from another file are not the run's figures, so a changed CSV (even one whose rows were merely
+reordered) is refused unless ``--allow_changed_data`` says that is what you want.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from .config import ConfigError
+from .data import DataError, prepare_run_split
 from .launch import add_launch_args, check_launch_args, launch
 from .run import eval_worker, load_run_config
+from .trainer.checkpoint import load as load_checkpoint
+
+
+def check_run(run_dir: str, checkpoint: str, allow_changed_data: bool):
+    """Everything that can fail before processes start; returns how the CSV compares with the run's."""
+    config = load_run_config(run_dir)
+    path = Path(run_dir) / checkpoint
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; --checkpoint names a file of the run directory (best.pth is "
+                          f"written at the first validation, last.pth after every epoch)")
+    if "model" not in load_checkpoint(path):
+        raise ConfigError(f"{path}: a checkpoint without model weights; expected best.pth or last.pth of a run")
+    _, _, check = prepare_run_split(config, run_dir)
+    if check.changed and not allow_changed_data:
+        raise DataError(f"{check.describe(run_dir)}; its figures would not be the run's. Restore that file, or "
+                        f"pass --allow_changed_data to evaluate on the CSV as it is now")
+    return check
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m REC.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m REC.evaluate", description=__doc__.splitlines()[0],
+                                epilog="Exit status 2: a bad argument, run directory, checkpoint or data file.")
     p.add_argument("run_dir", help="a run directory made by main.py")
     p.add_argument("--checkpoint", default="best.pth", help="checkpoint file in the run directory")
+    p.add_argument("--allow_changed_data", action="store_true",
+                   help="evaluate even when the CSV differs from the one the run was trained on (ids are still "
+                        "mapped through the run's vocabulary; interactions of unknown items or users are skipped)")
     add_launch_args(p)
     args = p.parse_args(argv)
     check_launch_args(p, args)
     try:
-        load_run_config(args.run_dir)
-    except ConfigError as exc:
+        check = check_run(args.run_dir, args.checkpoint, args.allow_changed_data)
+    except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if check.changed or check.trained_on is None:
+        print(f"warning: {check.describe(args.run_dir)}", file=sys.stderr)
     result = launch(eval_worker, (args.run_dir, args.device, args.checkpoint), args)
+    if result is not None:
+        result["data"] = dataclasses.asdict(check)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -3,19 +3,25 @@
 Several processes go through torch.distributed's own launcher API (``elastic_launch``, what ``torchrun``
 uses): on one machine the rendezvous binds port 0, so the operating system picks a free port and no two
 runs collide; across machines ``--nnodes/--node_rank/--master_addr/--master_port`` are passed through.
+
+A run on several machines has one run directory, made by node 0's launcher under ``output_dir``, which must be on
+a filesystem that every node mounts at the same path: rank 0 writes the checkpoints and every rank reads them.
+The other nodes' launchers check their config and data but make no directory; their processes take rank 0's.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import os
 import sys
 import uuid
+from pathlib import Path
 
 from .config import ConfigError
 from .data import DataError
-from .distributed import DeviceSpec
-from .run import create_run, load_run_config, preflight, worker
+from .distributed import DeviceSpec, DisagreementError, select_gpus
+from .run import build_config, create_run, load_run_config, preflight, worker
+from .trainer.checkpoint import CheckpointError, saved_world_size
 from .utils.logging import setup_logging
 
 log = logging.getLogger(__name__)
@@ -27,7 +33,8 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
                    help="cpu (one process), cpu:N (N processes, gloo) or GPU ids such as 0,1,2,3 (NCCL)")
     p.add_argument("--nnodes", type=int, default=1, help="number of machines (multi-node runs)")
     p.add_argument("--node_rank", type=int, default=0, help="rank of this machine among --nnodes")
-    p.add_argument("--master_addr", default="127.0.0.1", help="address of the node_rank 0 machine")
+    p.add_argument("--master_addr", default=None,
+                   help="address of the node_rank 0 machine; required with --nnodes > 1")
     p.add_argument("--master_port", type=int, default=None,
                    help="port on the master machine; required with --nnodes > 1, chosen free otherwise")
 
@@ -51,37 +58,105 @@ def parse_args(argv=None):
 
 
 def check_launch_args(p: argparse.ArgumentParser, args) -> None:
-    if args.nnodes > 1 and args.master_port is None:
-        p.error("--nnodes > 1 needs --master_port (and --master_addr) so that all machines meet")
+    """Usage errors end the program (status 2); then, for GPUs, restrict this process to the ones asked for and
+    check that CUDA sees them, before anything initialises CUDA or writes a run directory."""
+    if args.nnodes < 1:
+        p.error(f"--nnodes {args.nnodes}: expected the number of machines, at least 1")
+    if not 0 <= args.node_rank < args.nnodes:
+        p.error(f"--node_rank {args.node_rank}: expected 0 to {args.nnodes - 1}, this machine's place among "
+                f"--nnodes {args.nnodes}")
+    if args.nnodes > 1 and (args.master_port is None or args.master_addr is None):
+        p.error("--nnodes > 1 needs --master_addr and --master_port (the node_rank 0 machine and a free port on it), "
+                "the same on every machine, so that all machines meet")
     try:
         args.spec = DeviceSpec.parse(args.device)
     except ValueError as exc:
         p.error(str(exc))
+    if args.spec.kind == "cuda":
+        try:
+            select_gpus(args.spec)
+        except ValueError as exc:
+            p.exit(2, f"error: {exc}\n")
 
 
 def launch_config(args, nproc: int):
     from torch.distributed.launcher.api import LaunchConfig
     if args.nnodes == 1 and args.master_port is None:
         # what torchrun --standalone does: a c10d store on port 0, so the OS assigns a free port
-        backend, endpoint, rdzv_configs = "c10d", "localhost:0", {}
+        backend, endpoint, rdzv_configs, run_id = "c10d", "localhost:0", {}, str(uuid.uuid4())
     else:
-        backend, endpoint = "static", f"{args.master_addr}:{args.master_port}"
+        backend, endpoint = "static", f"{args.master_addr or '127.0.0.1'}:{args.master_port}"
         rdzv_configs = {"rank": args.node_rank}
+        # the static rendezvous prefixes every store key with the run id, so all nodes need the same one (a
+        # random id per node means they never meet); the port they were all given names this job's store
+        run_id = f"pixelrec-{args.master_port}"
     return LaunchConfig(min_nodes=args.nnodes, max_nodes=args.nnodes, nproc_per_node=nproc,
-                        run_id=str(uuid.uuid4()), rdzv_backend=backend, rdzv_endpoint=endpoint,
+                        run_id=run_id, rdzv_backend=backend, rdzv_endpoint=endpoint,
                         rdzv_configs=rdzv_configs, max_restarts=0, start_method="spawn")
 
 
-def launch(entry, entry_args: tuple, args):
-    """Run ``entry(*entry_args)`` here (one process) or on every process of the job; rank 0's return value."""
-    spec = args.spec
-    if spec.kind == "cuda":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_ids)
-    if spec.nproc * args.nnodes == 1:
+# errors whose message says what to fix (config, data, checkpoint, nodes that disagree): one line, status 2
+CLEAR_ERRORS = (ConfigError, DataError, CheckpointError, DisagreementError)
+
+
+def _fail(status: int, message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _process_entry(entry, *entry_args):
+    """What each launched process runs: any error is recorded for the launcher (torch's error file); a clear one
+    then ends the process with status 2 and no traceback, since the launcher prints its message."""
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+    handler = get_error_handler()
+    handler.initialize()
+    try:
         return entry(*entry_args)
-    from torch.distributed.launcher.api import elastic_launch
-    results = elastic_launch(launch_config(args, spec.nproc), entry)(*entry_args)
-    return results.get(0) if results else None
+    except CLEAR_ERRORS as exc:
+        handler.record_exception(exc)
+        sys.exit(2)
+    except Exception as exc:
+        handler.record_exception(exc)
+        raise
+
+
+def launch(entry, entry_args: tuple, args):
+    """Run ``entry(*entry_args)`` here (one process) or on every process of this node; returns the value of this
+    node's first process (rank 0's on node 0), since ``elastic_launch`` keys them by global rank. A clear error
+    on any process ends the program with status 2 and that error's one-line message; another error with status 1
+    and the failing rank's message (its traceback is in that process's output)."""
+    spec = args.spec
+    try:
+        if spec.nproc * args.nnodes == 1:
+            return entry(*entry_args)
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.launcher.api import elastic_launch
+        try:
+            results = elastic_launch(launch_config(args, spec.nproc), _process_entry)(entry, *entry_args)
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+            if failure.exitcode == 2:
+                _fail(2, message.split(": ", 1)[-1])  # drop the exception's class name
+            _fail(1, f"rank {rank} failed: {message}")
+    except CLEAR_ERRORS as exc:
+        _fail(2, str(exc))
+    return results[min(results)] if results else None
+
+
+def check_resume(run_dir: str, world: int) -> None:
+    """A resumed run keeps its number of processes: data shards and every rank's seeds depend on it, so another
+    layout would silently continue a different run. Read from last.pth (mapped, not loaded) before any starts."""
+    path = Path(run_dir) / "last.pth"
+    if not path.is_file():
+        return  # killed before its first epoch ended: it starts from epoch 0
+    saved = saved_world_size(path)  # a CheckpointError naming the file when it is truncated or corrupt
+    if saved is not None and saved != world:
+        example = "cpu" if saved == 1 else f"cpu:{saved}"
+        raise CheckpointError(f"--resume {run_dir}: its last.pth was written by {saved} process(es) and this launch "
+                              f"starts {world}; data sharding and per-rank seeds depend on that number, so resume "
+                              f"it on {saved} process(es) in all (e.g. --device {example}); python -m REC.evaluate "
+                              f"re-evaluates its checkpoints on any layout")
 
 
 def main(argv=None) -> int:
@@ -89,12 +164,19 @@ def main(argv=None) -> int:
     setup_logging(None, 0)
     try:
         if args.resume:
-            run_dir = args.resume
-            preflight(load_run_config(run_dir), resume=True)
-        else:
-            _, run_dir = create_run(args.config_file, overrides)
+            run_dir, config = args.resume, load_run_config(args.resume)
+            check_resume(run_dir, args.spec.nproc * args.nnodes)
+            preflight(config, resume_dir=run_dir)
+        elif args.node_rank == 0:
+            config, run_dir = create_run(args.config_file, overrides)
+        else:  # node 0 makes the run directory; this node checks its config and data now, so errors come early
+            config, run_dir = build_config(args.config_file, overrides), None
+            preflight(config)
     except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    launch(worker, (str(run_dir), args.device, bool(args.resume)), args)
+    result = launch(worker, (None if run_dir is None else str(run_dir), args.device, bool(args.resume),
+                             config["dist_timeout_s"]), args)
+    if args.nnodes > 1 and result is not None:  # rank 0 logs the run; every node says what it saw
+        log.info("node %d of %d finished; test: %s", args.node_rank, args.nnodes, json.dumps(result["test"]))
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,18 +29,19 @@ import pandas as pd
 import torch
 
 from .config import ConfigError
-from .data import DataError, EvalBatches, EvalSplit, prepare_split
+from .data import DataError, EvalBatches, EvalSplit, prepare_run_split
 from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .data.split import ragged_positions
 from .evaluator import FullRankingEvaluator
-from .evaluator.ranking import autocast
+from .evaluator.ranking import autocast, top_unmasked
 from .model import create_model
 from .model.base import DatasetInfo
 from .run import load_run_config
 from .trainer.checkpoint import load as load_checkpoint
 
 SHOWN = 5  # unknown ids quoted in an error message
+log = logging.getLogger(__name__)
 
 
 class UnknownIdError(ValueError):
@@ -90,9 +92,10 @@ class Recommender:
         self._cover_table = cover_table
         self._items = None
         self._item_index = self._user_index = None
-        # sequence row of each internal user id: Interactions lists users in order of their first event
-        self._row_of_user = np.zeros(inter.user_num, dtype=np.int64)
+        # sequence row of each internal user id (-1: a user of the run without interactions in today's CSV)
+        self._row_of_user = np.full(inter.user_num, -1, dtype=np.int64)
         self._row_of_user[inter.users] = np.arange(len(inter.users))
+        self.data_check = None  # how today's CSV compares with the run's (set by from_run)
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -112,7 +115,9 @@ class Recommender:
         path = Path(run_dir) / checkpoint
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
-        inter, split = prepare_split(config)
+        inter, split, check = prepare_run_split(config, run_dir)  # the run's own ids, whatever the CSV's row order
+        if check.changed or check.trained_on is None:
+            log.warning("%s", check.describe(run_dir))
         model = create_model(config["model"], config, DatasetInfo.from_split(split))
         model.load_state_dict(load_checkpoint(path)["model"])
         model = model.to(device)
@@ -124,7 +129,9 @@ class Recommender:
                 raise ValueError(f"item_representations: model {config['model']} reads its items from the "
                                  f"checkpoint, not from covers; there is nothing to load")
             table = cls.load_item_table(item_representations, inter.item_tokens.to_list(), model.cover_width)
-        return cls(config, model, inter, device, precision, table)
+        rec = cls(config, model, inter, device, precision, table)
+        rec.data_check = check
+        return rec
 
     @staticmethod
     def load_item_table(path: str | Path, item_ids: list[str], width: int) -> torch.Tensor:
@@ -194,20 +201,20 @@ class Recommender:
         return npy
 
     # -------------------------------------------------------------------------------------------- ids
-    def item_index(self, history: Iterable[str]) -> np.ndarray:
-        """Original item ids -> internal ids; UnknownIdError names those the dataset does not hold."""
+    def item_index(self, history: Iterable[str]) -> tuple[np.ndarray, list[str]]:
+        """Original item ids -> the run's internal ids, and the ids the run never saw (left out: the model has no
+        row for them)."""
         if self._item_index is None:
             self._item_index = {t: i for i, t in enumerate(self.item_ids) if i > 0}
         history = [str(h) for h in history]
-        missing = [h for h in history if h not in self._item_index]
-        if missing:
-            raise _unknown("item", missing, len(history), f"dataset {self.config['dataset']!r}")
-        return np.array([self._item_index[h] for h in history], dtype=np.int64)
+        known = [self._item_index[h] for h in history if h in self._item_index]
+        return np.array(known, dtype=np.int64), [h for h in history if h not in self._item_index]
 
     def user_index(self, user_ids: Iterable[str]) -> np.ndarray:
         """Original user ids -> internal ids; UnknownIdError names those the dataset does not hold."""
-        if self._user_index is None:
-            self._user_index = {t: i for i, t in enumerate(self.inter.user_tokens.to_list()) if i > 0}
+        if self._user_index is None:  # users of the run with interactions in the CSV
+            tokens = self.inter.user_tokens.to_list()
+            self._user_index = {tokens[u]: int(u) for u in self.inter.users}
         user_ids = [str(u) for u in user_ids]
         missing = [u for u in user_ids if u not in self._user_index]
         if missing:
@@ -236,13 +243,11 @@ class Recommender:
             with autocast(self.device, self.precision):
                 users = self.model.user_representations(batch)
             scores = self.model.score(users.float(), items).float()
-            scores[:, 0] = -torch.inf
-            if exclude_history:
-                scores[batch["hist_row"], batch["hist_item"]] = -torch.inf
-            top = scores.topk(k, dim=1)
+            history = (batch["hist_row"], batch["hist_item"]) if exclude_history else (None, None)
+            ids, values, ranked = top_unmasked(scores, k, *history)
             if progress is not None:
                 progress.update(len(scores))
-            yield top.indices.cpu().numpy(), top.values.cpu().numpy()
+            yield ids.cpu().numpy(), values.masked_fill(~ranked, -torch.inf).cpu().numpy()
 
     def recommend_histories(self, histories: list[list[str]], k: int = 10, exclude_history: bool = True,
                             batch_size: int = 1024) -> list[list[tuple[str, float]]]:
@@ -255,7 +260,17 @@ class Recommender:
         if empty:
             raise ValueError(f"{len(empty)} of the {len(histories)} histories are empty (e.g. number {empty[0]}); "
                              f"give at least one item id")
-        encoded = [self.item_index(h) for h in histories]
+        encoded, unknown = zip(*(self.item_index(h) for h in histories))
+        missing = [m for ms in unknown for m in ms]
+        hopeless = [n for n, h in enumerate(encoded) if len(h) == 0]
+        if hopeless:
+            raise _unknown("item", missing, sum(map(len, histories)), f"run's vocabulary (dataset "
+                           f"{self.config['dataset']!r}); {len(hopeless)} histories hold no known item (e.g. number "
+                           f"{hopeless[0]})")
+        if missing:
+            first = ", ".join(repr(m) for m in missing[:SHOWN])
+            log.warning("%d of the %d item ids of the histories are unknown to the run and were left out: %s%s",
+                        len(missing), sum(map(len, histories)), first, ", ..." if len(missing) > SHOWN else "")
         lengths = np.array([len(h) for h in encoded], dtype=np.int64)
         indptr = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
@@ -294,8 +309,8 @@ class Recommender:
                 yield rows
 
     def all_users(self) -> np.ndarray:
-        """Every internal user id, in the order of the users' first line in the CSV."""
-        return np.arange(1, self.inter.user_num, dtype=np.int64)
+        """Every internal user id with interactions in the CSV, in the run's order (first line in its CSV)."""
+        return np.sort(self.inter.users)
 
     def recommend_users(self, user_ids: list[str], k: int = 10, exclude_history: bool = True,
                         batch_size: int = 1024) -> pd.DataFrame:
@@ -311,6 +326,16 @@ def read_user_file(path: str | Path) -> list[str]:
     """One original user id per line; blank lines are skipped and repeats dropped (first kept)."""
     text = Path(path).read_text(encoding="utf-8")
     return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+
+
+def check_writable_folder(option: str, path: str | Path) -> None:
+    """The folder ``path`` will be written into must exist and take files: checked before any scoring, which may
+    take hours, rather than at the rename that ends it."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {str(path)!r}: folder {str(folder)!r} is not writable")
 
 
 def write_recommendations(path: str | Path, row_batches: Iterable[list[tuple]]) -> int:
@@ -359,6 +384,9 @@ def main(argv=None) -> int:
     try:
         if args.users is not None and not Path(args.users).is_file():
             raise FileNotFoundError(f"--users {args.users!r}: no such file")
+        for option, path in (("--output", args.output), ("--save_items", args.save_items)):
+            if path is not None:
+                check_writable_folder(option, path)
         rec = Recommender.from_run(args.run_dir, args.checkpoint, args.device, args.precision)
         if args.users is None:
             users = rec.all_users()
@@ -370,7 +398,7 @@ def main(argv=None) -> int:
         if args.save_items:
             npy = rec.save_item_representations(args.save_items)
             print(f"item representations: {npy}", file=sys.stderr)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with tqdm(total=len(users), unit="user", desc="predict", file=sys.stderr) as bar:

@@ -1,6 +1,7 @@
 """One run: config -> data -> model -> training -> test -> result.json. ``worker`` is what every process runs."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -11,8 +12,10 @@ import torch
 
 from . import distributed as dist
 from .config import Config, ConfigError, load_config
-from .data import EvalBatches, Interactions, Split, build_train_batches, prepare_split
+from .data import (DataError, EvalBatches, Interactions, Split, build_train_batches, prepare_run_split,
+                   prepare_split, save_run_vocabulary)
 from .data.protocols import save_protocol
+from .data.train_batches import check_negatives_possible
 from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .evaluator import FullRankingEvaluator, get_metric
@@ -21,6 +24,7 @@ from .model.base import DatasetInfo
 from .trainer import Trainer
 from .trainer.checkpoint import load as load_checkpoint
 from .trainer.checkpoint import write_json_atomic
+from .trainer.trainer import SHARED_DIR_HINT
 from .trainer.transfer import check_init_from, initialise_from
 from .utils.logging import setup_logging
 
@@ -32,24 +36,37 @@ def build_config(config_files, overrides=()) -> Config:
     return load_config(config_files, overrides, model_defaults=model_defaults_file, known_models=list_models)
 
 
-def preflight(config: Config, resume: bool = False) -> tuple[Interactions, Split]:
+def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Interactions, Split]:
     """Everything that can be checked before processes start: metric names, the data (prepared and cached
     here, once, so workers only read the cache), the model's shapes (built on the meta device, no memory) and
-    whether ``init_from`` fits them (not on ``resume``: a resumed run continues from its own weights)."""
+    whether ``init_from`` fits them (not on resume: a resumed run continues from its own weights).
+    ``resume_dir`` (a resumed run): the data is read through the run's vocabulary and must be the CSV it started
+    with, since continuing on other interactions would mix two datasets in one set of weights."""
     for m in config["metrics"]:
         try:
             get_metric(m)
         except ValueError as exc:
             raise ConfigError(f"{config.source_of('metrics')}: key 'metrics': {exc}") from None
-    inter, split = prepare_split(config)
+    if resume_dir is None:
+        inter, split = prepare_split(config)
+    else:
+        inter, split, check = prepare_run_split(config, resume_dir)
+        if check.changed:
+            raise DataError(f"cannot resume: {check.describe(resume_dir)}; restore that file or start a new run")
     if len(split.valid) == 0:
         raise ConfigError(f"dataset {config['dataset']!r}: no user has the 3 interactions that a train/valid/test "
                           f"split needs")
+    n_items = split.item_num - 1  # row 0 is padding; every evaluation ranks all items
+    if max(config["topk"]) > n_items:  # else the first validation fails, after a whole epoch, with no checkpoint
+        raise ConfigError(f"{config.source_of('topk')}: key 'topk' = {list(config['topk'])}; expected cut-offs of "
+                          f"at most {n_items}, the number of items of dataset {config['dataset']!r}")
     with torch.device("meta"):
         model = create_model(config["model"], config, DatasetInfo.from_split(split))
+    if model.needs_training:
+        check_negatives_possible(model.input_type, split, config)  # else a tiny catalogue fails in every process
     if model.item_source == "covers":
         check_covers(config, inter)
-    if config["init_from"] and not resume:
+    if config["init_from"] and resume_dir is None:
         check_init_from(model, config)
     log.info("%s", inter.summary(config["dataset"]))
     return inter, split
@@ -68,15 +85,26 @@ def check_covers(config: Config, inter) -> None:
 
 
 def new_run_dir(config: Config) -> Path:
+    """A fresh ``<output_dir>/<model>-<dataset>-<time>`` (suffixed when runs start in the same second); an
+    output_dir that cannot hold it (a path through a regular file, a read-only folder) is a ConfigError."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(config["output_dir"]) / f"{config['model']}-{config['dataset']}-{stamp}"
+
+    def unusable(reason: str) -> ConfigError:
+        return ConfigError(f"{config.source_of('output_dir')}: key 'output_dir' = {config['output_dir']!r}: cannot "
+                           f"create a run directory there ({reason}); choose a writable folder")
+
     for n in range(1000):
         run_dir = base if n == 0 else base.with_name(f"{base.name}-{n}")
         try:
             run_dir.mkdir(parents=True)
-            return run_dir
         except FileExistsError:
-            continue
+            if run_dir.exists():
+                continue  # another run started in the same second
+            raise unusable("a part of the path is a file") from None  # mkdir(parents=True) met a file on the way
+        except OSError as exc:
+            raise unusable(exc.strerror or type(exc).__name__) from None  # read-only, permission, no such device
+        return run_dir
     raise RuntimeError(f"cannot create a fresh run directory under {base.parent}")
 
 
@@ -86,6 +114,7 @@ def create_run(config_files, overrides=()) -> tuple[Config, Path]:
     inter, split = preflight(config)
     run_dir = new_run_dir(config)
     (run_dir / CONFIG_NAME).write_text(config.dump_yaml())
+    save_run_vocabulary(inter, config, run_dir)  # predict, evaluate and resume read the data through these ids
     save_protocol(split, inter.item_tokens, run_dir)  # cold_items.txt and protocol.json, when a protocol is on
     return config, run_dir
 
@@ -98,9 +127,12 @@ def load_run_config(run_dir: str | Path) -> Config:
     return build_config([path])
 
 
-def worker(run_dir: str, device: str, resume: bool = False) -> dict:
-    """Train and test in this process (one of ``world_size``); returns the result summary."""
-    return _in_process_group(run_dir, device, lambda *a: _train_and_test(*a, resume=resume))
+def worker(run_dir: str | None, device: str, resume: bool = False, timeout_s: int | None = None) -> dict:
+    """Train and test in this process (one of ``world_size``); returns the result summary.
+
+    ``run_dir`` None (the launchers of nodes other than node 0 on a fresh run, which make no directory): take
+    rank 0's, whose config gives everything else; ``timeout_s`` is then the collective timeout to join with."""
+    return _in_process_group(run_dir, device, lambda *a: _train_and_test(*a, resume=resume), timeout_s=timeout_s)
 
 
 def eval_worker(run_dir: str, device: str, checkpoint_name: str = "best.pth") -> dict:
@@ -109,22 +141,45 @@ def eval_worker(run_dir: str, device: str, checkpoint_name: str = "best.pth") ->
                              log_to_file=False)
 
 
-def _in_process_group(run_dir, device, body, log_to_file: bool = True):
+def _in_process_group(run_dir, device, body, log_to_file: bool = True, timeout_s: int | None = None):
     spec = dist.DeviceSpec.parse(device)
-    config = load_run_config(run_dir)
-    this_device = dist.init(spec, config["dist_timeout_s"])
+    if timeout_s is None:
+        timeout_s = load_run_config(run_dir)["dist_timeout_s"]
+    this_device = dist.init(spec, timeout_s)
     try:
+        run_dir = _agree_on_run_dir(run_dir)
+        config = load_run_config(run_dir)
         if this_device.type == "cpu":  # share the cores between the processes of this machine
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // spec.nproc))
-        setup_logging(Path(run_dir) if log_to_file else None, dist.rank(), config["state"])
-        return body(config, Path(run_dir), this_device)
+        setup_logging(run_dir if log_to_file else None, dist.rank(), config["state"])
+        return body(config, run_dir, this_device)
     finally:
         dist.shutdown()
 
 
-def _build(config: Config, device: torch.device):
-    """Split, model on ``device``, this rank's evaluation batches and evaluator, and the covers (PixelNet)."""
-    inter, split = prepare_split(config)
+def _agree_on_run_dir(run_dir: str | Path | None) -> Path:
+    """The one run directory of the job: rank 0's. A rank given none takes rank 0's absolute path; every rank
+    must then find the same ``config.yaml`` there, else all stop with one message instead of some waiting for
+    the others until the collective timeout (a node that does not mount the output_dir, or nodes resuming
+    different runs)."""
+    root = dist.broadcast_object(None if run_dir is None else os.path.abspath(run_dir))
+    mine = Path(run_dir if run_dir is not None else root)
+    if dist.world_size() == 1:
+        return mine
+    path = mine / CONFIG_NAME
+    text = path.read_text() if path.is_file() else None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16] if text is not None else None
+    dist.check_same(digest, f"the run's {CONFIG_NAME}", f"{SHARED_DIR_HINT}; on --resume, give every node the same "
+                    f"RUN_DIR", shown=f"{os.path.abspath(path)}: {f'sha256 {digest}' if digest else 'no such file'}")
+    return mine
+
+
+def _build(config: Config, run_dir: Path, device: torch.device):
+    """Split (through the run's vocabulary), model on ``device``, this rank's evaluation batches and evaluator,
+    and the covers (PixelNet)."""
+    inter, split, check = prepare_run_split(config, run_dir)
+    if check.changed or check.trained_on is None:
+        log.warning("%s", check.describe(run_dir))
     log.info("%s", inter.summary(config["dataset"]))
     model = create_model(config["model"], config, DatasetInfo.from_split(split)).to(device)
     if model.item_source == "covers" and device.type == "cuda" and config["channels_last"]:
@@ -144,7 +199,7 @@ def _build(config: Config, device: torch.device):
 
 
 def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, checkpoint_name: str) -> dict:
-    _, model, evals, evaluator, _ = _build(config, device)
+    _, model, evals, evaluator, _ = _build(config, run_dir, device)
     path = run_dir / checkpoint_name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
@@ -162,7 +217,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
              run_dir, dist.world_size(), device, torch.get_num_threads(), (run_dir / CONFIG_NAME).read_text())
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"] % 2 ** 32)
-    split, model, evals, evaluator, store = _build(config, device)
+    split, model, evals, evaluator, store = _build(config, run_dir, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
     train_batches = (build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
@@ -170,10 +225,12 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     if store is not None and train_batches is not None:
         train_batches = BatchesWithCovers(train_batches, store, split.item_num)
     valid_batches, test_batches = evals["valid"], evals["test"]
-    if config["init_from"] and not (resume and (run_dir / "last.pth").is_file()):  # once, before any epoch
+    has_last = resume and (run_dir / "last.pth").is_file()
+    dist.check_same(has_last, "whether the run directory holds last.pth", SHARED_DIR_HINT)  # else ranks start apart
+    if config["init_from"] and not has_last:  # once, before any epoch
         initialise_from(model, config, run_dir)
     trainer = Trainer(config, model, dist.wrap_ddp(model, device), evaluator, run_dir, device)
-    if resume and trainer.last_path.is_file():
+    if has_last:
         trainer.resume()
     elif resume:
         log.warning("no checkpoint in %s yet (killed before the first epoch ended); starting from epoch 0", run_dir)

@@ -30,7 +30,8 @@ def test_errors_come_before_training(seq_data, tmp_path):
     assert proc.returncode == 2 and "Missing.csv" in proc.stderr and "does not exist" in proc.stderr
     assert not any(tmp_path.iterdir())  # no run directory for a run that cannot start
     proc = run_main(sasrec_args(seq_data, tmp_path, "--n_heads=3"), check=False)
-    assert proc.returncode == 2 and "not a multiple of n_heads 3" in proc.stderr
+    assert proc.returncode == 2 and ("command line: key 'n_heads' = 3; expected a divisor of key 'embedding_size' = 32 "
+                                     "(command line)") in proc.stderr
     proc = run_main(sasrec_args(seq_data, tmp_path, "--metrics=[Recall,AUC]", "--valid_metric=Recall@10"), check=False)
     assert proc.returncode == 2 and "unknown metric 'AUC'" in proc.stderr
     proc = subprocess.run([sys.executable, "main.py", "--device", "gpu", "--config_file", "IDNet/sasrec.yaml"],

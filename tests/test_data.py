@@ -137,5 +137,5 @@ def test_bad_data_files_name_the_problem(tmp_path):
     with pytest.raises(DataError, match=r"H.csv: header is .*missing \['item_id'\]"):
         load_interactions(str(tmp_path), "H")
     (tmp_path / "T.csv").write_text("item_id,user_id,timestamp\na,u,yesterday\n")
-    with pytest.raises(DataError, match=r"T.csv: cannot read.*integer timestamps"):
+    with pytest.raises(DataError, match=r"T.csv: timestamp 'yesterday' on line 2 .*integer timestamps"):
         load_interactions(str(tmp_path), "T")

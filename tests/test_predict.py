@@ -124,10 +124,14 @@ def test_unknown_users_exit_2_before_writing(run, cli_csv, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == [users]
 
 
-def test_unknown_items_raise_value_error(rec, cli_csv):
+def test_unknown_items_are_left_out_with_a_warning(rec, cli_csv, caplog):
     known = cli_csv["item_id"].iloc[0]
-    with pytest.raises(ValueError, match=r"2 of the 3 item ids .*'nope-1', 'nope-2'"):
-        rec.recommend(["nope-1", known, "nope-2"])
+    with caplog.at_level("WARNING", logger="REC.predict"):
+        mixed = rec.recommend(["nope-1", known, "nope-2"])
+    assert "2 of the 3 item ids" in caplog.text and "'nope-1', 'nope-2'" in caplog.text
+    assert mixed == rec.recommend([known])
+    with pytest.raises(ValueError, match=r"2 of the 2 item ids .*no known item"):
+        rec.recommend(["nope-1", "nope-2"])
     with pytest.raises(UnknownIdError, match="1 of the 1 user ids"):
         rec.recommend_users(["nobody"])
     with pytest.raises(ValueError, match="empty"):

@@ -9,6 +9,7 @@ defaults, and every error names the file, the key and what was expected.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from types import MappingProxyType
@@ -43,40 +44,108 @@ def parse_yaml_text(text: str, source: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- schema
-class KeySpec:
-    """Type and meaning of one key, read from the inline comment of a defaults file."""
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_RANGED_TYPE = re.compile(r"^(?P<base>int|float|list\[(?:int|float)\]|dict\[float\])(?P<range>[\[(].*)?$")
+_ONE_SIDED = re.compile(rf"^\((?P<op>>=|>|<=|<)\s*(?P<bound>{_NUM})\)$")
+_INTERVAL = re.compile(rf"^(?P<left>[\[(])\s*(?P<lo>{_NUM})\s*,\s*(?P<hi>{_NUM})\s*(?P<right>[\])])$")
+_PLURAL = {"int": "integers", "float": "finite numbers", "str": "strings"}
 
-    def __init__(self, key: str, type_text: str, doc: str, default: Any, source: str):
+
+class Range:
+    """Allowed values of a numeric key, written after its type: ``(>0)``, ``(>=-1)``, ``[0,1)``, ``(0,1]``."""
+
+    def __init__(self, text: str):
+        self.lo = self.hi = None
+        self.lo_closed = self.hi_closed = False
+        m = _ONE_SIDED.match(text)
+        if m:
+            op, bound = m.group("op"), float(m.group("bound"))
+            if op.startswith(">"):
+                self.lo, self.lo_closed = bound, op == ">="
+            else:
+                self.hi, self.hi_closed = bound, op == "<="
+            self.text = f"{op} {_plain(bound)}"
+            return
+        m = _INTERVAL.match(text)
+        if not m:
+            raise ValueError(text)
+        self.lo, self.hi = float(m.group("lo")), float(m.group("hi"))
+        self.lo_closed, self.hi_closed = m.group("left") == "[", m.group("right") == "]"
+        self.text = f"in {m.group('left')}{_plain(self.lo)}, {_plain(self.hi)}{m.group('right')}"
+
+    def __contains__(self, v) -> bool:
+        if self.lo is not None and not (v >= self.lo if self.lo_closed else v > self.lo):
+            return False
+        return self.hi is None or (v <= self.hi if self.hi_closed else v < self.hi)
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+class KeySpec:
+    """Type, allowed range and meaning of one key, read from the inline comment of a defaults file.
+
+    A numeric type may carry its range: ``int(>0)``, ``int(>=-1)?``, ``float[0,1)``, ``float(>0)?``,
+    ``list[int](>0)`` (every element), ``dict[float](>=0)`` (every value). Floats must also be finite, so
+    YAML's ``.nan`` and ``.inf`` never reach a comparison that would let them through."""
+
+    def __init__(self, key: str, type_text: str, doc: str, default: Any, source: str, origin: str | None = None):
         self.key, self.doc, self.default, self.source = key, doc, default, source
+        self.origin = origin or source  # how error messages name where the default comes from
         self.nullable = type_text.endswith("?")
         self.type_text = type_text.rstrip("?").strip()
+        self.base, self.range = self.type_text, None
+        m = _RANGED_TYPE.match(self.type_text)
+        if m and m.group("range"):
+            self.base = m.group("base")
+            try:
+                self.range = Range(m.group("range"))
+            except ValueError:
+                raise ConfigError(f"{source}: key {key!r} documents a range {m.group('range')!r} that is not "
+                                  f"(>x), (>=x), (<x), (<=x) or an interval such as [0,1)") from None
+        if not (self.base in ("int", "float", "bool", "str", "dict", "dict[float]", "any")
+                or self.base.startswith("choice(") or re.fullmatch(r"list\[(int|float|str)\]", self.base)):
+            raise ConfigError(f"{source}: key {key!r} documents unknown type {self.type_text!r}")
 
     def check(self, value: Any) -> str | None:
         """Return what was expected when ``value`` does not fit, else None."""
         if value is None:
             return None if self.nullable else f"a value of type {self.type_text} (null is not allowed)"
-        t = self.type_text
+        problem = self._check(value)
+        return f"{problem} or null" if problem and self.nullable else problem
+
+    def _check(self, value: Any) -> str | None:
+        t, bound = self.base, f" {self.range.text}" if self.range else ""
         if t.startswith("choice("):
             options = t[len("choice("):-1].split("|")
             return None if str(value) in options else f"one of {options}"
-        if t == "int":
-            return None if _is_int(value) else "an integer"
-        if t == "float":
-            return None if _is_number(value) else "a number"
+        if t in ("int", "float"):
+            return None if self._fits(t, value) else f"{'an integer' if t == 'int' else 'a finite number'}{bound}"
         if t == "bool":
             return None if isinstance(value, bool) else "true or false"
         if t == "str":
             return None if isinstance(value, str) else "a string"
         if t == "dict":
             return None if isinstance(value, dict) else "a mapping"
+        each = f", each {self.range.text}" if self.range else ""
+        if t.startswith("dict["):
+            if not isinstance(value, dict):
+                return f"a mapping of finite numbers{each}"
+            bad = ", ".join(f"{k} = {v!r}" for k, v in value.items() if not self._fits("float", v))
+            return f"a mapping of finite numbers{each} ({bad} is not)" if bad else None
         if t.startswith("list["):
             inner = t[len("list["):-1]
-            ok = _is_int if inner == "int" else (lambda v: isinstance(v, str))
             items = value if isinstance(value, list) else [value]
-            return None if all(ok(v) for v in items) else f"a list of {inner}"
-        if t == "any":
-            return None
-        raise ConfigError(f"{self.source}: key {self.key!r} documents unknown type {t!r}")
+            return None if all(self._fits(inner, v) for v in items) else f"a list of {_PLURAL[inner]}{each}"
+        return None  # any
+
+    def _fits(self, kind: str, v: Any) -> bool:
+        if kind == "str":
+            return isinstance(v, str)
+        if not (_is_int(v) if kind == "int" else _is_number(v) and math.isfinite(v)):
+            return False
+        return self.range is None or v in self.range
 
 
 def _is_int(v: Any) -> bool:
@@ -97,11 +166,21 @@ def read_defaults(path: str | Path) -> tuple[dict, dict[str, KeySpec]]:
         m = _DOC_LINE.match(line)
         if m and m.group("key") in values:
             specs[m.group("key")] = KeySpec(m.group("key"), m.group("type"), m.group("doc"),
-                                            values[m.group("key")], str(path))
+                                            values[m.group("key")], str(path), _origin(path))
     undocumented = sorted(set(values) - set(specs))
     if undocumented:
         raise ConfigError(f"{path}: keys without a '# type: meaning' comment: {undocumented}")
     return values, specs
+
+
+def _origin(path: Path) -> str:
+    """How messages name a defaults file: 'defaults' for the package's, else its path from the repository."""
+    if path.resolve() == DEFAULTS_FILE.resolve():
+        return "defaults"
+    try:
+        return str(path.resolve().relative_to(DEFAULTS_FILE.resolve().parents[2]))
+    except ValueError:
+        return str(path)
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -135,7 +214,9 @@ class Config(Mapping):
         return len(self._values)
 
     def source_of(self, key: str) -> str:
-        return self._sources.get(key, "defaults")
+        """The file (or 'command line') that set ``key``; 'defaults' or the model's defaults file otherwise."""
+        spec = self._specs.get(key)
+        return self._sources.get(key, spec.origin if spec is not None else "defaults")
 
     def to_dict(self) -> dict:
         return _thaw(self._values)
@@ -237,7 +318,7 @@ def load_config(config_files: Iterable[str | Path], overrides: Iterable[str] = (
     for key, spec in specs.items():
         problem = spec.check(values.get(key))
         if problem:
-            raise ConfigError(f"{sources.get(key, spec.source)}: key {key!r} = {values.get(key)!r}; expected {problem}")
+            raise ConfigError(f"{sources.get(key, spec.origin)}: key {key!r} = {values.get(key)!r}; expected {problem}")
     values["metrics"] = _as_list(values["metrics"])
     values["topk"] = _as_list(values["topk"])
     _check_semantics(values, sources)
@@ -281,20 +362,13 @@ OPTIM_FORMS = ({"learning_rate", "weight_decay"}, {"modal_lr", "modal_decay", "r
 
 
 def _check_semantics(values: dict, sources: dict) -> None:
-    """Checks that span keys or look inside values; each names the key and what was expected."""
+    """Checks that span keys or look inside values; each names the key and what was expected. A single key's
+    type and range are declared beside its default (KeySpec) and checked before these."""
     where = lambda k: sources.get(k, "defaults")  # noqa: E731
-    optim = values["optim_args"]
-    if set(optim) not in OPTIM_FORMS or not all(_is_number(v) for v in optim.values()):
+    optim = values["optim_args"]  # its values' type and range are declared in defaults.yaml
+    if set(optim) not in OPTIM_FORMS:
         raise ConfigError(f"{where('optim_args')}: key 'optim_args' = {optim!r}; expected numbers under exactly "
                           f"{sorted(OPTIM_FORMS[0])} or {sorted(OPTIM_FORMS[1])}")
-    if any(k <= 0 for k in values["topk"]):
-        raise ConfigError(f"{where('topk')}: key 'topk' = {values['topk']}; expected positive integers")
-    for key in ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH"):
-        if values[key] <= 0:
-            raise ConfigError(f"{where(key)}: key {key!r} = {values[key]}; expected a positive integer")
-    for key in ("eval_step", "stopping_step", "num_workers"):
-        if values[key] < 0:
-            raise ConfigError(f"{where(key)}: key {key!r} = {values[key]}; expected zero or more")
     name, _, k = str(values["valid_metric"]).partition("@")
     metrics_lower = [m.lower() for m in values["metrics"]]
     if name.lower() not in metrics_lower or not k.isdigit() or int(k) not in values["topk"]:
@@ -308,15 +382,6 @@ def _check_protocols(values: dict, where) -> None:
     if edges and (edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:]))):
         raise ConfigError(f"{where('popularity_buckets')}: key 'popularity_buckets' = {edges}; expected [] or "
                           f"strictly increasing lower edges starting at 0 (so the buckets cover every user)")
-    if not 0.0 <= values["cold_item_ratio"] < 1.0:
-        raise ConfigError(f"{where('cold_item_ratio')}: key 'cold_item_ratio' = {values['cold_item_ratio']}; "
-                          f"expected a fraction in [0, 1)")
     if values["cold_item_ratio"] > 0 and values["cold_item_file"]:
         raise ConfigError(f"keys 'cold_item_ratio' ({where('cold_item_ratio')}) and 'cold_item_file' "
                           f"({where('cold_item_file')}) both choose the held-out items; set one of them")
-    if not 0.0 < values["train_user_ratio"] <= 1.0:
-        raise ConfigError(f"{where('train_user_ratio')}: key 'train_user_ratio' = {values['train_user_ratio']}; "
-                          f"expected a fraction in (0, 1]")
-    if values["train_user_cap"] is not None and values["train_user_cap"] <= 0:
-        raise ConfigError(f"{where('train_user_cap')}: key 'train_user_cap' = {values['train_user_cap']}; "
-                          f"expected a positive integer or null")

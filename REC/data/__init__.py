@@ -2,6 +2,7 @@
 from .eval_batches import EvalBatches, shard_bounds
 from .interactions import DataError, Interactions, TokenTable, csv_path, load_interactions
 from .protocols import apply_protocols
+from .vocabulary import DataCheck, load_run_interactions, save_run_vocabulary
 from .split import EvalSplit, Split, leave_one_out, sequence_chunks
 from . import train_masked, train_pairs, train_prefixes, train_towers  # noqa: F401  (register their datasets)
 from .train_batches import TRAIN_DATASETS, EpochBatches, build_train_batches, register_train_dataset, sample_negatives
@@ -14,6 +15,13 @@ def prepare_split(config) -> tuple[Interactions, Split]:
     return inter, apply_protocols(leave_one_out(inter), inter.item_tokens, config)
 
 
-__all__ = ["DataError", "EvalBatches", "EvalSplit", "EpochBatches", "Interactions", "Split", "TokenTable",
+def prepare_run_split(config, run_dir) -> tuple[Interactions, Split, DataCheck]:
+    """``prepare_split`` for an existing run: the CSV read through the run's own vocabulary (``vocabulary.py``),
+    with how today's CSV compares with the one the run was trained on."""
+    inter, check = load_run_interactions(config, run_dir)
+    return inter, apply_protocols(leave_one_out(inter), inter.item_tokens, config), check
+
+
+__all__ = ["DataCheck", "DataError", "EvalBatches", "EvalSplit", "EpochBatches", "Interactions", "Split", "TokenTable",
            "TRAIN_DATASETS", "build_train_batches", "csv_path", "leave_one_out", "load_interactions",
-           "prepare_split", "register_train_dataset", "sample_negatives", "sequence_chunks", "shard_bounds"]
+           "prepare_run_split", "prepare_split", "register_train_dataset", "save_run_vocabulary", "sample_negatives", "sequence_chunks", "shard_bounds"]

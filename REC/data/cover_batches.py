@@ -14,9 +14,6 @@ from torch.utils.data import Dataset
 from .covers import DEFAULT_NAME
 from .eval_batches import shard_bounds
 
-# batch keys that hold item ids (a BERT4Rec mask token, id item_num, is one too but has no cover)
-ITEM_KEYS = ("items", "negatives", "target", "masked_items")
-
 
 def cover_lmdb_path(config) -> Path:
     """``cover_lmdb``, or ``<data_path>/covers.lmdb`` where generate_lmdb.py writes by default."""
@@ -29,10 +26,18 @@ class BatchesWithCovers(Dataset):
     Each distinct item is read and encoded once per batch however often the batch names it (a SASRec batch of
     64 chunks names up to 1,408 items with their negatives); its vector is then gathered for every position, so
     the gradient is the same sum over positions as encoding each position separately.
+
+    The items are those under the wrapped dataset's ``item_keys``; a model that looks up an id outside
+    ``cover_ids`` fails loudly (``REC.model.pixel.MissingCoverError``) instead of reading a neighbour's cover.
     """
 
     def __init__(self, batches, store, item_num: int):
         self.batches, self.store, self.item_num = batches, store, item_num
+        # the dataset's own declaration (REC.data.train_batches.EpochBatches.item_keys), not a list kept here
+        self.item_keys = getattr(batches, "item_keys", None)
+        if not self.item_keys:
+            raise TypeError(f"{type(batches).__name__} declares no item_keys (its batch keys that hold item ids), "
+                            f"so the items whose covers a batch needs are unknown")
 
     def set_epoch(self, epoch: int) -> None:
         self.batches.set_epoch(epoch)
@@ -42,7 +47,11 @@ class BatchesWithCovers(Dataset):
 
     def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
         batch = self.batches[b]
-        ids = torch.cat([batch[k].reshape(-1) for k in ITEM_KEYS if k in batch]).unique()
+        absent = [k for k in self.item_keys if k not in batch]
+        if absent:
+            raise KeyError(f"{type(self.batches).__name__} declares item_keys {self.item_keys}, but its batch has "
+                           f"no {absent} (its keys: {sorted(batch)})")
+        ids = torch.cat([batch[k].reshape(-1) for k in self.item_keys]).unique()
         ids = ids[(ids > 0) & (ids < self.item_num)]
         batch["cover_ids"] = ids
         batch["covers"] = torch.from_numpy(self.store.get(ids.numpy()))

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from .covers import ENCODINGS, META_KEY, CoverError, make_meta, parse_meta
-from .interactions import DataError
+from .interactions import DataError, not_utf8_error
 
 log = logging.getLogger(__name__)
 LMDB_MAX_KEY = 511
@@ -95,21 +95,34 @@ def read_item_tokens(csv_file) -> list[str]:
     if not csv_file.is_file():
         raise DataError(f"interactions file {csv_file} does not exist")
     try:
-        header = pd.read_csv(csv_file, nrows=0).columns.tolist()
-    except (ValueError, UnicodeDecodeError) as exc:
+        header = pd.read_csv(csv_file, nrows=0, encoding="utf-8").columns.tolist()
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv_file}: the file is empty (no header line); expected a CSV whose header is "
+                        f"item_id,user_id,timestamp") from None
+    except UnicodeDecodeError:
+        raise not_utf8_error(csv_file) from None
+    except ValueError as exc:
         raise DataError(f"{csv_file}: cannot read a CSV header ({exc})") from None
     if "item_id" not in header:
         raise DataError(f"{csv_file}: header is {header}; expected an item_id column (PixelRec files start "
                         f"item_id,user_id,timestamp)")
     uniques, row = [], 0
-    for chunk in pd.read_csv(csv_file, usecols=["item_id"], dtype=str, chunksize=CSV_CHUNK_ROWS):
-        column = chunk["item_id"]
-        if column.isna().any():
-            line = row + int(np.flatnonzero(column.isna().to_numpy())[0]) + 2
-            raise DataError(f"{csv_file}: empty item_id on line {line}")
-        uniques.append(pd.unique(column))
-        row += len(column)
-    tokens = pd.unique(np.concatenate(uniques)).tolist() if uniques else []
+    try:
+        # ids verbatim, as training reads them (REC.data.interactions): NA, null, nan are items, not missing values
+        for chunk in pd.read_csv(csv_file, usecols=["item_id"], dtype=str, encoding="utf-8", keep_default_na=False,
+                                 chunksize=CSV_CHUNK_ROWS):
+            column = chunk["item_id"]
+            empty = (column == "").to_numpy()
+            if empty.any():
+                line = row + int(np.flatnonzero(empty)[0]) + 2
+                raise DataError(f"{csv_file}: empty item_id on line {line}")
+            uniques.append(pd.unique(column))
+            row += len(column)
+    except UnicodeDecodeError:  # uncaught, it would exit 1, the code for "covers missing"
+        raise not_utf8_error(csv_file) from None
+    if row == 0:
+        raise DataError(f"{csv_file}: no rows after the header, so there are no items to pack")
+    tokens = pd.unique(np.concatenate(uniques)).tolist()
     too_long = [t for t in tokens if len(t.encode("utf-8")) > LMDB_MAX_KEY]
     if too_long:
         raise DataError(f"{csv_file}: item_id {too_long[0][:60]!r}... is longer than LMDB's {LMDB_MAX_KEY}-byte key limit")

@@ -19,7 +19,12 @@ class EvalBatches:
 
     ``item_seq`` is the model input (the last M history items, left-padded); ``hist_row``/``hist_item`` list
     every (row in batch, item) of the full history, for masking (spec 4.1).
+
+    ``item_keys`` lists the keys holding item ids, as the training datasets declare them; PixelNet needs no
+    covers here, since evaluation encodes every item's cover once (``ItemCoverBatches``) and indexes that table.
     """
+
+    item_keys = ("item_seq", "target", "hist_item")
 
     def __init__(self, split: EvalSplit, max_len: int, batch_size: int, rank: int = 0, world_size: int = 1):
         self.split, self.batch_size = split, batch_size

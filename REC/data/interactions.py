@@ -6,10 +6,11 @@ so equal timestamps keep their file order instead of an implementation-defined o
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ class Interactions:
     items: np.ndarray    # int64 [n_interactions]
     user_tokens: TokenTable
     item_tokens: TokenTable
+    csv_digest: str = ""  # content hash of the CSV these came from (a run records it to notice a changed file)
 
     @property
     def user_num(self) -> int:  # distinct users + 1 (row 0 is padding), as the original's user_num
@@ -102,25 +104,83 @@ def file_digest(path: Path, chunk: int = 1 << 24) -> str:
 
 def read_interactions(path: Path) -> Interactions:
     """Parse the CSV, factorise ids in file order (spec 3.1) and group chronologically by user (spec 3.2)."""
-    header = pd.read_csv(path, nrows=0).columns.tolist()
+    return group_by_user(*read_columns(path))
+
+
+# Ids are taken verbatim: pandas would read NA, null, nan, None, N/A, ... as missing values, and those are real ids.
+_VERBATIM = dict(keep_default_na=False, na_values={"timestamp": [""]})
+
+
+def read_columns(path: Path) -> tuple[pd.Series, pd.Series, np.ndarray]:
+    """(item ids, user ids, int64 timestamps) of the CSV, every problem a DataError naming the file."""
+    try:
+        header = pd.read_csv(path, nrows=0, encoding="utf-8").columns.tolist()
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a CSV with the header {','.join(COLUMNS)}") from None
+    except UnicodeDecodeError:
+        raise not_utf8_error(path) from None
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: header is {header}; expected the columns {list(COLUMNS)} (missing {missing})")
     try:
-        frame = pd.read_csv(path, usecols=list(COLUMNS), engine="c",
+        frame = pd.read_csv(path, usecols=list(COLUMNS), engine="c", encoding="utf-8", **_VERBATIM,
                             dtype={"item_id": str, "user_id": str, "timestamp": np.int64})
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{path}: cannot read {list(COLUMNS)}: {exc}; expected integer timestamps") from None
-    if frame.isna().any().any():
-        bad = frame.isna().any(axis=1).to_numpy().nonzero()[0][:5] + 2
-        raise DataError(f"{path}: empty values on lines {bad.tolist()} (first few); every row needs all of {list(COLUMNS)}")
+    except UnicodeDecodeError:
+        raise not_utf8_error(path) from None
+    except (ValueError, TypeError, OverflowError):
+        raise _bad_timestamps(path) from None
     if len(frame) == 0:
-        raise DataError(f"{path}: no interactions")
+        raise DataError(f"{path}: no interactions (only a header)")
+    empty = ((frame["item_id"] == "") | (frame["user_id"] == "")).to_numpy()
+    if empty.any():
+        bad = empty.nonzero()[0][:5] + 2
+        raise DataError(f"{path}: empty item_id or user_id on lines {bad.tolist()} (first few); every row needs "
+                        f"all of {list(COLUMNS)}")
+    return frame["item_id"], frame["user_id"], frame["timestamp"].to_numpy()
 
-    user_codes, user_uniques = pd.factorize(frame["user_id"])
-    item_codes, item_uniques = pd.factorize(frame["item_id"])
-    timestamps = frame["timestamp"].to_numpy()
-    del frame
+
+def not_utf8_error(csv_file: Path, block: int = 1 << 20) -> DataError:
+    """Slow path, only after pandas refused the file: where its first byte that is not UTF-8 is (pandas' own error
+    counts from the start of an internal buffer, not of the file), for a one-line message."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    where, offset, newlines = "", 0, 0
+    with open(csv_file, "rb") as f:
+        while True:
+            data = f.read(block)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut at the previous block's end
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                bad = offset - pending + exc.start
+                line = newlines + data[:max(bad - offset, 0)].count(b"\n") + 1
+                where = f" (byte 0x{exc.object[exc.start]:02x} at offset {bad}, line {line})"
+                break
+            if not data:
+                break
+            offset += len(data)
+            newlines += data.count(b"\n")
+    return DataError(f"{csv_file}: not UTF-8 text{where}; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def _bad_timestamps(path: Path) -> DataError:
+    """Slow path, only on error: find the first line whose timestamp is not an integer that fits int64."""
+    ts = pd.read_csv(path, usecols=["timestamp"], dtype=str, engine="c", keep_default_na=False)["timestamp"]
+    text = ts.str.strip()
+    integer = text.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool).copy()
+    long = integer & (text.str.lstrip("+-").str.lstrip("0").str.len() >= 19).to_numpy(bool)
+    for i in np.flatnonzero(long):  # few rows: only 19+ digit numbers can fall outside int64
+        integer[i] = np.iinfo(np.int64).min <= int(text.iloc[i]) <= np.iinfo(np.int64).max
+    bad = np.flatnonzero(~integer)
+    if len(bad) == 0:  # pandas refused the column for a reason not seen above
+        return DataError(f"{path}: cannot read the timestamp column; expected integer timestamps")
+    return DataError(f"{path}: timestamp {ts.iloc[bad[0]]!r} on line {bad[0] + 2} ({len(bad)} such lines) is not "
+                     f"an integer in the int64 range; expected integer timestamps (e.g. Unix seconds)")
+
+
+def group_by_user(item_col: pd.Series, user_col: pd.Series, timestamps: np.ndarray) -> Interactions:
+    """Factorise ids in file order and group every user's events chronologically."""
+    user_codes, user_uniques = pd.factorize(user_col)
+    item_codes, item_uniques = pd.factorize(item_col)
     user_ids = user_codes.astype(np.int64) + 1
     item_ids = item_codes.astype(np.int64) + 1
 
@@ -149,20 +209,39 @@ def _save_npz_atomic(path: Path, arrays: dict) -> None:
 
 
 def load_interactions(data_path: str, dataset: str, cache_dir: str | None = None) -> Interactions:
-    """Prepared interactions, read from a cache keyed by the CSV's content (a second run skips parsing)."""
+    """Prepared interactions, read from a cache keyed by the CSV's content (a second run skips parsing).
+    A cache file that cannot be read (truncated, overwritten) is rebuilt with a warning, never trusted."""
     path = csv_path(data_path, dataset)
+    digest = file_digest(path)
     cache_root = Path(cache_dir) if cache_dir else path.parent / ".pixelrec_cache"
-    cache = cache_root / f"{dataset}-{file_digest(path)}-v{PREP_VERSION}.npz"
+    cache = cache_root / f"{dataset}-{digest}-v{PREP_VERSION}.npz"
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            return Interactions(users=z["users"], indptr=z["indptr"], items=z["items"],
-                                user_tokens=TokenTable(z["user_blob"], z["user_offsets"]),
-                                item_tokens=TokenTable(z["item_blob"], z["item_offsets"]))
-    inter = read_interactions(path)
+        try:
+            return _read_cache(cache, digest)
+        except Exception as exc:  # zipfile, numpy and OS errors alike: the cache is only ever a copy
+            log.warning("data cache %s is unreadable (%s: %s); rebuilding it from %s", cache,
+                        type(exc).__name__, exc, path)
+    inter = replace(read_interactions(path), csv_digest=digest)
     try:
         _save_npz_atomic(cache, dict(users=inter.users, indptr=inter.indptr, items=inter.items,
                                      user_blob=inter.user_tokens.blob, user_offsets=inter.user_tokens.offsets,
                                      item_blob=inter.item_tokens.blob, item_offsets=inter.item_tokens.offsets))
     except OSError as exc:  # a read-only data folder must not stop a run; it only costs the next one time
         log.warning("could not write the data cache %s (%s); set cache_dir to a writable folder", cache, exc)
+    return inter
+
+
+def _read_cache(cache: Path, digest: str) -> Interactions:
+    with np.load(cache, allow_pickle=False) as z:
+        inter = Interactions(users=z["users"], indptr=z["indptr"], items=z["items"],
+                             user_tokens=TokenTable(z["user_blob"], z["user_offsets"]),
+                             item_tokens=TokenTable(z["item_blob"], z["item_offsets"]), csv_digest=digest)
+    n_users, n_items = len(inter.user_tokens), len(inter.item_tokens)
+    consistent = (inter.indptr[0] == 0 and inter.indptr[-1] == len(inter.items) and len(inter.users) + 1 == len(inter.indptr)
+                  and inter.user_tokens.offsets[-1] == len(inter.user_tokens.blob)
+                  and inter.item_tokens.offsets[-1] == len(inter.item_tokens.blob)
+                  and (len(inter.items) == 0 or 0 < inter.items.min() and inter.items.max() < n_items)
+                  and (len(inter.users) == 0 or 0 < inter.users.min() and inter.users.max() < n_users))
+    if not consistent:
+        raise ValueError("its arrays do not fit together")
     return inter

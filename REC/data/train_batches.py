@@ -13,16 +13,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .split import Split, sequence_chunks
+from .split import Split, sequence_chunk_users, sequence_chunks
 
 TRAIN_DATASETS: dict[str, Callable[..., "EpochBatches"]] = {}
 
 
 def register_train_dataset(input_type: str):
-    """Map a model's ``input_type`` (SEQ, PAIR, AUGSEQ, ...) to the class that builds its training batches."""
+    """Map a model's ``input_type`` (SEQ, PAIR, AUGSEQ, ...) to the class that builds its training batches.
+
+    The class must declare ``item_keys`` (see ``EpochBatches``): PixelNet fetches covers for those keys only.
+    """
     def deco(cls):
         if input_type in TRAIN_DATASETS:
             raise ValueError(f"input type {input_type!r} is already registered to {TRAIN_DATASETS[input_type]}")
+        keys = getattr(cls, "item_keys", None)
+        if not isinstance(keys, tuple) or not keys or not all(isinstance(k, str) for k in keys):
+            raise TypeError(f"{cls.__name__} (input type {input_type!r}) must declare item_keys, the non-empty "
+                            f"tuple of its batch keys whose values are item ids; got {keys!r}")
         TRAIN_DATASETS[input_type] = cls
         return cls
     return deco
@@ -43,6 +50,11 @@ class EpochBatches(Dataset):
     gets the same number of batches, which DDP needs), but the permutation is seeded by the config seed
     instead of a fixed 0 (spec 9.6).
     """
+
+    # The batch keys whose values are item ids (padding 0 and BERT4Rec's mask token included), declared by every
+    # registered dataset. PixelNet reads the covers of exactly the items under these keys
+    # (``REC.data.cover_batches``), so a key left out would have no cover and its lookup would fail.
+    item_keys: tuple[str, ...]
 
     def __init__(self, n_examples: int, batch_size: int, seed: int, rank: int, world_size: int):
         self.n_examples, self.batch_size = n_examples, batch_size
@@ -71,6 +83,29 @@ class EpochBatches(Dataset):
         raise NotImplementedError
 
 
+# Rejection accepts a cell with probability (allowed items outside its row) / (allowed items), at least 1/(L+1)
+# for a row of L items that leaves one free, so 10,000 rounds fail by chance with odds below e^-40 for rows of up
+# to 240 items: reaching the bound means the pool is (nearly) used up, never bad luck.
+MAX_REDRAW_ROUNDS = 10_000
+
+
+def allowed_count(item_num: int, pool: np.ndarray | None) -> int:
+    """How many items a negative may be: 1..item_num-1, or the pool."""
+    return item_num - 1 if pool is None else len(pool)
+
+
+def rows_without_negative(avoid: np.ndarray, item_num: int, pool: np.ndarray | None = None) -> np.ndarray:
+    """bool [B]: the rows of ``avoid`` ([B, L] item ids, 0 = padding) that hold every item a negative may be."""
+    n_allowed = allowed_count(item_num, pool)
+    if avoid.shape[1] < n_allowed:  # L items cannot cover more than L: the usual case costs nothing
+        return np.zeros(len(avoid), dtype=bool)
+    s = np.sort(avoid, 1)
+    distinct = np.ones(s.shape, dtype=bool)
+    distinct[:, 1:] = s[:, 1:] != s[:, :-1]
+    allowed = (s >= 1) & (s < item_num) if pool is None else np.isin(s, pool)
+    return (distinct & allowed).sum(1) >= n_allowed
+
+
 def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int, per_row: int | None = None,
                      pool: np.ndarray | None = None) -> np.ndarray:
     """[B, per_row] uniform negatives from 1..item_num-1, none an item of its own row of ``avoid`` ([B, L]).
@@ -79,17 +114,71 @@ def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int,
     restricts the draw to those items, e.g. every item but the held-out ones of the cold_items protocol; None
     keeps the plain draw, so the random stream, and every run without a protocol, is unchanged. Vectorised
     rejection sampling: redraw only the cells that hit their row, until none does (spec 3.4).
+
+    A row that holds every allowed item has no negative, and rejection would never end (the original hangs):
+    that raises a ValueError before any draw. The redraw rounds are bounded too (``MAX_REDRAW_ROUNDS``), so no
+    input can make this loop forever.
     """
+    n_allowed = allowed_count(item_num, pool)
+    allowed = f"ids 1..{item_num - 1}" if pool is None else "the negative pool"
+    full = rows_without_negative(avoid, item_num, pool)
+    if full.any():
+        r = int(np.flatnonzero(full)[0])
+        raise ValueError(f"no negative can be drawn for {int(full.sum())} of {len(avoid)} rows: each holds every "
+                         f"one of the {n_allowed} items a negative may be ({allowed}); e.g. row {r} holds "
+                         f"{sorted(set(avoid[r].tolist()) - {0})[:20]}")
+
     def draw(size):
         return rng.integers(1, item_num, size=size) if pool is None else pool[rng.integers(0, len(pool), size=size)]
 
     neg = draw((len(avoid), avoid.shape[1] if per_row is None else per_row))
     bad = (neg[:, :, None] == avoid[:, None, :]).any(-1)
+    rounds = 0
     while bad.any():
+        if rounds == MAX_REDRAW_ROUNDS:
+            r = int(np.flatnonzero(bad.any(1))[0])
+            raise ValueError(f"negative sampling gave up after {rounds} redraw rounds: {int(bad.sum())} cells still "
+                             f"hit their own row (e.g. row {r}, which holds {len(set(avoid[r].tolist()) - {0})} "
+                             f"distinct items; {n_allowed} items may be a negative, {allowed}); the negative pool "
+                             f"is too small")
+        rounds += 1
         rows, cols = np.nonzero(bad)
         neg[rows, cols] = draw(len(rows))
         bad[rows, cols] = (neg[rows, cols][:, None] == avoid[rows]).any(-1)
     return neg
+
+
+def check_negatives_exist(split: Split, chunks: np.ndarray, max_len: int) -> None:
+    """Raise before training when a training chunk (``sequence_chunks(split, max_len)``) holds every item a
+    negative may be: the negatives of the sequence datasets avoid their chunk's items, so none could be drawn.
+    Only a tiny catalogue, or a cold_items protocol that leaves few items, gets here; the message says which."""
+    pool = split.negative_pool()
+    full = rows_without_negative(chunks, split.item_num, pool)
+    if not full.any():
+        return
+    total = split.item_num - 1
+    if pool is None:
+        allowed = f"all {total} items of the catalogue"
+    else:
+        settings = (split.protocol or {}).get("settings", {})
+        how = ", ".join(f"{k}={settings[k]}" for k in ("cold_item_ratio", "cold_item_file") if settings.get(k))
+        allowed = (f"the {len(pool)} of {total} items that the cold_items protocol does not hold out"
+                   + (f" ({how})" if how else ""))
+    user = sequence_chunk_users(split, max_len)[np.flatnonzero(full)[0]]
+    raise ValueError(f"{int(full.sum())} training chunks (e.g. one of internal user id {user}) hold every item a "
+                     f"negative may be, {allowed}, so no negative exists for them and negative sampling could "
+                     f"never end; use more items, a smaller cold_item_ratio or a smaller MAX_ITEM_LIST_LENGTH")
+
+
+def check_negatives_possible(input_type: str, split: Split, config) -> None:
+    """Before processes start: build the training examples once when some user's training part is at least as
+    long as the pool of items a negative may be, the only case in which an example can hold every allowed item
+    (each dataset then raises its clear error). Otherwise nothing is built: at full scale that would cost the
+    launcher the memory of a whole training set."""
+    lengths = np.diff(split.train_indptr)
+    pool = split.negative_pool()
+    if len(lengths) and lengths.max() >= (split.item_num - 1 if pool is None else len(pool)):
+        build_train_batches(input_type, split, config)
 
 
 @register_train_dataset("SEQ")
@@ -100,8 +189,11 @@ class NextItemBatches(EpochBatches):
     elsewhere the negative is 0.
     """
 
+    item_keys = ("items", "negatives")
+
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        check_negatives_exist(split, self.chunks, config["MAX_ITEM_LIST_LENGTH"])
         self.item_num, self.pool = split.item_num, split.negative_pool()
         super().__init__(len(self.chunks), config["train_batch_size"], config["seed"], rank, world_size)
 

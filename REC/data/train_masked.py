@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .split import Split, sequence_chunks
-from .train_batches import EpochBatches, register_train_dataset, sample_negatives
+from .train_batches import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
 
 
 @register_train_dataset("MASKED")
@@ -18,8 +18,11 @@ class MaskedItemBatches(EpochBatches):
     other position has negative 0. A chunk may come out with no masked position and then adds no loss.
     """
 
+    item_keys = ("masked_items", "items", "negatives")  # the mask token (item_num) is no real item: it has no cover
+
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        check_negatives_exist(split, self.chunks, config["MAX_ITEM_LIST_LENGTH"])
         self.item_num, self.pool = split.item_num, split.negative_pool()
         self.mask_token = split.item_num
         self.mask_ratio = config["mask_ratio"]

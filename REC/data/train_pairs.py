@@ -19,6 +19,8 @@ class PairBatches(EpochBatches):
     "is this item in that row's history?" for a whole batch with one ``searchsorted``.
     """
 
+    item_keys = ("items", "negatives")
+
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.indptr, self.items, self.users = split.train_indptr, split.train_items, split.train_users
         self.item_num, self.pool = split.item_num, split.negative_pool()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .split import Split, ragged_positions, sequence_chunks
-from .train_batches import EpochBatches, register_train_dataset, sample_negatives
+from .train_batches import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
 
 
 @register_train_dataset("AUGSEQ")
@@ -21,9 +21,12 @@ class PrefixBatches(EpochBatches):
     items), so an epoch has about (mean chunk length - 1) times as many examples as a SEQ epoch.
     """
 
+    item_keys = ("items", "target", "negatives")
+
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.max_len = config["MAX_ITEM_LIST_LENGTH"]
         chunks = sequence_chunks(split, self.max_len)
+        check_negatives_exist(split, chunks, self.max_len)  # a whole chunk is the avoid row of its longest prefix
         # M zero columns in front: the M items before any end column are then always a plain slice
         self.padded = np.concatenate([np.zeros((len(chunks), self.max_len), np.int64), chunks], 1)
         width = chunks.shape[1]

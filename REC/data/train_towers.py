@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .split import Split, ragged_positions, sequence_chunk_users, sequence_chunks
-from .train_batches import EpochBatches, register_train_dataset, sample_negatives
+from .train_batches import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
 
 
 @register_train_dataset("LEAVE_ONE_OUT_CHUNK")
@@ -25,8 +25,11 @@ class HeldOutItemBatches(EpochBatches):
     user state that evaluation never shows, since every evaluated user has at least one history item.
     """
 
+    item_keys = ("items", "target", "negatives")
+
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        check_negatives_exist(split, self.chunks, config["MAX_ITEM_LIST_LENGTH"])
         self.chunk_users = sequence_chunk_users(split, config["MAX_ITEM_LIST_LENGTH"])
         lengths = (self.chunks != 0).sum(1)
         lengths[lengths < 2] = 0

@@ -130,12 +130,23 @@ class FullRankingEvaluator:
     def user_values(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Every metric@k of every user of this batch, [U] float64 each, in the order of ``keys``. A target that
         repeats a history item is masked too and can never be hit, as in the original (spec 9.5)."""
-        scores[:, 0] = -torch.inf
-        scores[batch["hist_row"], batch["hist_item"]] = -torch.inf
-        top = scores.topk(self.max_k, dim=1).indices
-        hits = top == batch["target"][:, None]
+        top, _, ranked = top_unmasked(scores, self.max_k, batch["hist_row"], batch["hist_item"])
+        hits = (top == batch["target"][:, None]) & ranked
         n_pos = torch.ones(len(hits), device=hits.device)
         return [fn(hits, n_pos, k) for _, fn in self.metric_fns for k in self.topk]
+
+
+def top_unmasked(scores: torch.Tensor, k: int, hist_row: torch.Tensor | None = None,
+                 hist_item: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask the padding column and each user's history (``scores[hist_row, hist_item]``, skipped when None) in
+    place, then take the k best: (item ids [U, k], scores [U, k], ranked [U, k]). ``ranked`` is False where fewer
+    than k items were left unmasked: topk then fills the row with masked items, which must be neither a hit nor a
+    recommendation (a user with 3 history items out of 5 would otherwise "hit" a history item at k=5)."""
+    scores[:, 0] = -torch.inf
+    if hist_row is not None:
+        scores[hist_row, hist_item] = -torch.inf
+    top = scores.topk(k, dim=1)
+    return top.indices, top.values, torch.isfinite(top.values)
 
 
 def bucket_names(edges) -> list[str]:

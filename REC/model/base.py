@@ -71,6 +71,29 @@ class RecModel(nn.Module):
         return users @ items.T
 
 
+def key_source(config, key: str) -> str:
+    """Where ``key`` was set (a file, 'command line', the defaults), as the config layer reports it; a plain dict
+    (tests build models from one) says 'config'."""
+    source_of = getattr(config, "source_of", None)
+    return source_of(key) if source_of is not None else "config"
+
+
+def key_ref(config, key: str) -> str:
+    """``key 'k' = v (source)``: names a second key in a message about the first."""
+    return f"key {key!r} = {_plain(config[key])!r} ({key_source(config, key)})"
+
+
+def config_error(config, key: str, expected: str) -> ValueError:
+    """A hyper-parameter the model cannot use, in the config layer's format: ``<source>: key 'k' = v; expected
+    ...``. Single-key ranges are declared in the model's YAML; this is for what spans keys or the model's shape.
+    Models do not import the config layer, so this is a ValueError (which the launcher reports like a ConfigError)."""
+    return ValueError(f"{key_source(config, key)}: key {key!r} = {_plain(config[key])!r}; expected {expected}")
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Elementwise ``-log sigmoid(pos - neg)`` in fp32.
 

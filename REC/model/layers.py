@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import config_error, key_ref
+
 ACTIVATIONS = {
     "gelu": nn.GELU,  # exact erf form, as the original
     "relu": nn.ReLU,
@@ -13,7 +15,23 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
 }
 
-MASK_VALUE = -1e9  # the original's additive mask; a fully masked row (left padding) attends uniformly, no NaN
+
+def mask_value(dtype: torch.dtype) -> float:
+    """The value a masked score takes: the most negative finite number of the scores' dtype.
+
+    The original's fixed -1e9 overflows to -inf in fp16; a row whose positions are all masked (the query at a
+    left-padding position) then has no finite score, and a softmax without a guard for that turns it into NaN,
+    which reaches every position through the next layer's values (0 weight times NaN is NaN). With the dtype's
+    own minimum such a row stays finite in every precision: its output is some average of the values, which
+    nothing reads (padding positions are masked as keys and carry no loss). In fp32 nothing else changes: a
+    masked score gets weight exactly 0 with either constant.
+    """
+    return torch.finfo(dtype).min
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean ``allowed`` (True where a query may attend) -> additive mask of ``dtype``: 0 or ``mask_value``."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, mask_value(dtype))
 
 
 class Dropout(nn.Module):
@@ -75,13 +93,15 @@ class MultiHeadAttention(nn.Module):
         self.norm = nn.LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """``last_only``: compute only the last query position ([B, 1, d] out); keys and values stay complete."""
+        """``mask``: bool [B, 1, L, L], True where a query may attend (``causal_padding_mask``); it becomes an
+        additive mask in the dtype of the scores here, where that dtype is known (fp16 under autocast).
+        ``last_only``: compute only the last query position ([B, 1, d] out); keys and values stay complete."""
         b, l, d = x.shape
         split = lambda t: t.view(b, t.shape[1], self.n_heads, d // self.n_heads).transpose(1, 2)  # noqa: E731
         x_q = x[:, -1:] if last_only else x
         mask = mask[..., -1:, :] if last_only else mask
         q, k, v = split(self.query(x_q)), split(self.key(x)), split(self.value(x))
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(mask, q.dtype),
                                              dropout_p=self.attn_dropout if self.training else 0.0)
         ctx = ctx.transpose(1, 2).reshape(b, x_q.shape[1], d)
         return self.norm(x_q + self.dropout(self.out(ctx)))
@@ -112,6 +132,7 @@ class TransformerEncoder(nn.Module):
     def from_config(cls, config) -> "TransformerEncoder":
         """Built from the transformer keys every SASRec-like model shares (n_layers, n_heads, inner_size, ...)."""
         d = config["embedding_size"]
+        check_heads_divide(config)
         return cls(n_layers=config["n_layers"], d=d, n_heads=config["n_heads"], inner=config["inner_size"] * d,
                    hidden_dropout=config["hidden_dropout_prob"], attn_dropout=config["attn_dropout_prob"],
                    act=config["hidden_act"], eps=config["layer_norm_eps"])
@@ -124,11 +145,16 @@ class TransformerEncoder(nn.Module):
         return x
 
 
+def check_heads_divide(config) -> None:
+    """Attention splits the width d = embedding_size into n_heads equal heads."""
+    if config["embedding_size"] % config["n_heads"]:
+        raise config_error(config, "n_heads", f"a divisor of {key_ref(config, 'embedding_size')}")
+
+
 def causal_padding_mask(item_seq: torch.Tensor) -> torch.Tensor:
-    """[B, 1, L, L] additive mask: a position sees itself and earlier non-padding positions."""
+    """[B, 1, L, L] bool, True where a position may attend: itself and earlier non-padding positions."""
     l = item_seq.shape[1]
-    allowed = (item_seq != 0)[:, None, None, :] & torch.ones(l, l, dtype=torch.bool, device=item_seq.device).tril()
-    return torch.zeros(allowed.shape, device=item_seq.device).masked_fill(~allowed, MASK_VALUE)
+    return (item_seq != 0)[:, None, None, :] & torch.ones(l, l, dtype=torch.bool, device=item_seq.device).tril()
 
 
 def init_normal_(module: nn.Module, std: float) -> None:

@@ -5,7 +5,8 @@ the whole table, so a PixelNet model is its IDNet model with this module in plac
 (``PixelItems``), and the recommender code is shared, not copied.
 
 - Training: the batch carries the covers of its distinct items (``cover_ids`` ascending, uint8 ``covers``).
-  They are encoded once per step and every id of the batch is looked up among them.
+  They are encoded once per step and every id of the batch is looked up among them; an id that is not there
+  raises ``MissingCoverError``.
 - Evaluation: the evaluator encodes every item's cover (sharded across ranks) and hands the table over with
   ``use_cover_table``; lookups then index it.
 
@@ -19,6 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 
 HALF_NORM = (0.5, 0.5, 0.5)  # the original normalised every encoder's input to [-1, 1] (spec 3.7)
+
+
+class MissingCoverError(RuntimeError):
+    """A training lookup named an item whose cover the batch does not carry: the batch key holding it is not in
+    its dataset's ``item_keys`` (``REC.data.train_batches``), so ``BatchesWithCovers`` fetched no cover for it."""
+
+    def __init__(self, item_id: int, misses: int, keys: tuple[str, ...] = ()):
+        self.item_id, self.misses, self.keys = item_id, misses, keys
+        where = f" (found under batch key {', '.join(map(repr, keys))})" if keys else ""
+        super().__init__(f"item id {item_id}{where} has no cover in this training batch ({misses} lookups missed); "
+                         f"every batch key that holds item ids must be in the training dataset's item_keys")
 
 
 class CoverItems(nn.Module):
@@ -86,7 +98,13 @@ class CoverItems(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self._rows is not None:  # training step: look up among the batch's distinct items
-            return self._rows[torch.searchsorted(self._ids, ids)]
+            pos = torch.searchsorted(self._ids, ids).clamp_(max=len(self._ids) - 1)
+            missed = self._ids[pos] != ids
+            # An id outside the batch's covers would otherwise read its neighbour's row and train on the wrong
+            # cover. The check costs one host sync per lookup, and every model makes one lookup per step.
+            if missed.any():
+                raise MissingCoverError(int(ids[missed][0]), int(missed.sum()))
+            return self._rows[pos]
         return self.weight[ids]
 
 
@@ -118,6 +136,9 @@ class PixelItems:
         self.item_embedding.load_batch(batch["cover_ids"], batch["covers"])
         try:
             return super().forward(batch)
+        except MissingCoverError as exc:  # name the batch keys that hold the id (slow path: the run stops here)
+            keys = tuple(k for k, v in batch.items() if k not in ("cover_ids", "covers") and (v == exc.item_id).any())
+            raise MissingCoverError(exc.item_id, exc.misses, keys) from None
         finally:
             self.item_embedding.release()
 

@@ -1,14 +1,19 @@
 """The epoch loop: train, validate every ``eval_step`` epochs, early-stop, checkpoint, resume, test.
 
 Files in the run directory (rank 0 writes them, each atomically):
-- ``last.pth``: everything needed to continue (model, optimizer, scaler, RNG, epoch, early-stopping state),
-  written after every epoch, so a killed run loses at most the epoch in progress;
+- ``last.pth``: everything needed to continue (model, optimizer, scaler, epoch, early-stopping state, and the
+  world size, which a resume must keep), written after every epoch, so a killed run loses at most the epoch in
+  progress;
 - ``best.pth``: the weights of the best validation epoch, re-loaded for the test pass;
 - ``result.json``: best epoch, best valid metrics, test metrics (overall, and per target-popularity bucket in
   ``best_valid_buckets`` / ``test_buckets`` when ``popularity_buckets`` is on), times and peak memory.
 
 Reproducibility: dropout RNG and the data order are both derived from ``(seed, epoch, rank)`` at the start of
-each epoch, so a resumed run continues exactly as the uninterrupted run would have.
+each epoch, so a resumed run continues exactly as the uninterrupted run would have, given the same world size.
+
+Every rank must test the same weights (their metric sums are reduced together), so the test pass checks that all
+ranks loaded bit-identical ``best.pth`` weights, and a resume that all loaded the same ``last.pth``: a node that
+cannot see the run directory's files (an output_dir not shared between nodes) stops the job with that message.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from .optim import build_optimizer
 
 log = logging.getLogger(__name__)
 CHECK_EVERY = 50  # steps between host syncs (NaN check, progress postfix); per-step .item() stalls the device
+SHARED_DIR_HINT = ("rank 0 writes the run directory's files and every rank reads them, so a run on several nodes "
+                   "needs output_dir on a filesystem shared by all nodes, mounted at the same path")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,22 +70,33 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "scaler": self.scaler.state_dict(), "trainer": self.state,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                # no RNG state: fit() reseeds torch (CPU and every GPU) from (seed, epoch, rank) before each epoch
+                # and the data order comes from (seed, epoch), so the state at an epoch's end is never used again;
+                # a per-GPU list would also tie the file to this machine's GPU count
+                "world_size": dist.world_size(),
             }, self.last_path)
 
     def resume(self) -> None:
         ckpt = checkpoint.load(self.last_path)
+        saved = ckpt.get("world_size")  # the launcher checks this first; here for callers that bypass it
+        if saved is not None and saved != dist.world_size():
+            raise checkpoint.CheckpointError(
+                f"{self.last_path} was written by {saved} processes and this run has {dist.world_size()}: data "
+                f"sharding and per-rank seeds depend on the world size; resume with {saved} processes")
         self.model.load_state_dict(ckpt["model"])
         if self.optimizer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = ckpt["trainer"]
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if ckpt["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        self.check_same_weights("the checkpoint resumed from", self.last_path, (self.state["epoch"],))
         log.info("resumed from %s after epoch %d (best %s=%s at epoch %s)", self.last_path, self.state["epoch"],
                  self.valid_key, self.state["best_score"], self.state["best_epoch"])
+
+    def check_same_weights(self, what: str, path: Path, extra: tuple = ()) -> None:
+        """Stop every rank with one message unless all hold bit-identical weights (read from ``path``)."""
+        if dist.world_size() > 1:
+            dist.check_same((*extra, checkpoint.state_digest(self.model)), f"{what} ({path.name}: epoch, digest)"
+                            if extra else f"{what} ({path.name} digest)", SHARED_DIR_HINT)
 
     # ------------------------------------------------------------------------------------------ loop
     def fit(self, train_batches, valid_batches) -> None:
@@ -156,10 +174,14 @@ class Trainer:
         return total.item() / max(steps, 1)
 
     def check_finite(self, total: torch.Tensor, epoch: int, step: int) -> None:
-        if not torch.isfinite(total):
+        """Collective (every rank calls it at the same steps): a rank that stopped alone would leave the others
+        waiting in their next all-reduce until dist_timeout_s, so all of them stop, with the same message."""
+        bad = dist.ranks_where(not bool(torch.isfinite(total)), self.device)
+        if bad:
+            where = f" on rank(s) {', '.join(map(str, bad))}" if dist.world_size() > 1 else ""
             raise NonFiniteLossError(
-                f"training loss became NaN or infinite in epoch {epoch} by step {step}; {self.last_path} still "
-                f"holds the previous epoch. Try a lower learning rate, clip_grad_norm, or precision: fp32")
+                f"training loss became NaN or infinite{where} in epoch {epoch} by step {step}; {self.last_path} "
+                f"still holds the previous epoch. Try a lower learning rate, clip_grad_norm, or precision: fp32")
 
     def update_early_stopping(self, epoch: int, result: dict) -> bool:
         """Ties count as improvements, as the original (spec 5.4); returns True when training should stop."""
@@ -180,8 +202,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ test
     def test(self, test_batches) -> dict:
         dist.barrier()  # rank 0 has finished writing best.pth
-        if self.best_path.is_file():
+        has_best = self.best_path.is_file()
+        dist.check_same(has_best, "whether the run directory holds best.pth", SHARED_DIR_HINT)
+        if has_best:
             self.model.load_state_dict(checkpoint.load(self.best_path)["model"])
+        self.check_same_weights("the weights tested", self.best_path)
         t0 = time.perf_counter()
         result = self.evaluator.evaluate(self.model, test_batches)
         log.info("test [time: %.2fs]: %s", time.perf_counter() - t0,

@@ -11,15 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import DatasetInfo, RecModel, bpr_loss
-from ..layers import MASK_VALUE, Dropout, TransformerEncoder, init_normal_
+from ..layers import Dropout, TransformerEncoder, init_normal_
 from ..registry import register_model
 
 
 def key_padding_mask(ids: torch.Tensor) -> torch.Tensor:
-    """[B, 1, L, L] additive mask: every position sees every non-padding position (the mask token included)."""
+    """[B, 1, L, L] bool, True where a position may attend: every non-padding position (the mask token included)."""
     b, l = ids.shape
-    blocked = torch.zeros(b, 1, 1, l, device=ids.device).masked_fill((ids == 0)[:, None, None, :], MASK_VALUE)
-    return blocked.expand(b, 1, l, l)
+    return (ids != 0)[:, None, None, :].expand(b, 1, l, l)
 
 
 @register_model("IDNet")

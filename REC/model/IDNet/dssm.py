@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..base import DatasetInfo
+from ..base import DatasetInfo, config_error, key_ref
 from ..layers import mlp_layers
 from ..registry import register_model
 from .fm import HistoryTower
@@ -20,7 +20,8 @@ class DSSM(HistoryTower):
         d, sizes = config["embedding_size"], list(config["mlp_hidden_size"])
         if len(sizes) >= 2 and (sizes[0] != d or sizes[-1] != d):
             # the user vector is scored against the d-wide item table, so the tower must map d to d
-            raise ValueError(f"mlp_hidden_size {sizes} must start and end with embedding_size {d}")
+            raise config_error(config, "mlp_hidden_size",
+                               f"[] or widths that start and end with {key_ref(config, 'embedding_size')}")
         self.tower = mlp_layers(sizes, config["dropout_prob"])
         for m in self.tower:
             if isinstance(m, nn.Linear):

@@ -8,8 +8,9 @@ Two deliberate fixes of the original (spec 9.9, 9.10):
 
 * Padding is masked. The original has no mask at all, so the left padding of a short history is pooled into
   the interests and normalises the query-axis softmaxes, and the output depends on how much padding there is.
-  Here padding positions get an additive ``MASK_VALUE`` before every softmax over the sequence (the interest
-  pooling and both query-axis softmaxes), and padding values carry no weight in position attention. With
+  Here padding positions get the most negative finite value of the scores' dtype before every softmax over the
+  sequence (the interest pooling and both query-axis softmaxes; -1e9 would be -inf in fp16), and padding values
+  carry no weight in position attention. With
   absolute window slots (spec 9.11) the output at a real position is then the same whatever the padding in
   front of it.
 * ``theta`` (the item-to-interest projection) is drawn N(0, initializer_range) like every other weight; the
@@ -23,13 +24,14 @@ import torch
 from torch import nn
 
 from ..base import DatasetInfo, RecModel, bpr_loss
-from ..layers import MASK_VALUE, Dropout, FeedForward, init_normal_
+from ..layers import Dropout, FeedForward, check_heads_divide, init_normal_, mask_value
 from ..registry import register_model
 
 
-def _masked_softmax_over_sequence(scores: torch.Tensor, pad_bias: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim -2 (the sequence axis, as RecBole) with padding rows pushed to ~0 weight."""
-    return torch.softmax(scores + pad_bias, dim=-2)
+def _masked_softmax_over_sequence(scores: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim -2 (the sequence axis, as RecBole) with padding rows pushed to ~0 weight: ``pad`` (bool,
+    broadcast against ``scores``) sets them to the scores' dtype's ``mask_value``, finite in fp16 too."""
+    return torch.softmax(scores.masked_fill(pad, mask_value(scores.dtype)), dim=-2)
 
 
 class ItemToInterestAggregation(nn.Module):
@@ -39,8 +41,8 @@ class ItemToInterestAggregation(nn.Module):
         super().__init__()
         self.theta = nn.Parameter(torch.randn(d, k) * std)
 
-    def forward(self, x: torch.Tensor, pad_bias: torch.Tensor) -> torch.Tensor:
-        weights = _masked_softmax_over_sequence(x @ self.theta, pad_bias[:, :, None])  # [B, L, k]
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        weights = _masked_softmax_over_sequence(x @ self.theta, pad[:, :, None])  # [B, L, k]
         return weights.transpose(1, 2) @ x
 
 
@@ -67,18 +69,17 @@ class LightMultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """``x`` [B, L, d], ``pos_emb`` [L, d], ``pad`` [B, L] bool (True at padding)."""
         b, l, d = x.shape
-        pad_bias = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, MASK_VALUE)
-        query_bias = pad_bias[:, None, :, None]  # [B, 1, L, 1]: the softmaxes below run over queries
+        query_pad = pad[:, None, :, None]  # [B, 1, L, 1]: the softmaxes below run over queries
         value = self.value(x)
         q = self.heads(self.query(x))
-        k = self.heads(self.pool_key(self.key(x), pad_bias))
-        v = self.heads(self.pool_value(value, pad_bias))
-        item_attn = _masked_softmax_over_sequence(q @ k.transpose(-1, -2) / math.sqrt(self.head), query_bias)
+        k = self.heads(self.pool_key(self.key(x), pad))
+        v = self.heads(self.pool_value(value, pad))
+        item_attn = _masked_softmax_over_sequence(q @ k.transpose(-1, -2) / math.sqrt(self.head), query_pad)
         context = self.attn_dropout(item_attn) @ v
 
         p = self.pos_norm(pos_emb)
         pos_scores = (self.heads(self.pos_query(p)) * self.pos_scale) @ self.heads(self.pos_key(p)).transpose(-1, -2)
-        pos_attn = _masked_softmax_over_sequence(pos_scores / math.sqrt(self.head), query_bias)  # [B, h, L, L]
+        pos_attn = _masked_softmax_over_sequence(pos_scores / math.sqrt(self.head), query_pad)  # [B, h, L, L]
         # the unpooled values of padding keys carry no weight
         context = context + pos_attn @ self.heads(value.masked_fill(pad[:, :, None], 0.0))
 
@@ -115,6 +116,7 @@ class LightSANs(RecModel):
         self.position_embedding = nn.Embedding(self.max_len, d)
         self.input_norm = nn.LayerNorm(d, eps=config["layer_norm_eps"])
         self.input_dropout = Dropout(config["hidden_dropout_prob"])
+        check_heads_divide(config)
         self.encoder = LightTransformerEncoder(
             n_layers=config["n_layers"], d=d, n_heads=config["n_heads"], k=config["k_interests"],
             inner=config["inner_size"] * d, hidden_dropout=config["hidden_dropout_prob"],

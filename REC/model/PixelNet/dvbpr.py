@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..IDNet.mf import MF
+from ..base import config_error
 from ..layers import Dropout
 from ..pixel import CoverItems, PixelItems
 from ..registry import register_model
@@ -84,6 +85,6 @@ class DVBPR(PixelItems, MF):
 
     def cover_items(self, config, info, d, mask_id):
         if d % 2:
-            raise ValueError(f"embedding_size {d} must be even: half ID factors, half visual factors")
+            raise config_error(config, "embedding_size", "an even number: half ID factors, half visual factors")
         cnn = CNNF(d // 2, config["dropout_prob"], config["image_size"] or 224)
         return IdAndCoverItems(info.item_num, d // 2, CoverItems(config, d // 2, encoder=cnn))

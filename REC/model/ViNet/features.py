@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..base import key_source
+
 FEATURE_KEY = "v_feat_path"
 
 
@@ -101,6 +103,10 @@ class FrozenFeatures(nn.Module):
 
 def features_from_config(config, item_num: int, *, ndim: tuple[int, ...] = (2,),
                          on_host: bool = False) -> FrozenFeatures:
-    """The model's ``v_feat_path`` table, checked against ``v_feat_dim`` when that is set."""
-    return FrozenFeatures(load_item_features(config[FEATURE_KEY], item_num, ndim=ndim,
-                                             expected_width=config["v_feat_dim"]), on_host=on_host)
+    """The model's ``v_feat_path`` table, checked against ``v_feat_dim`` when that is set; an error starts with
+    where ``v_feat_path`` was set."""
+    try:
+        table = load_item_features(config[FEATURE_KEY], item_num, ndim=ndim, expected_width=config["v_feat_dim"])
+    except FeatureFileError as exc:
+        raise FeatureFileError(f"{key_source(config, FEATURE_KEY)}: {exc}") from None
+    return FrozenFeatures(table, on_host=on_host)

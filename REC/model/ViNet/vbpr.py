@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo, RecModel, bpr_loss, config_error
 from ..registry import register_model
 from .features import features_from_config
 
@@ -24,9 +24,9 @@ class VBPR(RecModel):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d = config["embedding_size"]
-        if d < 2 or d % 2:
-            raise ValueError(f"VBPR splits embedding_size between the ID and the visual factors; it must be even, "
-                             f"got {d}")
+        if d % 2:
+            raise config_error(config, "embedding_size", "an even number: VBPR splits it between the ID and the "
+                                                         "visual factors")
         half = d // 2
         self.features = features_from_config(config, info.item_num)
         self.user_embedding = nn.Embedding(info.user_num, half)         # gamma_u

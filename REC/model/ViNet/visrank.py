@@ -27,10 +27,8 @@ class VisRank(RecModel):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         self.features = features_from_config(config, info.item_num)
+        # top_num and history_limit are at least 1: declared in visrank.yaml, checked with the config
         self.method, self.top_num, self.history_limit = config["method"], config["top_num"], config["history_limit"]
-        if self.top_num < 1 or self.history_limit < 1:
-            raise ValueError(f"VisRank needs top_num >= 1 and history_limit >= 1, got {self.top_num} and "
-                             f"{self.history_limit}")
 
     def forward(self, batch):
         raise RuntimeError("VisRank is not trained")

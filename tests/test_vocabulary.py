@@ -182,3 +182,18 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
         assert np.array_equal(again.items, first.items) and again.item_tokens.to_list() == first.item_tokens.to_list()
         caplog.clear()
     assert load_interactions(str(tmp_path), "C").csv_digest == first.csv_digest  # the rebuilt cache reads back
+
+
+def test_missing_checkpoint_and_missing_output_folder_are_one_line_errors(trained, tmp_path):
+    _, _, run_dir, _, _ = trained
+    no_best = tmp_path / "no-best"
+    shutil.copytree(run_dir, no_best)
+    (no_best / "best.pth").unlink()
+    proc = _module("REC.evaluate", no_best)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "best.pth does not exist" in proc.stderr
+    out = tmp_path / "nowhere" / "recs.csv"
+    proc = _module("REC.predict", run_dir, "--output", out)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--output" in proc.stderr and "does not exist; create it first" in proc.stderr
+    assert not (tmp_path / "nowhere").exists()

@@ -104,15 +104,37 @@ def file_digest(path: Path, chunk: int = 1 << 24) -> str:
 
 def read_interactions(path: Path) -> Interactions:
     """Parse the CSV, factorise ids in file order (spec 3.1) and group chronologically by user (spec 3.2)."""
-    return group_by_user(*read_columns(path))
+    frame = read_columns(path)
+    timestamps = frame["timestamp"].to_numpy()
+    user_codes, user_uniques = pd.factorize(frame["user_id"])
+    item_codes, item_uniques = pd.factorize(frame["item_id"])
+    del frame  # the id strings are the bulk of the memory; the sorts below need only the codes
+    user_ids = user_codes.astype(np.int64) + 1
+    item_ids = item_codes.astype(np.int64) + 1
+
+    by_time = np.argsort(timestamps, kind="stable")
+    user_sorted = user_ids[by_time]
+    # Users are ordered by their first event in time; a stable sort on that rank keeps each user chronological.
+    first_seen = np.full(len(user_uniques) + 1, len(user_sorted), dtype=np.int64)
+    np.minimum.at(first_seen, user_sorted, np.arange(len(user_sorted)))
+    order = by_time[np.argsort(first_seen[user_sorted], kind="stable")]
+
+    seq_users = user_ids[order]
+    starts = np.flatnonzero(np.r_[True, seq_users[1:] != seq_users[:-1]])
+    indptr = np.append(starts, len(order)).astype(np.int64)
+    return Interactions(users=seq_users[starts], indptr=indptr, items=item_ids[order],
+                        user_tokens=TokenTable.from_strings(user_uniques.astype(str)),
+                        item_tokens=TokenTable.from_strings(item_uniques.astype(str)))
 
 
 # Ids are taken verbatim: pandas would read NA, null, nan, None, N/A, ... as missing values, and those are real ids.
-_VERBATIM = dict(keep_default_na=False, na_values={"timestamp": [""]})
+# Only an empty field is missing.
+_VERBATIM = dict(keep_default_na=False, na_values=[""])
 
 
-def read_columns(path: Path) -> tuple[pd.Series, pd.Series, np.ndarray]:
-    """(item ids, user ids, int64 timestamps) of the CSV, every problem a DataError naming the file."""
+def read_columns(path: Path) -> pd.DataFrame:
+    """The CSV's item_id and user_id (strings) and timestamp (int64) columns; every problem a DataError naming
+    the file."""
     try:
         header = pd.read_csv(path, nrows=0, encoding="utf-8").columns.tolist()
     except pd.errors.EmptyDataError:
@@ -131,12 +153,12 @@ def read_columns(path: Path) -> tuple[pd.Series, pd.Series, np.ndarray]:
         raise _bad_timestamps(path) from None
     if len(frame) == 0:
         raise DataError(f"{path}: no interactions (only a header)")
-    empty = ((frame["item_id"] == "") | (frame["user_id"] == "")).to_numpy()
+    empty = frame[["item_id", "user_id"]].isna().any(axis=1).to_numpy()
     if empty.any():
         bad = empty.nonzero()[0][:5] + 2
         raise DataError(f"{path}: empty item_id or user_id on lines {bad.tolist()} (first few); every row needs "
                         f"all of {list(COLUMNS)}")
-    return frame["item_id"], frame["user_id"], frame["timestamp"].to_numpy()
+    return frame
 
 
 def not_utf8_error(csv_file: Path, block: int = 1 << 20) -> DataError:
@@ -175,28 +197,6 @@ def _bad_timestamps(path: Path) -> DataError:
         return DataError(f"{path}: cannot read the timestamp column; expected integer timestamps")
     return DataError(f"{path}: timestamp {ts.iloc[bad[0]]!r} on line {bad[0] + 2} ({len(bad)} such lines) is not "
                      f"an integer in the int64 range; expected integer timestamps (e.g. Unix seconds)")
-
-
-def group_by_user(item_col: pd.Series, user_col: pd.Series, timestamps: np.ndarray) -> Interactions:
-    """Factorise ids in file order and group every user's events chronologically."""
-    user_codes, user_uniques = pd.factorize(user_col)
-    item_codes, item_uniques = pd.factorize(item_col)
-    user_ids = user_codes.astype(np.int64) + 1
-    item_ids = item_codes.astype(np.int64) + 1
-
-    by_time = np.argsort(timestamps, kind="stable")
-    user_sorted = user_ids[by_time]
-    # Users are ordered by their first event in time; a stable sort on that rank keeps each user chronological.
-    first_seen = np.full(len(user_uniques) + 1, len(user_sorted), dtype=np.int64)
-    np.minimum.at(first_seen, user_sorted, np.arange(len(user_sorted)))
-    order = by_time[np.argsort(first_seen[user_sorted], kind="stable")]
-
-    seq_users = user_ids[order]
-    starts = np.flatnonzero(np.r_[True, seq_users[1:] != seq_users[:-1]])
-    indptr = np.append(starts, len(order)).astype(np.int64)
-    return Interactions(users=seq_users[starts], indptr=indptr, items=item_ids[order],
-                        user_tokens=TokenTable.from_strings(user_uniques.astype(str)),
-                        item_tokens=TokenTable.from_strings(item_uniques.astype(str)))
 
 
 # ----------------------------------------------------------------------------------------------- cache

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -47,6 +48,24 @@ def run_main(args: list[str], cwd: Path = ROOT, check: bool = True, timeout: int
     if check and proc.returncode != 0:
         raise AssertionError(f"main.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def call_main(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    """A command's ``main(argv)`` in this process: (exit status, stdout, stderr). For the paths that end before any
+    process starts (argument and preflight errors), where a subprocess would spend seconds importing torch. The
+    root logger's handlers, which commands replace, are restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    capsys.readouterr()
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors
+        status = exc.code
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def run_dir_of(proc: subprocess.CompletedProcess) -> Path:

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import ROOT, result_of, run_main, sasrec_args
+from REC.launch import main
+
+from .conftest import ROOT, call_main, result_of, run_main, sasrec_args
 
 README_DEMO = ["--device", "cpu", "--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", "demo/demo.yaml"]
 
@@ -25,18 +27,19 @@ def test_readme_demo_command_trains_and_evaluates():
         shutil.rmtree(run_dir)
 
 
-def test_errors_come_before_training(seq_data, tmp_path):
-    proc = run_main(sasrec_args(seq_data, tmp_path, "--dataset=Missing"), check=False)
+def test_errors_come_before_training(seq_data, tmp_path, capsys):
+    proc = run_main(sasrec_args(seq_data, tmp_path, "--dataset=Missing"), check=False)  # the real script's status
     assert proc.returncode == 2 and "Missing.csv" in proc.stderr and "does not exist" in proc.stderr
     assert not any(tmp_path.iterdir())  # no run directory for a run that cannot start
-    proc = run_main(sasrec_args(seq_data, tmp_path, "--n_heads=3"), check=False)
-    assert proc.returncode == 2 and ("command line: key 'n_heads' = 3; expected a divisor of key 'embedding_size' = 32 "
-                                     "(command line)") in proc.stderr
-    proc = run_main(sasrec_args(seq_data, tmp_path, "--metrics=[Recall,AUC]", "--valid_metric=Recall@10"), check=False)
-    assert proc.returncode == 2 and "unknown metric 'AUC'" in proc.stderr
-    proc = subprocess.run([sys.executable, "main.py", "--device", "gpu", "--config_file", "IDNet/sasrec.yaml"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and "--device 'gpu'" in proc.stderr
+    status, _, err = call_main(main, sasrec_args(seq_data, tmp_path, "--n_heads=3"), capsys)
+    assert status == 2 and ("command line: key 'n_heads' = 3; expected a divisor of key 'embedding_size' = 32 "
+                            "(command line)") in err
+    status, _, err = call_main(main, sasrec_args(seq_data, tmp_path, "--metrics=[Recall,AUC]",
+                                                 "--valid_metric=Recall@10"), capsys)
+    assert status == 2 and "unknown metric 'AUC'" in err
+    status, _, err = call_main(main, ["--device", "gpu", "--config_file", "IDNet/sasrec.yaml"], capsys)
+    assert status == 2 and "--device 'gpu'" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_readme_documents_every_config_key():

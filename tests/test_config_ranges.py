@@ -2,8 +2,6 @@
 key, the value and what was expected: the ranges declared beside every default, the optimizer's rates, the
 model's cross-key constraints, and topk against the dataset's item count."""
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,9 @@ from REC.model import create_model, list_models, model_defaults_file
 from REC.model.base import DatasetInfo
 from REC.run import build_config, preflight
 
-from .conftest import ROOT, sasrec_args
+from REC.launch import main
+
+from .conftest import ROOT, call_main, sasrec_args
 
 BASE = ["IDNet/sasrec.yaml", "overall/ID.yaml"]
 NUMERIC = ("int", "float", "list[int]", "list[float]", "dict[float]")
@@ -215,24 +215,19 @@ def test_topk_may_not_exceed_the_number_of_items(seq_data):
 
 
 # ----------------------------------------------------------------------------------------------- main.py
-def test_main_refuses_before_any_run_directory(seq_data, tmp_path):
-    """Out of range, a negative learning rate, and topk beyond the items: exit status 2, one line, no run directory
-    (the three commands run concurrently: each start imports torch)."""
+def test_main_refuses_before_any_run_directory(seq_data, tmp_path, capsys):
+    """Out of range, a negative learning rate, and topk beyond the items: exit status 2, one line, no run
+    directory."""
     cases = {
         "--hidden_dropout_prob=1.5": "command line: key 'hidden_dropout_prob' = 1.5; expected a finite number in [0, 1)",
         "--optim_args.learning_rate=-1e-3": "(learning_rate = -0.001 is not)",
         "--topk=[5,1000]": "command line: key 'topk' = [5, 1000]; expected cut-offs of at most",
     }
     out = tmp_path / "runs"
-    procs = {arg: subprocess.Popen([sys.executable, str(ROOT / "main.py"), *sasrec_args(seq_data, out, arg,
-                                                                                        "--valid_metric=NDCG@5")],
-                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for arg in cases}
     for arg, message in cases.items():
-        stdout, stderr = procs[arg].communicate(timeout=300)
-        assert procs[arg].returncode == 2 and message in stderr, (arg, stdout[-2000:], stderr[-2000:])
-        assert [line for line in stderr.splitlines() if line.startswith("error: ")] == \
-            [line for line in stderr.splitlines() if message in line]
+        status, stdout, stderr = call_main(main, sasrec_args(seq_data, out, arg, "--valid_metric=NDCG@5"), capsys)
+        assert status == 2 and message in stderr, (arg, stdout[-2000:], stderr[-2000:])
+        assert stderr.strip().splitlines() == [line for line in stderr.splitlines() if message in line]
     assert not out.exists()  # no run directory for a run that cannot start
 
 

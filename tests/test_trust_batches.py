@@ -3,10 +3,7 @@ loudly on an id it has no cover for), negative sampling cannot spin forever, att
 precision, and generate_lmdb.py refuses a CSV it cannot read with exit 2."""
 import copy
 import math
-import os
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -27,10 +24,11 @@ from REC.model.IDNet.sasrec import SASRec
 from REC.model.layers import TransformerEncoder, causal_padding_mask
 from REC.model.pixel import CoverItems, PixelItems
 from REC.run import build_config
+from REC.launch import main as launch_main
+import generate_lmdb  # the top-level script, called in this process
 
-from .conftest import run_main
+from .conftest import call_main
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------- synthetic id ranges
 # Item ids used by the synthetic split are >= FIRST_ITEM and user ids < FIRST_ITEM, and items 1..FIRST_ITEM-1
@@ -299,13 +297,6 @@ def test_lightsans_fp32_is_unchanged(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- generate_lmdb.py
-def run_generate_lmdb(folder: Path, dataset: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "generate_lmdb.py"), f"--data_path={folder}",
-                           f"--dataset={dataset}", "--size=8", "--workers=1"], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
 CSV_CASES = {
     "latin1": (b"item_id,user_id,timestamp\ni1,u1,1\ncaf\xe9,u1,2\n",
                r"not UTF-8 text \(byte 0xe9 at offset 37, line 3\)"),
@@ -324,29 +315,30 @@ def test_generate_lmdb_reads_item_ids_as_training_does(tmp_path):
     assert read_item_tokens(tmp_path / "Na.csv") == load_interactions(str(tmp_path), "Na").item_tokens.to_list()[1:]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CSV_CASES))
-def test_generate_lmdb_exits_2_on_an_unreadable_csv_before_writing(tmp_path, case):
+def test_generate_lmdb_exits_2_on_an_unreadable_csv_before_writing(tmp_path, case, capsys):
     content, message = CSV_CASES[case]
     csv = tmp_path / "Bad.csv"
     csv.write_bytes(content)
     (tmp_path / "cover").mkdir()
-    proc = run_generate_lmdb(tmp_path, "Bad")
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"generate_lmdb.py: error: {csv}: "), proc.stderr
+    status, _, err = call_main(generate_lmdb.main, [f"--data_path={tmp_path}", "--dataset=Bad", "--size=8",
+                                                    "--workers=1"], capsys)
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"generate_lmdb.py: error: {csv}: "), err
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "covers.lmdb").exists()  # nothing written
 
 
-def test_main_refuses_a_catalogue_without_negatives_before_any_run_directory(tmp_path):
+def test_main_refuses_a_catalogue_without_negatives_before_any_run_directory(tmp_path, capsys):
     """Four items, and one user's training part holds all four: no negative exists for that user's chunk. The
     launcher finds it while checking the data, not every process at its first batch."""
     rows = ["item_id,user_id,timestamp"] + [f"{i},u1,{t}" for t, i in enumerate("abcdab")] + \
            [f"{i},u2,{t}" for t, i in enumerate("abc")]
     (tmp_path / "Tiny.csv").write_text("\n".join(rows) + "\n")
-    proc = run_main(["--config_file", "IDNet/sasrec.yaml", f"--data_path={tmp_path}", "--dataset=Tiny",
-                     f"--output_dir={tmp_path / 'runs'}", "--topk=[1,2]", "--valid_metric=NDCG@2"], check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert "hold every item a negative may be" in proc.stderr and proc.stderr.count("\n") == 1
+    status, _, err = call_main(launch_main, ["--config_file", "IDNet/sasrec.yaml", f"--data_path={tmp_path}",
+                                             "--dataset=Tiny", f"--output_dir={tmp_path / 'runs'}", "--topk=[1,2]",
+                                             "--valid_metric=NDCG@2"], capsys)
+    assert status == 2, err
+    assert "hold every item a negative may be" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()

@@ -3,8 +3,6 @@ processes of one job stop together with one message instead of some waiting for 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -15,15 +13,16 @@ import torch
 import torch.multiprocessing as mp
 
 from REC.distributed import compose_visible_devices
-from REC.launch import launch_config, parse_args
+from REC.evaluate import main as evaluate_main
+from REC.launch import launch_config, main, parse_args
 from REC.trainer.checkpoint import CheckpointError, load
 
-from .conftest import ROOT, run_dir_of, run_main, sasrec_args
+from .conftest import call_main, run_dir_of, run_main, sasrec_args
 
 
-def error_line(proc) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), proc.stderr[-3000:]
+def error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err[-3000:]
     return lines[-1]
 
 
@@ -72,39 +71,40 @@ def test_checkpoint_load_names_an_unreadable_file(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
-def test_gpu_device_errors_before_anything_is_written(seq_data, tmp_path, monkeypatch):
+def test_gpu_device_errors_before_anything_is_written(seq_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "runs"
-    proc = run_main(["--device", "0", *sasrec_args(seq_data, out)], check=False)
-    assert proc.returncode == 2 and not out.exists()
-    assert error_line(proc).startswith("error: --device 0: no CUDA GPU is usable here") and "Traceback" not in proc.stderr
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # the launcher sets it; restored after the test
+    status, _, err = call_main(main, ["--device", "0", *sasrec_args(seq_data, out)], capsys)
+    assert status == 2 and not out.exists()
+    assert error_line(err).startswith("error: --device 0: no CUDA GPU is usable here")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")  # what a scheduler sets: --device counts within it
-    proc = run_main(["--device", "0,3", *sasrec_args(seq_data, out)], check=False)
-    assert proc.returncode == 2 and not out.exists()
-    assert error_line(proc) == ("error: --device 0,3: GPU 3 does not exist for this job, which may use 3 GPU(s) "
-                                "(CUDA_VISIBLE_DEVICES='3,5,7'); --device counts them from 0")
+    status, _, err = call_main(main, ["--device", "0,3", *sasrec_args(seq_data, out)], capsys)
+    assert status == 2 and not out.exists()
+    assert error_line(err) == ("error: --device 0,3: GPU 3 does not exist for this job, which may use 3 GPU(s) "
+                               "(CUDA_VISIBLE_DEVICES='3,5,7'); --device counts them from 0")
 
 
-def test_unusable_output_dir_is_a_clear_error(seq_data, tmp_path):
+def test_unusable_output_dir_is_a_clear_error(seq_data, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
-    proc = run_main(sasrec_args(seq_data, tmp_path / "a_file" / "runs"), check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert error_line(proc) == (f"error: command line: key 'output_dir' = '{tmp_path / 'a_file' / 'runs'}': cannot "
-                                f"create a run directory there (Not a directory); choose a writable folder")
+    status, _, err = call_main(main, sasrec_args(seq_data, tmp_path / "a_file" / "runs"), capsys)
+    assert status == 2
+    assert error_line(err) == (f"error: command line: key 'output_dir' = '{tmp_path / 'a_file' / 'runs'}': cannot "
+                               f"create a run directory there (Not a directory); choose a writable folder")
     if os.geteuid() != 0:  # root writes into read-only folders
         (tmp_path / "ro").mkdir(mode=0o555)
-        proc = run_main(sasrec_args(seq_data, tmp_path / "ro"), check=False)
-        assert proc.returncode == 2 and "cannot create a run directory there (Permission denied)" in proc.stderr
+        status, _, err = call_main(main, sasrec_args(seq_data, tmp_path / "ro"), capsys)
+        assert status == 2 and "cannot create a run directory there (Permission denied)" in err
         assert not any((tmp_path / "ro").iterdir())
 
 
-def test_checkpoint_errors_and_world_size_on_resume(seq_data, tmp_path):
+def test_checkpoint_errors_and_world_size_on_resume(seq_data, tmp_path, capsys):
     run = run_dir_of(run_main(sasrec_args(seq_data, tmp_path / "runs", "--epochs=1")))
     last = torch.load(run / "last.pth", weights_only=True)
     assert last["world_size"] == 1 and not {"rng_cpu", "rng_cuda"} & set(last)  # no RNG state: fit() reseeds
 
     before = sorted(p.name for p in run.iterdir())
-    proc = run_main(["--resume", str(run), "--device", "cpu:2"], check=False)  # another world size
-    assert proc.returncode == 2 and error_line(proc) == (
+    status, _, err = call_main(main, ["--resume", run, "--device", "cpu:2"], capsys)  # another world size
+    assert status == 2 and error_line(err) == (
         f"error: --resume {run}: its last.pth was written by 1 process(es) and this launch starts 2; data sharding "
         f"and per-rank seeds depend on that number, so resume it on 1 process(es) in all (e.g. --device cpu); "
         f"python -m REC.evaluate re-evaluates its checkpoints on any layout")
@@ -114,14 +114,13 @@ def test_checkpoint_errors_and_world_size_on_resume(seq_data, tmp_path):
     shutil.copytree(run, broken)
     for name in ("last.pth", "best.pth"):
         (broken / name).write_bytes((run / name).read_bytes()[:1000])  # a copy cut short
-    proc = run_main(["--resume", str(broken)], check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert error_line(proc).startswith(f"error: {broken / 'last.pth'} is not a readable checkpoint (truncated or "
-                                       f"corrupt: RuntimeError: PytorchStreamReader failed reading zip archive")
-    proc = subprocess.run([sys.executable, "-m", "REC.evaluate", str(broken)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert error_line(proc).startswith(f"error: {broken / 'best.pth'} is not a readable checkpoint")
+    status, _, err = call_main(main, ["--resume", broken], capsys)
+    assert status == 2
+    assert error_line(err).startswith(f"error: {broken / 'last.pth'} is not a readable checkpoint (truncated or "
+                                      f"corrupt: RuntimeError: PytorchStreamReader failed reading zip archive")
+    status, _, err = call_main(evaluate_main, [broken], capsys)
+    assert status == 2
+    assert error_line(err).startswith(f"error: {broken / 'best.pth'} is not a readable checkpoint")
     assert not (broken / "result.json").exists() or (broken / "result.json").read_text() == \
         (run / "result.json").read_text()
 

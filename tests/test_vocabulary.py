@@ -16,7 +16,12 @@ from REC.data.vocabulary import DATA_FILE, VOCABULARY_FILE, through_vocabulary
 from REC.evaluator import FullRankingEvaluator
 from REC.evaluator.ranking import top_unmasked
 
-from .conftest import ROOT, SMALL_MODEL, result_of, run_dir_of, run_main
+from REC.evaluate import check_run
+from REC.evaluate import main as evaluate_main
+from REC.launch import main as launch_main
+from REC.predict import main as predict_main
+
+from .conftest import ROOT, SMALL_MODEL, call_main, result_of, run_dir_of, run_main
 
 
 def _figures(proc: subprocess.CompletedProcess) -> dict:
@@ -54,7 +59,7 @@ def test_run_directory_holds_its_vocabulary_and_csv_hash(trained):
         assert TokenTable(z["user_blob"], z["user_offsets"]).to_list() == inter.user_tokens.to_list()
 
 
-def test_reordered_csv_same_predictions_and_evaluate_refuses_unless_asked(trained, tmp_path):
+def test_reordered_csv_same_predictions_and_evaluate_refuses_unless_asked(trained, tmp_path, capsys):
     folder, frame, run_dir, result, recs = trained
     original = (folder / "V.csv").read_bytes()
     try:
@@ -62,10 +67,9 @@ def test_reordered_csv_same_predictions_and_evaluate_refuses_unless_asked(traine
         with np.load(run_dir / VOCABULARY_FILE, allow_pickle=False) as z:  # the ids really moved
             assert load_interactions(str(folder), "V").item_tokens.to_list() != \
                 TokenTable(z["item_blob"], z["item_offsets"]).to_list()
-        refused = _module("REC.evaluate", run_dir)
-        assert refused.returncode == 2, refused.stderr
-        assert "has changed since run" in refused.stderr and "--allow_changed_data" in refused.stderr
-        assert refused.stderr.count("\n") == 1  # one line, no traceback
+        status, _, err = call_main(evaluate_main, [run_dir], capsys)
+        assert status == 2 and err.count("\n") == 1, err  # one line, no traceback
+        assert "has changed since run" in err and "--allow_changed_data" in err
         allowed = _module("REC.evaluate", run_dir, "--allow_changed_data")
         figures = _figures(allowed)
         assert figures["test"] == result["test"] and figures["valid"] == result["best_valid"]
@@ -77,11 +81,11 @@ def test_reordered_csv_same_predictions_and_evaluate_refuses_unless_asked(traine
         key = ["user_id", "rank"]
         pd.testing.assert_frame_equal(again.sort_values(key).reset_index(drop=True)[["user_id", "rank", "item_id"]],
                                       recs.sort_values(key).reset_index(drop=True)[["user_id", "rank", "item_id"]])
-        resumed = run_main(["--resume", str(run_dir)], check=False)
-        assert resumed.returncode == 2 and "cannot resume" in resumed.stderr and "has changed" in resumed.stderr
+        status, _, err = call_main(launch_main, ["--resume", run_dir], capsys)
+        assert status == 2 and "cannot resume" in err and "has changed" in err
     finally:
         (folder / "V.csv").write_bytes(original)
-    assert _module("REC.evaluate", run_dir).returncode == 0  # the original file again: no complaint
+    assert not check_run(str(run_dir), "best.pth", False).changed  # the original file again: no complaint
 
 
 def test_new_items_and_users_in_the_csv_are_skipped_and_counted(trained, tmp_path):
@@ -133,7 +137,7 @@ def test_masked_items_are_never_hits():
     assert ids[ranked].tolist() == [4]
 
 
-def test_old_run_without_vocabulary_still_evaluates_with_a_warning(trained, tmp_path):
+def test_old_run_without_vocabulary_still_evaluates_with_a_warning(trained, tmp_path, capsys):
     folder, _, run_dir, result, _ = trained
     old = tmp_path / "old-run"
     shutil.copytree(run_dir, old)
@@ -143,11 +147,11 @@ def test_old_run_without_vocabulary_still_evaluates_with_a_warning(trained, tmp_
     assert "no vocabulary.npz" in proc.stderr and _figures(proc)["test"] == result["test"]
     (old / VOCABULARY_FILE).write_bytes(b"not a zip")
     (old / DATA_FILE).write_text("{}")
-    proc = _module("REC.evaluate", old)
-    assert proc.returncode == 2 and "unreadable" in proc.stderr and proc.stderr.count("\n") == 1
+    status, _, err = call_main(evaluate_main, [old], capsys)
+    assert status == 2 and "unreadable" in err and err.count("\n") == 1
 
 
-def test_id_strings_are_verbatim_and_bad_csvs_name_the_file(tmp_path):
+def test_id_strings_are_verbatim_and_bad_csvs_name_the_file(tmp_path, capsys):
     (tmp_path / "N.csv").write_text("item_id,user_id,timestamp\nNA,null,1\nnan,None,2\nN/A,null,3\n")
     inter = load_interactions(str(tmp_path), "N")
     assert inter.item_tokens.to_list() == ["[PAD]", "NA", "nan", "N/A"]
@@ -164,9 +168,9 @@ def test_id_strings_are_verbatim_and_bad_csvs_name_the_file(tmp_path):
         (tmp_path / f"{name}.csv").write_bytes(content)
         with pytest.raises(DataError, match=message):
             load_interactions(str(tmp_path), name)
-    proc = run_main(["--config_file", "IDNet/sasrec.yaml", f"--data_path={tmp_path}", "--dataset=Huge",
-                     f"--output_dir={tmp_path / 'runs'}"], check=False)
-    assert proc.returncode == 2 and "int64" in proc.stderr and proc.stderr.count("\n") == 1
+    status, _, err = call_main(launch_main, ["--config_file", "IDNet/sasrec.yaml", f"--data_path={tmp_path}",
+                                             "--dataset=Huge", f"--output_dir={tmp_path / 'runs'}"], capsys)
+    assert status == 2 and "int64" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
 
 
@@ -184,16 +188,15 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert load_interactions(str(tmp_path), "C").csv_digest == first.csv_digest  # the rebuilt cache reads back
 
 
-def test_missing_checkpoint_and_missing_output_folder_are_one_line_errors(trained, tmp_path):
+def test_missing_checkpoint_and_missing_output_folder_are_one_line_errors(trained, tmp_path, capsys):
     _, _, run_dir, _, _ = trained
     no_best = tmp_path / "no-best"
     shutil.copytree(run_dir, no_best)
     (no_best / "best.pth").unlink()
-    proc = _module("REC.evaluate", no_best)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "best.pth does not exist" in proc.stderr
+    status, _, err = call_main(evaluate_main, [no_best], capsys)
+    assert status == 2 and err.count("\n") == 1 and "best.pth does not exist" in err
     out = tmp_path / "nowhere" / "recs.csv"
-    proc = _module("REC.predict", run_dir, "--output", out)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "--output" in proc.stderr and "does not exist; create it first" in proc.stderr
+    status, _, err = call_main(predict_main, [run_dir, "--output", out], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert "--output" in err and "does not exist; create it first" in err
     assert not (tmp_path / "nowhere").exists()

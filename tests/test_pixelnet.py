@@ -18,7 +18,9 @@ from REC.model.base import DatasetInfo
 from REC.run import build_config
 from REC.trainer.optim import build_optimizer
 
-from .conftest import ROOT, result_of, run_main, train_steps
+from REC.launch import main as launch_main
+
+from .conftest import ROOT, call_main, result_of, run_main, train_steps
 from .model_cases import SMALL
 
 PIXEL_MODELS = list_models(family="PixelNet")
@@ -130,13 +132,14 @@ def test_overall_file_sets_only_the_encoder_learning_rate(vis_data):
     assert dict(cfg["optim_args"]) == {"modal_lr": 1e-4, "modal_decay": 0.0, "rec_lr": 1e-4, "rec_decay": 0.1}
 
 
-def test_missing_covers_fail_before_training(vis_data, tmp_path):
+def test_missing_covers_fail_before_training(vis_data, tmp_path, capsys):
     (tmp_path / "Vis.csv").write_text((vis_data / "Vis.csv").read_text() + "i_new,u_new,1\ni_new,u_new,2\n")
-    proc = run_main(["--config_file", YAML["MOSASRec"], "overall/ViT.yaml", f"--data_path={tmp_path}",
-                     "--dataset=Vis", f"--cover_lmdb={vis_data / 'covers.lmdb'}", f"--output_dir={tmp_path}",
-                     *TINY_ENCODER, *SMALL["MOSASRec"]], check=False)
-    assert proc.returncode == 2
-    assert "has no cover for 1 of the" in proc.stderr and "i_new" in proc.stderr and "cover_lmdb" in proc.stderr
+    status, _, err = call_main(launch_main, ["--config_file", YAML["MOSASRec"], "overall/ViT.yaml",
+                                             f"--data_path={tmp_path}", "--dataset=Vis",
+                                             f"--cover_lmdb={vis_data / 'covers.lmdb'}", f"--output_dir={tmp_path}",
+                                             *TINY_ENCODER, *SMALL["MOSASRec"]], capsys)
+    assert status == 2
+    assert "has no cover for 1 of the" in err and "i_new" in err and "cover_lmdb" in err
 
 
 @pytest.mark.slow

@@ -15,9 +15,10 @@ from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
 from REC.model.ViNet.features import FeatureFileError, FrozenFeatures, load_item_features
+from REC.launch import main as launch_main
 from REC.run import build_config, create_run
 
-from .conftest import ROOT, result_of, run_dir_of, run_main, train_steps
+from .conftest import ROOT, call_main, result_of, run_dir_of, run_main, train_steps
 from .model_cases import SMALL
 
 N_GROUPS, DIM = 6, 16
@@ -248,8 +249,8 @@ def test_short_run_beats_pop(config_file, vis_data, tmp_path, pop_result):
     assert result["recall@10"] > pop_result["recall@10"] and result["ndcg@10"] > pop_result["ndcg@10"], (result, pop_result)
 
 
-def test_bad_feature_files_fail_before_any_run_starts(vis_data, tmp_path):
-    """Through main.py (run concurrently: each start imports torch): exit status 2, the file and the key named."""
+def test_bad_feature_files_fail_before_any_run_starts(vis_data, tmp_path, capsys):
+    """Through main.py's main (in this process): exit status 2, the file and the key named."""
     item_num = np.load(vis_data / "RN50.npy").shape[0]
     np.save(tmp_path / "short.npy", np.zeros((5, DIM), np.float32))
     np.save(tmp_path / "narrow.npy", np.zeros((item_num, 3), np.float32))
@@ -260,13 +261,10 @@ def test_bad_feature_files_fail_before_any_run_starts(vis_data, tmp_path):
         "--v_feat_path=null": "config key 'v_feat_path' is null",
     }
     out = tmp_path / "runs"
-    procs = {arg: subprocess.Popen([sys.executable, "main.py", "--config_file", "ViNet/vbpr.yaml", "overall/ID.yaml",
-                                    *data_args(vis_data, "ViNet/vbpr.yaml", out), arg],
-                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for arg in cases}
     for arg, message in cases.items():
-        stdout, stderr = procs[arg].communicate(timeout=120)
-        assert procs[arg].returncode == 2 and message in stderr, (arg, stdout[-2000:], stderr[-2000:])
+        status, stdout, stderr = call_main(launch_main, ["--config_file", "ViNet/vbpr.yaml", "overall/ID.yaml",
+                                                         *data_args(vis_data, "ViNet/vbpr.yaml", out), arg], capsys)
+        assert status == 2 and message in stderr, (arg, stdout[-2000:], stderr[-2000:])
     assert not out.exists()  # no run directory for a run that cannot start
     with pytest.raises(FeatureFileError, match="\\[item_num, R, D\\]"):  # ACF on a flat table
         create_run(["ViNet/acf.yaml", "overall/ID.yaml"],

@@ -382,7 +382,7 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     try:
-        if args.users is not None and not Path(args.users).is_file():
+        if args.users is not None and (not Path(args.users).exists() or Path(args.users).is_dir()):
             raise FileNotFoundError(f"--users {args.users!r}: no such file")
         for option, path in (("--output", args.output), ("--save_items", args.save_items)):
             if path is not None:

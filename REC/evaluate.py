@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError
-from .data import DataError, prepare_run_split
+from .data import DataError
+from .data.vocabulary import load_run_interactions
 from .launch import add_launch_args, check_launch_args, launch
 from .run import eval_worker, load_run_config
 from .trainer.checkpoint import load as load_checkpoint
@@ -28,9 +29,9 @@ def check_run(run_dir: str, checkpoint: str, allow_changed_data: bool):
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; --checkpoint names a file of the run directory (best.pth is "
                           f"written at the first validation, last.pth after every epoch)")
-    if "model" not in load_checkpoint(path):
+    if "model" not in load_checkpoint(path, mmap=True):  # mapped, not read: the workers load the weights
         raise ConfigError(f"{path}: a checkpoint without model weights; expected best.pth or last.pth of a run")
-    _, _, check = prepare_run_split(config, run_dir)
+    _, check = load_run_interactions(config, run_dir)  # the split is the workers' to build
     if check.changed and not allow_changed_data:
         raise DataError(f"{check.describe(run_dir)}; its figures would not be the run's. Restore that file, or "
                         f"pass --allow_changed_data to evaluate on the CSV as it is now")

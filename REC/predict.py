@@ -83,7 +83,8 @@ def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
 class Recommender:
     """A trained model with its dataset's id maps, ranking every item for a batch of histories at a time."""
 
-    def __init__(self, config, model, inter, device: torch.device, precision: str, cover_table=None):
+    def __init__(self, config, model, inter, device: torch.device, precision: str, cover_table=None,
+                 data_check=None):
         self.config, self.model, self.inter = config, model.eval(), inter
         self.device, self.precision = device, precision
         self.max_len = config["MAX_ITEM_LIST_LENGTH"]
@@ -95,7 +96,7 @@ class Recommender:
         # sequence row of each internal user id (-1: a user of the run without interactions in today's CSV)
         self._row_of_user = np.full(inter.user_num, -1, dtype=np.int64)
         self._row_of_user[inter.users] = np.arange(len(inter.users))
-        self.data_check = None  # how today's CSV compares with the run's (set by from_run)
+        self.data_check = data_check  # how today's CSV compares with the run's (REC.data.DataCheck)
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -129,9 +130,7 @@ class Recommender:
                 raise ValueError(f"item_representations: model {config['model']} reads its items from the "
                                  f"checkpoint, not from covers; there is nothing to load")
             table = cls.load_item_table(item_representations, inter.item_tokens.to_list(), model.cover_width)
-        rec = cls(config, model, inter, device, precision, table)
-        rec.data_check = check
-        return rec
+        return cls(config, model, inter, device, precision, table, check)
 
     @staticmethod
     def load_item_table(path: str | Path, item_ids: list[str], width: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ def prepare_run_split(config, run_dir) -> tuple[Interactions, Split, DataCheck]:
     return inter, apply_protocols(leave_one_out(inter), inter.item_tokens, config), check
 
 
-__all__ = ["DataCheck", "DataError", "EvalBatches", "EvalSplit", "EpochBatches", "Interactions", "Split", "TokenTable",
-           "TRAIN_DATASETS", "build_train_batches", "csv_path", "leave_one_out", "load_interactions",
-           "prepare_run_split", "prepare_split", "register_train_dataset", "save_run_vocabulary", "sample_negatives", "sequence_chunks", "shard_bounds"]
+__all__ = ["DataCheck", "DataError", "EvalBatches", "EvalSplit", "EpochBatches", "Interactions", "Split",
+           "TokenTable", "TRAIN_DATASETS", "build_train_batches", "csv_path", "leave_one_out", "load_interactions",
+           "prepare_run_split", "prepare_split", "register_train_dataset", "save_run_vocabulary", "sample_negatives",
+           "sequence_chunks", "shard_bounds"]

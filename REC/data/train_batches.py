@@ -176,8 +176,7 @@ def check_negatives_possible(input_type: str, split: Split, config) -> None:
     (each dataset then raises its clear error). Otherwise nothing is built: at full scale that would cost the
     launcher the memory of a whole training set."""
     lengths = np.diff(split.train_indptr)
-    pool = split.negative_pool()
-    if len(lengths) and lengths.max() >= (split.item_num - 1 if pool is None else len(pool)):
+    if len(lengths) and lengths.max() >= allowed_count(split.item_num, split.negative_pool()):
         build_train_batches(input_type, split, config)
 
 

@@ -102,13 +102,13 @@ def through_vocabulary(inter: Interactions, users: TokenTable, items: TokenTable
     (each user's order is kept). Returns the interactions, the rows dropped and the unknown item and user counts."""
     item_map, user_map = _index_map(inter.item_tokens, items), _index_map(inter.user_tokens, users)
     lengths = inter.lengths
-    new_items = item_map[inter.items]
-    keep = (new_items > 0) & np.repeat(user_map[inter.users] > 0, lengths)
+    new_items, new_users = item_map[inter.items], user_map[inter.users]
+    keep = (new_items > 0) & np.repeat(new_users > 0, lengths)
     per_sequence = np.bincount(np.repeat(np.arange(len(lengths)), lengths)[keep], minlength=len(lengths))
     nonempty = per_sequence > 0
     indptr = np.zeros(int(nonempty.sum()) + 1, dtype=np.int64)
     np.cumsum(per_sequence[nonempty], out=indptr[1:])
-    mapped = replace(inter, users=user_map[inter.users][nonempty], indptr=indptr, items=new_items[keep],
+    mapped = replace(inter, users=new_users[nonempty], indptr=indptr, items=new_items[keep],
                      user_tokens=users, item_tokens=items)
     return (mapped, int((~keep).sum()), int((item_map[1:] == 0).sum()), int((user_map[1:] == 0).sum()))
 

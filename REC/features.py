@@ -1,4 +1,4 @@
-"""Frozen image features of every item, for the ViNet models (spec 7.3, 10): ``python -m REC.extract_features``.
+"""Frozen image features of every item, for the ViNet models: ``python -m REC.extract_features``.
 
 The original shipped its feature files (``RN50.npy``, ``RN50_layer4.npy``) as downloads and no code that made
 them. Here they come from the same item encoders PixelNet trains (``REC.model.encoders``), frozen:

@@ -74,7 +74,7 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
 
 def check_covers(config: Config, inter) -> None:
     """Every item of the dataset must have a cover: a missing one would stop training at the first batch or
-    evaluation that names it (the original crashes there, spec 9.20)."""
+    evaluation that names it (the original crashes there)."""
     store = CoverStore(cover_lmdb_path(config), inter.item_tokens)
     missing = store.missing(np.arange(1, inter.item_num))
     if len(missing):

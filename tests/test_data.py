@@ -53,7 +53,7 @@ def _split_of_lengths(tmp_path, lengths):
 
 
 def test_chunking_drops_the_oldest_remainder(tmp_path):
-    # training lengths 25, 12, 11, 1 with M = 10 (chunks of 11), spec 3.3's examples
+    # training lengths 25, 12, 11, 1 with M = 10 (chunks of 11), the original's own examples
     split = _split_of_lengths(tmp_path, [25, 12, 11, 1])
     chunks = sequence_chunks(split, 10)
     first = split.train_items[split.train_indptr[:-1]]  # internal id of each user's oldest training item

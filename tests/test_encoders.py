@@ -90,7 +90,7 @@ def test_input_sizes_and_native_normalisation():
                                                              "clip_rn50x16", "clip_rn50x64"}
 
 
-# ----------------------------------------------------------------------------------- shipped freezing (spec 7.2)
+# ----------------------------------------------------------------------------------- shipped freezing
 def test_vit_trains_the_last_two_resblocks_and_never_the_projection():
     for readout, extra in (("mean", ()), ("cls", ()), ("pool", ("backbone.net.ln_post",))):
         enc = meta("clip_vit_b32", encoder_readout=readout)
@@ -131,7 +131,7 @@ def test_clip_rn50_trains_layer3_layer4_not_the_attention_pool():
                                          ("clip_rn50x16", (306, 380)), ("clip_rn50x64", (504, 596))])
 def test_clip_resnet_blocks_equal_the_original_index_windows(name, window):
     """OpenAI's ModifiedResNet registers parameters in open_clip's order; the original trained indices
-    window[0]..window[1] of the tower's named_parameters() (spec 7.1/7.2)."""
+    window[0]..window[1] of the tower's named_parameters()."""
     enc = meta(name, encoder_readout="cls")
     params = list(enc.backbone.net.named_parameters())
     by_blocks = {i for i, (_, p) in enumerate(params) if p.requires_grad}

@@ -150,7 +150,7 @@ def test_scoring_shapes_and_all_items_equal_item_by_item(config_file, vis_data):
 
 
 def visrank_reference(table, history, method, top_num, limit):
-    """The original's per-user VisRank (spec 6.3), one user at a time."""
+    """The original's per-user VisRank, one user at a time."""
     f = torch.nn.functional.normalize(table, dim=-1)
     kept = history[-limit:]
     sims = f[kept] @ f.T  # [L, N]

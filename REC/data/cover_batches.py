@@ -62,7 +62,7 @@ class ItemCoverBatches(Dataset):
     """This rank's contiguous share of the items 1..item_num-1, in order, as uint8 cover batches [n, 3, H, W].
 
     Evaluation encodes each share on its own rank and gathers the rows (the original encoded every item on
-    every rank, spec 9.21).
+    every rank).
     """
 
     def __init__(self, store, item_num: int, batch_size: int, rank: int = 0, world_size: int = 1):

@@ -1,6 +1,6 @@
 """Write side of the covers database: item covers (JPEG/PNG/WebP files) -> one LMDB (layout: ``covers.py``).
 
-``pack_covers`` is what ``generate_lmdb.py`` runs. Differences from the original builder (spec 1.3), on purpose:
+``pack_covers`` is what ``generate_lmdb.py`` runs. Differences from the original builder, on purpose:
 values are raw pixels or image-file bytes, never pickles; decoding and resizing run on every core; a failed
 item gets no key (and is listed in ``report.json``) instead of a key list that names it; a rerun resumes,
 skipping the items already stored, because writes are committed in bounded transactions.

@@ -1,6 +1,6 @@
 """Read side of the covers database built by ``generate_lmdb.py`` (write side: ``cover_pack.py``).
 
-LMDB layout (format ``pixelrec-covers``, version 1); nothing in it is pickled, unlike the original (spec 1.3):
+LMDB layout (format ``pixelrec-covers``, version 1); nothing in it is pickled, unlike the original:
 
 - key ``<item token>`` (the CSV's ``item_id`` string, e.g. ``i12345``) utf-8 encoded -> one encoded cover;
 - key ``b"__meta__"`` -> JSON ``{"format": "pixelrec-covers", "version": 1, "encoding": "raw"|"png"|"jpeg",
@@ -8,7 +8,7 @@ LMDB layout (format ``pixelrec-covers``, version 1); nothing in it is pickled, u
 
 Encoding ``raw`` is the H x W x 3 uint8 array's bytes in C order (HWC, exactly the pixels the original
 stored); ``png`` and ``jpeg`` are the image file's bytes. An item without a key has no usable cover: the
-original kept a ``__keys__`` list that included failed items and crashed on them mid-training (spec 9.20);
+original kept a ``__keys__`` list that included failed items and crashed on them mid-training;
 here a missing cover is found up front by :meth:`CoverStore.missing` or named by :meth:`CoverStore.get`.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ class EvalBatches:
     """Yields {'user_id': [B], 'item_seq': [B, M], 'target': [B], 'hist_row': [H], 'hist_item': [H]}.
 
     ``item_seq`` is the model input (the last M history items, left-padded); ``hist_row``/``hist_item`` list
-    every (row in batch, item) of the full history, for masking (spec 4.1).
+    every (row in batch, item) of the full history, for masking.
 
     ``item_keys`` lists the keys holding item ids, as the training datasets declare them; PixelNet needs no
     covers here, since evaluation encodes every item's cover once (``ItemCoverBatches``) and indexes that table.

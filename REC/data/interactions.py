@@ -1,7 +1,7 @@
 """Interactions CSV -> id maps -> chronological per-user sequences -> leave-one-out split.
 
 Everything is vectorised (pandas/numpy); nothing loops over interactions in Python, so a 200M-row file costs
-a few sorts and gathers. Faithful to the original (spec 3.1-3.2) except that the timestamp sort is stable,
+a few sorts and gathers. Faithful to the original except that the timestamp sort is stable,
 so equal timestamps keep their file order instead of an implementation-defined one.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class TokenTable:
 
 @dataclass(frozen=True)
 class Interactions:
-    """Every user's chronological item sequence, users in order of their first event (spec 3.2).
+    """Every user's chronological item sequence, users in order of their first event.
 
     ``items[indptr[k]:indptr[k+1]]`` is the sequence of ``users[k]``. Internal ids start at 1; 0 is padding.
     """
@@ -103,7 +103,7 @@ def file_digest(path: Path, chunk: int = 1 << 24) -> str:
 
 
 def read_interactions(path: Path) -> Interactions:
-    """Parse the CSV, factorise ids in file order (spec 3.1) and group chronologically by user (spec 3.2)."""
+    """Parse the CSV, factorise ids in file order and group chronologically by user."""
     frame = read_columns(path)
     timestamps = frame["timestamp"].to_numpy()
     user_codes, user_uniques = pd.factorize(frame["user_id"])
@@ -237,7 +237,8 @@ def _read_cache(cache: Path, digest: str) -> Interactions:
                              user_tokens=TokenTable(z["user_blob"], z["user_offsets"]),
                              item_tokens=TokenTable(z["item_blob"], z["item_offsets"]), csv_digest=digest)
     n_users, n_items = len(inter.user_tokens), len(inter.item_tokens)
-    consistent = (inter.indptr[0] == 0 and inter.indptr[-1] == len(inter.items) and len(inter.users) + 1 == len(inter.indptr)
+    consistent = (inter.indptr[0] == 0 and inter.indptr[-1] == len(inter.items)
+                  and len(inter.users) + 1 == len(inter.indptr)
                   and inter.user_tokens.offsets[-1] == len(inter.user_tokens.blob)
                   and inter.item_tokens.offsets[-1] == len(inter.item_tokens.blob)
                   and (len(inter.items) == 0 or 0 < inter.items.min() and inter.items.max() < n_items)

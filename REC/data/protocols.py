@@ -13,7 +13,7 @@ cold_items (``cold_item_ratio`` or ``cold_item_file``): a set of items is held o
   target is a held-out item, ranked over ALL items (held-out ones included). Held-out items are removed from the
   evaluation histories too, so they occur only as targets: the models never see them as inputs, and masking
   covers the remaining history (a held-out target the user also met earlier is therefore not masked, unlike the
-  standard protocol's spec 9.5). A user left with no history item by that removal is not evaluated (every model
+  standard protocol). A user left with no history item by that removal is not evaluated (every model
   needs at least one input item); the count is reported.
 
 Few-shot training users (``train_user_ratio``, ``train_user_cap``): a seeded subset of the users that have a

@@ -1,4 +1,4 @@
-"""Leave-one-out split and the training examples derived from it (spec 3.2-3.3), all vectorised."""
+"""Leave-one-out split and the training examples derived from it, as in the original, all vectorised."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """One evaluation target per user, with the full history before it (masked at ranking time, spec 4.1)."""
+    """One evaluation target per user, with the full history before it (masked at ranking time)."""
 
     users: np.ndarray         # int64 [U] internal user ids
     targets: np.ndarray       # int64 [U]
@@ -30,7 +30,7 @@ class EvalSplit:
 
 @dataclass(frozen=True)
 class Split:
-    """Training part (all but the last two events of each user), validation and test (spec 3.2)."""
+    """Training part (all but the last two events of each user), validation and test."""
 
     train_users: np.ndarray   # int64 [U_train]
     train_indptr: np.ndarray  # int64 [U_train + 1]
@@ -106,7 +106,7 @@ def left_pad_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarra
 
 
 def sequence_chunks(split: Split, max_len: int) -> np.ndarray:
-    """[n_chunks, max_len + 1] training chunks, left-padded (spec 3.3).
+    """[n_chunks, max_len + 1] training chunks, left-padded.
 
     Each user's training run of L items is cut, newest last, into pieces of C = max_len + 1; when L > C
     the oldest ``L mod C`` items are dropped, as in the original (a documented loss of data that we keep

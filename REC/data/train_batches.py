@@ -48,7 +48,7 @@ class EpochBatches(Dataset):
 
     Sharding follows ``DistributedSampler`` (the permutation is padded by repeating its head so every rank
     gets the same number of batches, which DDP needs), but the permutation is seeded by the config seed
-    instead of a fixed 0 (spec 9.6).
+    instead of the original's fixed 0.
     """
 
     # The batch keys whose values are item ids (padding 0 and BERT4Rec's mask token included), declared by every
@@ -113,7 +113,7 @@ def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int,
     ``per_row`` defaults to L (one negative per cell). ``pool`` (sorted item ids, ``Split.negative_pool()``)
     restricts the draw to those items, e.g. every item but the held-out ones of the cold_items protocol; None
     keeps the plain draw, so the random stream, and every run without a protocol, is unchanged. Vectorised
-    rejection sampling: redraw only the cells that hit their row, until none does (spec 3.4).
+    rejection sampling: redraw only the cells that hit their row, until none does (the original redrew per sample).
 
     A row that holds every allowed item has no negative, and rejection would never end (the original hangs):
     that raises a ValueError before any draw. The redraw rounds are bounded too (``MAX_REDRAW_ROUNDS``), so no
@@ -184,7 +184,7 @@ def check_negatives_possible(input_type: str, split: Split, config) -> None:
 class NextItemBatches(EpochBatches):
     """Batch of chunks: {'items': [B, M+1], 'negatives': [B, M+1]}; negatives[:, t] is the negative for items[:, t].
 
-    Only positions whose item and predecessor are both real carry a target (spec 3.5, SEQTrainDataset);
+    Only positions whose item and predecessor are both real carry a target (as the original's SEQTrainDataset);
     elsewhere the negative is 0.
     """
 

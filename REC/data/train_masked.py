@@ -1,4 +1,4 @@
-"""Cloze (masked-item) training batches for BERT4Rec (spec 3.5, BERT4RecTrainDataset), built whole per batch."""
+"""Cloze (masked-item) training batches for BERT4Rec (the original's BERT4RecTrainDataset), built whole per batch."""
 from __future__ import annotations
 
 import numpy as np

@@ -10,8 +10,8 @@ from .train_batches import EpochBatches, register_train_dataset
 
 @register_train_dataset("PAIR")
 class PairBatches(EpochBatches):
-    """Every training interaction once per epoch (spec 3.5, PairTrainDataset), each with one negative that avoids
-    the user's whole training history (spec 3.4), not only a chunk as the sequence datasets do, drawn from
+    """Every training interaction once per epoch (the original's PairTrainDataset), each with one negative that avoids
+    the user's whole training history, not only a chunk as the sequence datasets do, drawn from
     ``split.negative_pool()`` (every item but the held-out ones under the cold_items protocol).
 
     Examples are positions in ``split.train_items``; a batch finds each example's user row by a search in the

@@ -1,4 +1,4 @@
-"""AUGSEQ batches: every prefix of every training chunk predicts its last item (LightSANs, SRGNN; spec 3.3, 3.5).
+"""AUGSEQ batches: every prefix of every training chunk predicts its last item (LightSANs, SRGNN).
 
 A batch is {'items': [B, M] the prefix without its last item, left-padded, 'target': [B] that last item,
 'negatives': [B] one item outside the prefix}. The original builds each prefix as a Python list; here an

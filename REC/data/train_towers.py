@@ -1,11 +1,11 @@
 """LEAVE_ONE_OUT_CHUNK batches: each item of a chunk is predicted from the rest of its chunk (FM, DSSM, ACF).
 
-This is the example set of the original's SampleOneTower / SampleTwoTower datasets (spec 3.5): for position
+This is the example set of the original's SampleOneTower / SampleTwoTower datasets: for position
 idx of a chunk, the history is the chunk without idx (in order, so later items count too) and the positive is
 chunk[idx]. A batch is {'items': [B, M] that history, left-padded, 'target': [B], 'negatives': [B] one item
 outside the chunk, 'user_id': [B] the chunk's user (ACF's input, as the original's SampleACFTrainDataset)}.
 
-Fix (spec 9.1): the original's FM and DSSM trained on the first example of each collated batch only; here
+Fix: the original's FM and DSSM trained on the first example of each collated batch only; here
 every example of a batch is a row of the loss, and the batch size counts examples, not chunks.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Top-k ranking metrics as pure tensor functions (spec 4.3).
+"""Top-k ranking metrics as pure tensor functions.
 
 Each takes ``hits`` [U, K] (1 where the item ranked j+1 is a positive, K = the largest cut-off), ``n_pos`` [U]
 (positives per user, 1 under leave-one-out) and a cut-off k, and returns the per-user value [U] in float64.

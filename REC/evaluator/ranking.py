@@ -1,4 +1,4 @@
-"""Full-ranking evaluation: every user against every item, history masked (spec 4.1).
+"""Full-ranking evaluation: every user against every item, history masked, as in the original.
 
 Item representations are computed once per evaluation; each batch of users is scored on the device,
 masked with index_put, cut with topk and turned into per-metric sums there. Nothing leaves the device until
@@ -129,7 +129,7 @@ class FullRankingEvaluator:
 
     def user_values(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Every metric@k of every user of this batch, [U] float64 each, in the order of ``keys``. A target that
-        repeats a history item is masked too and can never be hit, as in the original (spec 9.5)."""
+        repeats a history item is masked too and can never be hit, as in the original."""
         top, _, ranked = top_unmasked(scores, self.max_k, batch["hist_row"], batch["hist_item"])
         hits = (top == batch["target"][:, None]) & ranked
         n_pos = torch.ones(len(hits), device=hits.device)

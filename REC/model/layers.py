@@ -1,4 +1,4 @@
-"""Shared layers (spec 6, common building blocks)."""
+"""Shared layers: building blocks common to several models."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""PixelNet items: every item is its cover image passed through a trainable image encoder (spec 6.2).
+"""PixelNet items: every item is its cover image passed through a trainable image encoder.
 
 ``CoverItems`` stands in for an ID model's ``nn.Embedding``: ``items(ids)`` gives vectors and ``items.weight``
 the whole table, so a PixelNet model is its IDNet model with this module in place of the ID table
@@ -10,7 +10,7 @@ the whole table, so a PixelNet model is its IDNet model with this module in plac
 - Evaluation: the evaluator encodes every item's cover (sharded across ranks) and hands the table over with
   ``use_cover_table``; lookups then index it.
 
-Padding (id 0) is a zero vector; the original encoded a blank grey image instead (spec 9.12), which only ever
+Padding (id 0) is a zero vector; the original encoded a blank grey image instead, which only ever
 reaches masked positions. BERT4Rec's mask token is the encoder's output for the all-ones image, as the original.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HALF_NORM = (0.5, 0.5, 0.5)  # the original normalised every encoder's input to [-1, 1] (spec 3.7)
+HALF_NORM = (0.5, 0.5, 0.5)  # the original normalised every encoder's input to [-1, 1]
 
 
 class MissingCoverError(RuntimeError):
@@ -38,7 +38,7 @@ class CoverItems(nn.Module):
         super().__init__()
         from .encoders import build_item_encoder  # timm and open_clip load only when a pixel model is built
 
-        # the attribute name puts the encoder (and its head) in the "modal" optimizer group (spec 5.1)
+        # the attribute name puts the encoder (and its head) in the "modal" optimizer group
         self.visual_encoder = encoder if encoder is not None else build_item_encoder(config, d)
         self.embedding_dim, self.mask_id = d, mask_id
         self.resize_to = config["image_size"] or self.visual_encoder.input_size
@@ -60,7 +60,7 @@ class CoverItems(nn.Module):
         return (x - self.mean) / self.std  # the encoder moves it to channels-last where that helps
 
     def mask_image(self, device) -> torch.Tensor:
-        """BERT4Rec's mask token image: ones in normalised space, as the original (spec 4.2)."""
+        """BERT4Rec's mask token image: ones in normalised space, as the original."""
         return torch.ones(1, 3, *self.cover_size, device=device)
 
     def _encode(self, covers: torch.Tensor, with_mask: bool) -> torch.Tensor:

@@ -38,7 +38,7 @@ def register_model(family: str):
 
 
 def _import_all() -> None:
-    """Import every model module once so that their decorators run (no name probing, spec 0)."""
+    """Import every model module once so that their decorators run (no name probing, unlike the original)."""
     for family in FAMILIES:
         package = importlib.import_module(f"REC.model.{family}")
         for info in pkgutil.iter_modules(package.__path__):

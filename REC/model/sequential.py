@@ -7,7 +7,7 @@ from .base import RecModel, bpr_loss
 
 
 class NextItemModel(RecModel):
-    """Every position of a chunk predicts the next item against one sampled negative (spec 6.1): the BPR loss is
+    """Every position of a chunk predicts the next item against one sampled negative: the BPR loss is
     summed over positions and averaged over sequences, as the original. Subclasses own ``item_embedding`` and
     ``encode(item_seq, item_emb=None, last_only=False) -> [B, L, d]`` (``last_only`` may return [B, 1, d])."""
 

@@ -1,4 +1,4 @@
-"""AdamW with two parameter groups: the image encoder ("modal") and the rest ("rec") (spec 5.1).
+"""AdamW with two parameter groups: the image encoder ("modal") and the rest ("rec"), as the original.
 
 ``optim_args`` is either ``{learning_rate, weight_decay}`` (both groups alike) or
 ``{modal_lr, modal_decay, rec_lr, rec_decay}``. A parameter belongs to the encoder group when its name contains

@@ -184,7 +184,7 @@ class Trainer:
                 f"still holds the previous epoch. Try a lower learning rate, clip_grad_norm, or precision: fp32")
 
     def update_early_stopping(self, epoch: int, result: dict) -> bool:
-        """Ties count as improvements, as the original (spec 5.4); returns True when training should stop."""
+        """Ties count as improvements, as in the original; returns True when training should stop."""
         score = result[self.valid_key]
         if score >= self.state["best_score"]:
             self.state.update(best_score=score, stale=0)

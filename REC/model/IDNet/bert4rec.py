@@ -1,4 +1,4 @@
-"""BERT4Rec (Sun et al., CIKM 2019) with item-ID embeddings, as PixelRec trains it (spec 6.1).
+"""BERT4Rec (Sun et al., CIKM 2019) with item-ID embeddings, as PixelRec trains it.
 
 Cloze training: the MASKED dataset (``REC.data.train_masked``) replaces random items of a chunk by the mask
 token; each masked position predicts its item against one sampled negative (BPR). At evaluation the mask token

@@ -1,7 +1,7 @@
-"""DSSM (Huang et al., CIKM 2013) in PixelRec's IDNet form (spec 6.1): the user is the mean of the history's
+"""DSSM (Huang et al., CIKM 2013) in PixelRec's IDNet form: the user is the mean of the history's
 item embeddings passed through an MLP tower, the item is its embedding, the score their dot product.
 
-Fix (spec 9.1): every example of a batch is trained (the original used the first one only).
+Fix: every example of a batch is trained (the original used the first one only).
 """
 from __future__ import annotations
 

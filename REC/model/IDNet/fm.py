@@ -1,11 +1,11 @@
-"""FM (Rendle, ICDM 2010) over the item-ID fields of a history, as PixelRec's IDNet FM (spec 6, 6.1).
+"""FM (Rendle, ICDM 2010) over the item-ID fields of a history, as PixelRec's IDNet FM.
 
 The fields of an example are its history items plus one candidate. The FM pairwise term of (history, pos)
 minus that of (history, neg) leaves only ``<sum of history, pos - neg>``: the history-history pairs cancel.
 So training and ranking both score ``<sum of non-pad history embeddings, candidate>``, which is what the
 original's ``predict`` computes too, without the second-order sum over all pairs.
 
-Fix (spec 9.1): every example of a batch is trained (the original used the first one only).
+Fix: every example of a batch is trained (the original used the first one only).
 """
 from __future__ import annotations
 

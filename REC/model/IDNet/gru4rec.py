@@ -1,6 +1,6 @@
-"""GRU4Rec (Hidasi et al., ICLR 2016) with item-ID embeddings and PixelRec's next-item BPR loss (spec 6.1).
+"""GRU4Rec (Hidasi et al., ICLR 2016) with item-ID embeddings and PixelRec's next-item BPR loss.
 
-Deliberate fix (spec 9.9): the original feeds the left padding through the GRU, so the state that reaches the
+Deliberate fix: the original feeds the left padding through the GRU, so the state that reaches the
 first real item depends on how much padding precedes it (and on the random pad embedding). Here pad inputs
 are zeroed, and the GRU has no biases (as the original): with a zero input and a zero state every gate
 pre-activation is exactly 0, the candidate is ``tanh(0) = 0`` and the new state ``0.5*0 + 0.5*0 = 0``. The

@@ -1,4 +1,4 @@
-"""LightGCN (He et al., SIGIR 2020) as PixelRec trains it (spec 6.1), on torch sparse tensors (no torch_geometric).
+"""LightGCN (He et al., SIGIR 2020) as PixelRec trains it, on torch sparse tensors (no torch_geometric).
 
 The graph is one symmetric-normalised adjacency over users then items (node ``u`` is user u, node
 ``user_num + i`` is item i; padding rows are isolated nodes), held as a sparse CSR matrix. Repeated interactions

@@ -1,18 +1,17 @@
-"""LightSANs (Fan et al., SIGIR 2021) with item-ID embeddings, as PixelRec trains it (spec 6, 6.1).
+"""LightSANs (Fan et al., SIGIR 2021) with item-ID embeddings, as PixelRec trains it.
 
 Low-rank self-attention: keys and values are pooled into k latent interests, and positions attend separately
 (decoupled position encoding). Each training example is a prefix (AUGSEQ); the last position's output scores
 the prefix's last item against one negative.
 
-Two deliberate fixes of the original (spec 9.9, 9.10):
+Two deliberate fixes of the original code:
 
 * Padding is masked. The original has no mask at all, so the left padding of a short history is pooled into
   the interests and normalises the query-axis softmaxes, and the output depends on how much padding there is.
   Here padding positions get the most negative finite value of the scores' dtype before every softmax over the
   sequence (the interest pooling and both query-axis softmaxes; -1e9 would be -inf in fp16), and padding values
-  carry no weight in position attention. With
-  absolute window slots (spec 9.11) the output at a real position is then the same whatever the padding in
-  front of it.
+  carry no weight in position attention. With position ids that are absolute window slots, as in the original,
+  the output at a real position is then the same whatever the padding in front of it.
 * ``theta`` (the item-to-interest projection) is drawn N(0, initializer_range) like every other weight; the
   original's N(0, 1) makes the interest softmax near one-hot at d = 512 from the first step.
 """

@@ -1,4 +1,4 @@
-"""MF (BPR matrix factorisation) as PixelRec trains it (spec 6.1): a user table and an item table, optionally
+"""MF (BPR matrix factorisation) as PixelRec trains it: a user table and an item table, optionally
 each followed by an MLP tower, scored by dot product against one sampled negative per training interaction."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class MF(RecModel):
     def forward(self, batch):
         users = self.user_tower(self.user_embedding(batch["user_id"]))
         # Positives and negatives go through the item tower as one [2B, d] batch (one embedding lookup, one set
-        # of BatchNorm statistics); the spec leaves the tower's batch layout open.
+        # of BatchNorm statistics); that layout is this package's own choice.
         items = self.item_tower(self.item_embedding(torch.cat([batch["items"], batch["negatives"]])))
         pos, neg = (items.view(2, *users.shape) * users).sum(-1)
         # The original's -mean(1e-8 + log sigmoid) differs by the constant 1e-8 only.

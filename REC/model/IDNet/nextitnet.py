@@ -1,6 +1,6 @@
-"""NextItNet (Yuan et al., WSDM 2019) with item-ID embeddings and PixelRec's next-item BPR loss (spec 6.1).
+"""NextItNet (Yuan et al., WSDM 2019) with item-ID embeddings and PixelRec's next-item BPR loss.
 
-Deliberate fix (spec 9.9): the original convolves over the left padding like over items, so a prediction
+Deliberate fix: the original convolves over the left padding like over items, so a prediction
 depends on how much padding precedes the sequence and on the (random, decaying) pad embedding. Here the
 activations at pad positions are held at exactly zero: the input embeddings are multiplied by the non-pad
 mask, and so is the output of every convolution stage (the convolution bias followed by LayerNorm and ReLU

@@ -1,4 +1,4 @@
-"""SASRec (Kang & McAuley, ICDM 2018) with item-ID embeddings, as PixelRec trains it (spec 6.1).
+"""SASRec (Kang & McAuley, ICDM 2018) with item-ID embeddings, as PixelRec trains it.
 
 Next-item BPR: every position of a chunk predicts the next item against one sampled negative; the loss is
 summed over positions and averaged over sequences, as the original.
@@ -31,7 +31,7 @@ class SASRec(NextItemModel):
     def encode(self, item_seq: torch.Tensor, item_emb: torch.Tensor | None = None,
                last_only: bool = False) -> torch.Tensor:
         """[B, L] left-padded ids -> [B, L, d] ([B, 1, d] with ``last_only``); position ids are absolute window
-        slots (spec 9.11). ``item_emb`` passes embeddings already looked up for ``item_seq``."""
+        slots, as in the original. ``item_emb`` passes embeddings already looked up for ``item_seq``."""
         if item_emb is None:
             item_emb = self.item_embedding(item_seq)
         positions = torch.arange(item_seq.shape[1], device=item_seq.device)

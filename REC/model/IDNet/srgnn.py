@@ -1,10 +1,10 @@
-"""SR-GNN (Wu et al., AAAI 2019) with item-ID embeddings, as PixelRec trains it (spec 3.5, 6.1).
+"""SR-GNN (Wu et al., AAAI 2019) with item-ID embeddings, as PixelRec trains it.
 
 Each history becomes a session graph (its distinct items as nodes, consecutive pairs as directed edges); a
 gated GNN refines the node states and an attention readout over the sequence gives the user vector.
 
 The original builds the graphs on the CPU, one sequence at a time, in its collate function (with nested Python
-lists at evaluation, spec 9.19). Here ``session_graphs`` builds a whole batch with tensor operations on the
+lists at evaluation). Here ``session_graphs`` builds a whole batch with tensor operations on the
 model's device, from the same left-padded id matrices every other sequence model gets, so SRGNN needs no
 dataset or evaluation path of its own. The node dimension is fixed to the input width L (a history of L items
 has at most L distinct ones), which keeps shapes static and avoids a device-to-host sync per batch.
@@ -27,7 +27,7 @@ def session_graphs(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     Returns ``nodes`` [B, L] (each row's distinct real items in increasing order, then 0s), ``alias`` [B, L]
     (the node index of each position; 0 at padding, which callers mask), and ``a_in``, ``a_out`` [B, L, L]:
     row i of ``a_in`` averages node i's in-neighbours, row i of ``a_out`` its out-neighbours. Edges join
-    consecutive real items; a pair repeated in the session counts once (spec 3.5, GraphTrainDataset).
+    consecutive real items; a pair repeated in the session counts once, as in the original's GraphTrainDataset.
     """
     l = item_seq.shape[1]
     real = item_seq != 0
@@ -85,7 +85,7 @@ class SRGNN(RecModel):
         self.att_out = nn.Linear(d, 1, bias=False)
         self.transform = nn.Linear(2 * d, d)
         bound = 1.0 / math.sqrt(d)
-        for p in self.parameters():  # every parameter, embeddings included (spec 6.1)
+        for p in self.parameters():  # every parameter, embeddings included, as the original
             nn.init.uniform_(p, -bound, bound)
 
     def readout(self, item_seq: torch.Tensor, graph: tuple, node_emb: torch.Tensor) -> torch.Tensor:

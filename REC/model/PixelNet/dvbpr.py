@@ -1,8 +1,8 @@
 """DVBPR (Kang et al., ICDM 2017): BPR with an item vector learned from its image by a CNN-F, end to end.
 
-score(u, i) = γ_u·γ_i + θ_u·CNNF(cover_i): ID factors plus visual factors, each half of ``embedding_size``
-(spec 6.2). The original ships this model but cannot run it (its dataset yields two values, its forward unpacks
-three, spec 9.15); this one runs. The score is the dot product of [γ_u; θ_u] with [γ_i; CNNF(cover_i)], so DVBPR
+score(u, i) = γ_u·γ_i + θ_u·CNNF(cover_i): ID factors plus visual factors, each half of ``embedding_size``.
+The original ships this model but cannot run it (its dataset yields two values, its forward unpacks
+three); this one runs. The score is the dot product of [γ_u; θ_u] with [γ_i; CNNF(cover_i)], so DVBPR
 is MF (REC.model.IDNet.mf) whose item table is that concatenation, and full ranking is one matrix product.
 
 Deliberate differences: the CNN-F flattens an adaptive average pool of the last feature map to the 22x2 grid
@@ -23,7 +23,7 @@ from ..registry import register_model
 
 
 class CNNF(nn.Module):
-    """The CNN-F of the DVBPR paper (spec 6.2): 5 convolutions and 3 fully connected layers, xavier-uniform."""
+    """The CNN-F of the DVBPR paper: 5 convolutions and 3 fully connected layers, xavier-uniform."""
 
     is_convolutional = True
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # trained from scratch: no pretraining statistics

@@ -1,4 +1,4 @@
-"""MOBERT4Rec: BERT4Rec over cover encodings; the mask token is the encoder's output for the all-ones image (spec 6.2).
+"""MOBERT4Rec: BERT4Rec over cover encodings; the mask token is the encoder's output for the all-ones image.
 
 The recommender is ``REC.model.IDNet.bert4rec.BERT4Rec`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

@@ -1,4 +1,4 @@
-"""MODSSM: DSSM over cover encodings: the mean of the history's encoded covers through the tower (spec 6.2).
+"""MODSSM: DSSM over cover encodings: the mean of the history's encoded covers through the tower.
 
 The recommender is ``REC.model.IDNet.dssm.DSSM`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

@@ -1,4 +1,4 @@
-"""MOFM: FM over cover encodings: <sum of the history's encoded covers, candidate's> (spec 6.2).
+"""MOFM: FM over cover encodings: <sum of the history's encoded covers, candidate's>.
 
 The recommender is ``REC.model.IDNet.fm.FM`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

@@ -1,4 +1,4 @@
-"""MOGRU4Rec: GRU4Rec over cover encodings (spec 6.2).
+"""MOGRU4Rec: GRU4Rec over cover encodings.
 
 The recommender is ``REC.model.IDNet.gru4rec.GRU4Rec`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

@@ -1,4 +1,4 @@
-"""MOLightSANs: LightSANs over cover encodings (spec 6.2).
+"""MOLightSANs: LightSANs over cover encodings.
 
 The recommender is ``REC.model.IDNet.lightsans.LightSANs`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

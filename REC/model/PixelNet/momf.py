@@ -1,4 +1,4 @@
-"""MOMF: MF whose item vector is the item tower over the encoded cover (spec 6.2); users keep an ID table.
+"""MOMF: MF whose item vector is the item tower over the encoded cover; users keep an ID table.
 
 The recommender is ``REC.model.IDNet.mf.MF`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

@@ -1,4 +1,4 @@
-"""MONextItNet: NextItNet over cover encodings (spec 6.2).
+"""MONextItNet: NextItNet over cover encodings.
 
 The recommender is ``REC.model.IDNet.nextitnet.NextItNet`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

@@ -1,4 +1,4 @@
-"""MOSASRec: SASRec over cover encodings (spec 6.2).
+"""MOSASRec: SASRec over cover encodings.
 
 The recommender is ``REC.model.IDNet.sasrec.SASRec`` unchanged; ``PixelItems`` replaces its item-ID table by the image
 encoder (``REC.model.pixel``), so fixes and speed-ups of the ID model apply here too.

@@ -1,4 +1,4 @@
-"""ACF, Attentive Collaborative Filtering (Chen et al., SIGIR 2017), as PixelRec trains it (spec 6.3).
+"""ACF, Attentive Collaborative Filtering (Chen et al., SIGIR 2017), as PixelRec trains it.
 
 The user is an ID embedding u plus an attention-weighted sum of the ID embeddings p of the profile (the other
 items of a training chunk; at evaluation the last M history items). Two attention levels, both driven by u:

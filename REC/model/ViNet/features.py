@@ -1,5 +1,5 @@
-"""Frozen item-feature tables for the ViNet models (spec 7.3): one ``.npy`` per dataset and image encoder,
-row i = internal item id i (items numbered by first appearance in the CSV, spec 3.1), row 0 = padding.
+"""Frozen item-feature tables for the ViNet models: one ``.npy`` per dataset and image encoder,
+row i = internal item id i (items numbered by first appearance in the CSV, as in the original), row 0 = padding.
 
 Not a model (no ``@register_model``): the ViNet models share the loader and the holder below.
 """

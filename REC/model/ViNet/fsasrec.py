@@ -1,4 +1,4 @@
-"""FSASRec (spec 6.3, 7.3): SASRec whose item vectors come from frozen visual features instead of an ID table.
+"""FSASRec: SASRec whose item vectors come from frozen visual features instead of an ID table.
 
 ``feature_mode: frozen``: item(i) = ReLU(W f_i + b), the original's freeze_model; ``hybrid``: item(i) =
 ReLU(W [f_i; e_i] + b) with a trainable ID embedding e_i, its hybrid_model. Everything else (the transformer,

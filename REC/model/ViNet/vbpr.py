@@ -1,4 +1,4 @@
-"""VBPR (He & McAuley, AAAI 2016) as PixelRec trains it (spec 6.3).
+"""VBPR (He & McAuley, AAAI 2016) as PixelRec trains it.
 
 score(u, i) = gamma_u . gamma_i + theta_u . (E f_i) + beta' . f_i, with frozen visual features f_i, ID tables
 gamma_u, gamma_i, theta_u of width d' = embedding_size / 2, the projection E: D -> d' and the visual bias

@@ -1,4 +1,4 @@
-"""VisRank (spec 6.3): content-based ranking by visual similarity, no training.
+"""VisRank: content-based ranking by visual similarity, no training.
 
 The score of an item is the mean of its ``k`` highest cosine similarities to the user's last ``history_limit``
 history items (``maximum``: k = 1; ``average_top_k``: k = min(top_num, history length); ``average``: all of them).

@@ -3,7 +3,7 @@
 Freezing follows open_clip's "lock the tower, leave the last N groups unlocked": a backbone lists its blocks
 in forward order, and ``encoder_trainable_blocks: N`` trains the last N blocks and whatever runs after them
 (the final norm), freezing the stem and the earlier blocks. This replaces the original's ``tune_scale``, a
-count of leading parameter tensors (spec 7.2), which means something different for every library that
+count of leading parameter tensors, which means something different for every library that
 registers parameters in its own order; each shipped count is re-expressed in blocks beside its encoder.
 """
 from __future__ import annotations

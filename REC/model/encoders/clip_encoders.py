@@ -61,7 +61,7 @@ class ClipResNet(Backbone):
         stages = [f"layer{i}" for i in range(1, 5)]
         return BlockLayout(stem=("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"),
                            units=tuple((f"{s}.{j}",) for s in stages for j in range(len(getattr(self.net, s)))),
-                           locked=("attnpool",))  # the original kept it frozen (spec 7.2)
+                           locked=("attnpool",))  # the original kept it frozen
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         v = self.net
@@ -96,7 +96,7 @@ def attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class ClipViT(Backbone):
-    """Readouts of the original's HF CLIPVisionModel (spec 7.1), from the tokens BEFORE ``ln_post`` (HF's
+    """Readouts of the original's HF CLIPVisionModel, from the tokens BEFORE ``ln_post`` (HF's
     ``last_hidden_state``): ``mean`` gives every token to the head and averages the results, ``cls`` token 0,
     ``pool`` the post-LayerNormed token 0 (HF's ``pooler_output``). The CLIP projection ``proj`` is removed;
     ``ln_post`` too unless the readout is ``pool``, as the original."""
@@ -126,7 +126,7 @@ class ClipViT(Backbone):
         return v.ln_post(x[:, 0])
 
 
-# The original's trainable windows over OpenAI's parameter order (spec 7.1/7.2) are whole bottleneck blocks:
+# The original's trainable windows over OpenAI's parameter order are whole bottleneck blocks:
 # RN50 78..164 = layer3 + layer4 (6 + 3 blocks); RN50x4 198..254, RN50x16 306..380 and RN50x64 504..596 are
 # exactly layer4 (6, 8 and 10 blocks). The attention pool stays frozen in all four.
 _CLIP_RESNETS = {
@@ -148,7 +148,7 @@ for _name, (_arch, _blocks) in _CLIP_RESNETS.items():
                      trainable_blocks=_blocks, default_init_readouts=("cls",))(_clip_resnet_builder(_name, _arch))
 
 
-# ViT-B/32: tune_scale 165 = 5 + 10 x 16 HF tensors, so resblocks 10-11 train (spec 7.2). OpenAI's weights were
+# ViT-B/32: tune_scale 165 = 5 + 10 x 16 HF tensors, so resblocks 10-11 train. OpenAI's weights were
 # trained with QuickGELU, hence the -quickgelu architecture.
 @register_encoder("clip_vit_b32", backbone="open_clip ViT-B-32-quickgelu (openai)", readouts=("mean", "cls", "pool"),
                   trainable_blocks=2)

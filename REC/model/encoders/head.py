@@ -1,4 +1,4 @@
-"""The projection head from the encoder width to the recommender's embedding size (spec 7.1)."""
+"""The projection head from the encoder width to the recommender's embedding size."""
 from __future__ import annotations
 
 from torch import nn
@@ -17,7 +17,7 @@ def projection_head(d_in: int, hidden: list[int], d_out: int, activation: str, x
     activation after every layer and no BatchNorm or dropout (the original's ``MLPLayers(bn=False)``).
 
     ``xavier``: xavier-normal weights and zero biases, as the original's Cls/Mean/Pool/CLIP item encoders; the
-    torchvision and CLIP-``cls`` heads kept PyTorch's Linear initialisation (spec 7.5).
+    torchvision and CLIP-``cls`` heads kept PyTorch's Linear initialisation.
     """
     try:
         act = HEAD_ACTIVATIONS[activation.lower()]

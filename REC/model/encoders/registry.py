@@ -22,9 +22,9 @@ class EncoderSpec:
     name: str
     backbone: str                    # the library model it builds, for tables and logs
     readouts: tuple[str, ...]        # what it supports; the first is its shipped readout
-    trainable_blocks: int            # the shipped freezing (spec 7.2): train the last N blocks; -1 = everything
+    trainable_blocks: int            # the original's shipped freezing: train the last N blocks; -1 = everything
     build: Callable[[str, Weights], Backbone]  # build(readout, weights)
-    default_init_readouts: tuple[str, ...] = ()  # readouts whose head keeps PyTorch's Linear init (spec 7.5)
+    default_init_readouts: tuple[str, ...] = ()  # readouts whose head keeps PyTorch's Linear init, as in the original
 
     @property
     def default_readout(self) -> str:

@@ -1,6 +1,6 @@
 """timm backbones: torchvision's ResNet50, Swin-T, Swin-B, BEiT-base, and any timm model as ``timm/<name>``.
 
-The original built Swin and BEiT with Hugging Face transformers (spec 7.1); timm ships the same checkpoints
+The original built Swin and BEiT with Hugging Face transformers; timm ships the same checkpoints
 (Microsoft's Swin and BEiT releases) under the tags named below, and torchvision's ResNet50 as ``tv_in1k``.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _head(exc: Exception, lines: int = 3) -> str:
 
 class TimmBackbone(Backbone):
     """``pool``: timm's own pooled features (``num_classes=0``); ``cls``: the first output token, which for
-    Swin is the top-left patch (it has no class token; the original's quirk, spec 9.13)."""
+    Swin is the top-left patch (it has no class token; the original's quirk)."""
 
     def __init__(self, net: nn.Module, readout: str, layout: BlockLayout | None, is_convolutional: bool):
         cfg = getattr(net, "pretrained_cfg", None) or {}
@@ -72,7 +72,7 @@ def _resnet_layout(net) -> BlockLayout:
 
 def _swin_layout(net) -> BlockLayout:
     """One unit per Swin block. HF runs patch merging at the END of a stage, timm at the START of the next
-    (``layers.{s+1}.downsample``); the original's cut froze stage 1's merging with stage 1 (spec 7.2), so a
+    (``layers.{s+1}.downsample``); the original's cut froze stage 1's merging with stage 1, so a
     stage's last block owns the merging that follows it."""
     units = []
     for s, stage in enumerate(net.layers):
@@ -98,7 +98,7 @@ def resnet50(readout: str, weights: Weights) -> Backbone:
     return TimmBackbone(net, readout, _resnet_layout(net), is_convolutional=True)
 
 
-# Swin: the original's tune_scale 78 freezes the embeddings and stages 0-1 (spec 7.2), so stages 2-3 train:
+# Swin: the original's tune_scale 78 freezes the embeddings and stages 0-1, so stages 2-3 train:
 # 6 + 2 blocks for Swin-T (depths 2/2/6/2), 18 + 2 for Swin-B (2/2/18/2).
 @register_encoder("swin_t", backbone="timm swin_tiny_patch4_window7_224.ms_in1k", readouts=("pool", "cls"),
                   trainable_blocks=8)
@@ -114,7 +114,7 @@ def swin_b(readout: str, weights: Weights) -> Backbone:
     return TimmBackbone(net, readout, _swin_layout(net), is_convolutional=False)
 
 
-# BEiT: tune_scale 183 = 3 + 10 x 18 HF tensors, so blocks 10-11 and the pooling LayerNorm train (spec 7.2).
+# BEiT: tune_scale 183 = 3 + 10 x 18 HF tensors, so blocks 10-11 and the pooling LayerNorm train.
 # The readout is always the LayerNorm of the mean patch token (timm's avg pool + fc_norm), as the original,
 # which ignored `method`.
 @register_encoder("beit_b", backbone="timm beit_base_patch16_224.in22k_ft_in22k_in1k", readouts=("pool",),

@@ -18,6 +18,7 @@ from .data.protocols import save_protocol
 from .data.train_batches import check_negatives_possible
 from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
+from .encoder_cache import attach_prefix_store, log_plan
 from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model, list_models, model_defaults_file
 from .model.base import DatasetInfo
@@ -66,6 +67,7 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
         check_negatives_possible(model.input_type, split, config)  # else a tiny catalogue fails in every process
     if model.item_source == "covers":
         check_covers(config, inter)
+        log_plan(config, model, split)
     if config["init_from"] and resume_dir is None:
         check_init_from(model, config)
     log.info("%s", inter.summary(config["dataset"]))
@@ -175,8 +177,8 @@ def _agree_on_run_dir(run_dir: str | Path | None) -> Path:
 
 
 def _build(config: Config, run_dir: Path, device: torch.device):
-    """Split (through the run's vocabulary), model on ``device``, this rank's evaluation batches and evaluator,
-    and the covers (PixelNet)."""
+    """Interactions and split (through the run's vocabulary), model on ``device``, this rank's evaluation batches
+    and evaluator, and the covers (PixelNet)."""
     inter, split, check = prepare_run_split(config, run_dir)
     if check.changed or check.trained_on is None:
         log.warning("%s", check.describe(run_dir))
@@ -195,15 +197,17 @@ def _build(config: Config, run_dir: Path, device: torch.device):
                                      cover_workers=config["num_workers"],
                                      item_counts=np.bincount(split.train_items, minlength=split.item_num),
                                      popularity_buckets=config["popularity_buckets"])
-    return split, model, evals, evaluator, store
+    return inter, split, model, evals, evaluator, store
 
 
 def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, checkpoint_name: str) -> dict:
-    _, model, evals, evaluator, _ = _build(config, run_dir, device)
+    inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
     path = run_dir / checkpoint_name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
     model.load_state_dict(load_checkpoint(path)["model"])
+    if store is not None:
+        attach_prefix_store(config, model, inter, split, device, store, item_covers=evaluator.item_covers)
     results = {}
     for name, batches in evals.items():
         results[name] = evaluator.evaluate(model, batches)
@@ -217,7 +221,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
              run_dir, dist.world_size(), device, torch.get_num_threads(), (run_dir / CONFIG_NAME).read_text())
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"] % 2 ** 32)
-    split, model, evals, evaluator, store = _build(config, run_dir, device)
+    inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
     train_batches = (build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
@@ -234,6 +238,8 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
         trainer.resume()
     elif resume:
         log.warning("no checkpoint in %s yet (killed before the first epoch ended); starting from epoch 0", run_dir)
+    if store is not None:  # once the frozen weights are final: after init_from and resume
+        attach_prefix_store(config, model, inter, split, device, store, train_batches, evaluator.item_covers)
     trainer.fit(train_batches, valid_batches)
     test_result = trainer.test(test_batches)
     summary = trainer.summary(test_result)

@@ -21,7 +21,7 @@ REAL = ["resnet50", "clip_rn50", "clip_rn50x4", "clip_vit_b32", "beit_b"]  # CPU
 def cfg(encoder: str, **over) -> dict:
     return dict(dict(encoder=encoder, encoder_pretrained=False, encoder_weights=None, encoder_readout=None,
                      encoder_trainable_blocks=None, encoder_head_layers=[], encoder_head_activation="relu",
-                     channels_last=True), **over)
+                     channels_last=True, encoder_grad_checkpointing=False), **over)
 
 
 def meta(encoder: str, out_dim: int = 16, **over) -> ItemEncoder:

@@ -75,7 +75,7 @@ def test_cover_items_lookup_equals_encoding_each_id(vis_data):
     ids = torch.tensor([[0, 5, 3, 5], [7, 0, split.item_num, 3]])
     distinct = torch.tensor([3, 5, 7])
     with torch.no_grad():
-        items.load_batch(distinct, torch.from_numpy(store.get(distinct.numpy())))
+        items.load_batch(distinct, {"covers": torch.from_numpy(store.get(distinct.numpy()))})
         got = items(ids)
         items.release()
         one = {i: items.encode(torch.from_numpy(store.get(np.array([i]))))[0] for i in (3, 5, 7)}

@@ -120,7 +120,7 @@ def tiny_cover_items(mask_id=None) -> CoverItems:
 def test_cover_lookup_of_an_id_without_cover_raises():
     items = tiny_cover_items()
     cover_ids = torch.tensor([3, 5, 7])
-    items.load_batch(cover_ids, torch.from_numpy(FakeStore().get(cover_ids.numpy())))
+    items.load_batch(cover_ids, {"covers": torch.from_numpy(FakeStore().get(cover_ids.numpy()))})
     assert items(torch.tensor([[0, 3], [7, 5]])).shape == (2, 2, 8)
     for missing in (6, 9):  # 6 sorts between covers (it read 7's row), 9 after the last one
         with pytest.raises(RuntimeError, match=f"item id {missing} .*has no cover in this training batch"):

@@ -108,6 +108,14 @@ class KeySpec:
                 or self.base.startswith("choice(") or re.fullmatch(r"list\[(int|float|str)\]", self.base)):
             raise ConfigError(f"{source}: key {key!r} documents unknown type {self.type_text!r}")
 
+    def normalise(self, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``on`` / ``off`` as true / false; a choice offering "on" and "off" takes them back."""
+        if isinstance(value, bool) and self.base.startswith("choice("):
+            options = self.base[len("choice("):-1].split("|")
+            if "on" in options and "off" in options:
+                return "on" if value else "off"
+        return value
+
     def check(self, value: Any) -> str | None:
         """Return what was expected when ``value`` does not fit, else None."""
         if value is None:
@@ -316,6 +324,7 @@ def load_config(config_files: Iterable[str | Path], overrides: Iterable[str] = (
         _assign(values, sources, specs, key, val, "command line")
 
     for key, spec in specs.items():
+        values[key] = spec.normalise(values.get(key))
         problem = spec.check(values.get(key))
         if problem:
             raise ConfigError(f"{sources.get(key, spec.origin)}: key {key!r} = {values.get(key)!r}; expected {problem}")

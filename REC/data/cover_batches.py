@@ -29,10 +29,13 @@ class BatchesWithCovers(Dataset):
 
     The items are those under the wrapped dataset's ``item_keys``; a model that looks up an id outside
     ``cover_ids`` fails loudly (``REC.model.pixel.MissingCoverError``) instead of reading a neighbour's cover.
+
+    With a frozen-prefix store (``prefix``, a ``REC.data.prefix_cache.PrefixCache``) the batch carries
+    ``cover_prefix``, the stored rows of those items, in place of ``covers``.
     """
 
-    def __init__(self, batches, store, item_num: int):
-        self.batches, self.store, self.item_num = batches, store, item_num
+    def __init__(self, batches, store, item_num: int, prefix=None):
+        self.batches, self.store, self.item_num, self.prefix = batches, store, item_num, prefix
         # the dataset's own declaration (REC.data.train_batches.EpochBatches.item_keys), not a list kept here
         self.item_keys = getattr(batches, "item_keys", None)
         if not self.item_keys:
@@ -54,19 +57,23 @@ class BatchesWithCovers(Dataset):
         ids = torch.cat([batch[k].reshape(-1) for k in self.item_keys]).unique()
         ids = ids[(ids > 0) & (ids < self.item_num)]
         batch["cover_ids"] = ids
-        batch["covers"] = torch.from_numpy(self.store.get(ids.numpy()))
+        if self.prefix is not None:
+            batch[self.prefix.batch_key] = self.prefix.rows(ids.numpy())
+        else:
+            batch["covers"] = torch.from_numpy(self.store.get(ids.numpy()))
         return batch
 
 
 class ItemCoverBatches(Dataset):
-    """This rank's contiguous share of the items 1..item_num-1, in order, as uint8 cover batches [n, 3, H, W].
+    """This rank's contiguous share of the items 1..item_num-1, in order, as batches ``{"covers": uint8
+    [n, 3, H, W]}``, or ``{"cover_prefix": rows}`` from a frozen-prefix store (``prefix``).
 
     Evaluation encodes each share on its own rank and gathers the rows (the original encoded every item on
     every rank).
     """
 
-    def __init__(self, store, item_num: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        self.store, self.batch_size = store, batch_size
+    def __init__(self, store, item_num: int, batch_size: int, rank: int = 0, world_size: int = 1, prefix=None):
+        self.store, self.batch_size, self.prefix = store, batch_size, prefix
         n = item_num - 1
         self.counts = [b - a for a, b in (shard_bounds(n, r, world_size) for r in range(world_size))]
         start, stop = shard_bounds(n, rank, world_size)
@@ -75,5 +82,8 @@ class ItemCoverBatches(Dataset):
     def __len__(self) -> int:
         return -(-len(self.ids) // self.batch_size)
 
-    def __getitem__(self, b: int) -> torch.Tensor:
-        return torch.from_numpy(self.store.get(self.ids[b * self.batch_size:(b + 1) * self.batch_size]))
+    def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
+        ids = self.ids[b * self.batch_size:(b + 1) * self.batch_size]
+        if self.prefix is not None:
+            return {self.prefix.batch_key: self.prefix.rows(ids)}
+        return {"covers": torch.from_numpy(self.store.get(ids))}

@@ -208,13 +208,17 @@ def _save_npz_atomic(path: Path, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
+def prepared_data_dir(data_path: str, dataset: str, cache_dir: str | None = None) -> Path:
+    """Where prepared data is cached: ``cache_dir``, else ``.pixelrec_cache`` beside the dataset's CSV."""
+    return Path(cache_dir) if cache_dir else csv_path(data_path, dataset).parent / ".pixelrec_cache"
+
+
 def load_interactions(data_path: str, dataset: str, cache_dir: str | None = None) -> Interactions:
     """Prepared interactions, read from a cache keyed by the CSV's content (a second run skips parsing).
     A cache file that cannot be read (truncated, overwritten) is rebuilt with a warning, never trusted."""
     path = csv_path(data_path, dataset)
     digest = file_digest(path)
-    cache_root = Path(cache_dir) if cache_dir else path.parent / ".pixelrec_cache"
-    cache = cache_root / f"{dataset}-{digest}-v{PREP_VERSION}.npz"
+    cache = prepared_data_dir(data_path, dataset, cache_dir) / f"{dataset}-{digest}-v{PREP_VERSION}.npz"
     if cache.is_file():
         try:
             return _read_cache(cache, digest)

@@ -58,9 +58,10 @@ class FullRankingEvaluator:
                                              pin_memory=self.device.type == "cuda")
         t0 = time.perf_counter()
         parts = [torch.zeros(1, model.cover_width, device=self.device)] if dist.rank() == 0 else []
-        for covers in loader:
+        for inputs in loader:
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
             with autocast(self.device, self.precision):
-                parts.append(model.encode_covers(covers.to(self.device, non_blocking=True)).float())
+                parts.append(model.encode_items(inputs).float())
         local = torch.cat(parts) if parts else torch.zeros(0, model.cover_width, device=self.device)
         counts = list(self.item_covers.counts)
         counts[0] += 1  # rank 0 holds the padding row

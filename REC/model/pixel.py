@@ -9,17 +9,23 @@ the whole table, so a PixelNet model is its IDNet model with this module in plac
   raises ``MissingCoverError``.
 - Evaluation: the evaluator encodes every item's cover (sharded across ranks) and hands the table over with
   ``use_cover_table``; lookups then index it.
+- Frozen-prefix store (``encoder_cache``): batches then carry ``cover_prefix``, the stored output of the
+  encoder's frozen front for each distinct item, instead of ``covers``, and only the trainable rest runs.
 
 Padding (id 0) is a zero vector; the original encoded a blank grey image instead, which only ever
 reaches masked positions. BERT4Rec's mask token is the encoder's output for the all-ones image, as the original.
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 HALF_NORM = (0.5, 0.5, 0.5)  # the original normalised every encoder's input to [-1, 1]
+COVERS_KEY, PREFIX_KEY = "covers", "cover_prefix"  # batch keys: uint8 covers, or stored frozen-prefix rows
 
 
 class MissingCoverError(RuntimeError):
@@ -31,6 +37,17 @@ class MissingCoverError(RuntimeError):
         where = f" (found under batch key {', '.join(map(repr, keys))})" if keys else ""
         super().__init__(f"item id {item_id}{where} has no cover in this training batch ({misses} lookups missed); "
                          f"every batch key that holds item ids must be in the training dataset's item_keys")
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    """Whether this run stores the encoder's frozen prefix per item (``encoder_cache``) and why; ``changes`` lists
+    what makes the prefix differ in training mode from its stored (evaluation-mode) output, empty when exact."""
+
+    use: bool
+    reason: str
+    frozen_units: int | None = None
+    changes: tuple[str, ...] = ()
 
 
 class CoverItems(nn.Module):
@@ -63,18 +80,70 @@ class CoverItems(nn.Module):
         """BERT4Rec's mask token image: ones in normalised space, as the original."""
         return torch.ones(1, 3, *self.cover_size, device=device)
 
-    def _encode(self, covers: torch.Tensor, with_mask: bool) -> torch.Tensor:
-        x = self.pixels(covers)
+    def _encode(self, inputs: dict[str, torch.Tensor], with_mask: bool) -> torch.Tensor:
+        if PREFIX_KEY in inputs:  # stored frozen-prefix rows: only the trainable rest runs
+            x = inputs[PREFIX_KEY]
+            if with_mask:
+                with torch.no_grad():
+                    mask = self.visual_encoder.prefix(self.mask_image(x.device))
+                x = torch.cat([x, mask.to(x.dtype)])
+            return self.visual_encoder.from_prefix(x)
+        x = self.pixels(inputs[COVERS_KEY])
         if with_mask:  # encoded with the batch: one encoder call per step
             x = torch.cat([x, self.mask_image(x.device)])
         return self.visual_encoder(x)
 
     def encode(self, covers: torch.Tensor) -> torch.Tensor:
         """[n, d] item vectors of uint8 covers [n, 3, h, w]."""
-        return self._encode(covers, False)
+        return self._encode({COVERS_KEY: covers}, False)
 
-    def load_batch(self, cover_ids: torch.Tensor, covers: torch.Tensor) -> None:
-        rows = self._encode(covers, self.mask_id is not None)
+    def encode_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[n, d] item vectors of a batch of items given by their covers or their stored prefix rows."""
+        return self._encode(inputs, False)
+
+    # ------------------------------------------------------------------------- frozen-prefix store
+    def prefix_plan(self, setting: str) -> PrefixPlan:
+        """What ``encoder_cache: setting`` means for this encoder: auto stores the prefix exactly where that
+        changes nothing; on also where it changes something (with a warning); off never."""
+        frozen = getattr(self.visual_encoder, "frozen_units", None)
+        if setting == "off":
+            return PrefixPlan(False, "encoder_cache is off")
+        if frozen is None:
+            return PrefixPlan(False, "the encoder has no frozen front to store (its stem trains, or it cannot be cut "
+                                     "at its blocks)")
+        changes = tuple(self.visual_encoder.prefix_randomness())
+        if changes and setting == "auto":
+            return PrefixPlan(False, f"its frozen part is not deterministic in training mode ({', '.join(changes)}); "
+                                     f"encoder_cache: on stores it anyway, computed in evaluation mode",
+                              frozen, changes)
+        return PrefixPlan(True, f"the stem and the first {frozen} blocks are frozen", frozen, changes)
+
+    @torch.no_grad()
+    def prefix_of_covers(self, covers: torch.Tensor) -> torch.Tensor:
+        """The frozen prefix's output for uint8 covers: what the store holds per item."""
+        return self.visual_encoder.prefix(self.pixels(covers))
+
+    def prefix_description(self) -> dict:
+        """Everything the stored prefix depends on, for the store's key; the frozen weights enter by their hash,
+        so pretrained files, hub weights and seeded random ones are told apart alike."""
+        enc = self.visual_encoder
+        layout = enc.backbone.block_layout()
+        digest = hashlib.blake2b(digest_size=16)
+        tensors = [*enc.backbone.net.named_parameters(), *enc.backbone.net.named_buffers()]
+        for name, t in sorted(tensors, key=lambda kv: kv[0]):
+            try:
+                part = layout.part_of(name)
+            except RuntimeError:  # a buffer outside the layout's parts (attention masks, index tables): include it
+                part = -1
+            if part is not None and part < enc.frozen_units:
+                digest.update(name.encode())
+                digest.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        return dict(encoder=enc.name, frozen_units=enc.frozen_units, weights=digest.hexdigest(),
+                    cover_size=list(self.cover_size), mean=self.mean.flatten().tolist(),
+                    std=self.std.flatten().tolist())
+
+    def load_batch(self, cover_ids: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+        rows = self._encode(inputs, self.mask_id is not None)
         ids = [cover_ids.new_zeros(1), cover_ids]
         if self.mask_id is not None:
             ids.append(cover_ids.new_full((1,), self.mask_id))
@@ -133,11 +202,12 @@ class PixelItems:
         return CoverItems(config, d, mask_id)
 
     def forward(self, batch):
-        self.item_embedding.load_batch(batch["cover_ids"], batch["covers"])
+        self.item_embedding.load_batch(batch["cover_ids"], {k: batch[k] for k in (COVERS_KEY, PREFIX_KEY) if k in batch})
         try:
             return super().forward(batch)
         except MissingCoverError as exc:  # name the batch keys that hold the id (slow path: the run stops here)
-            keys = tuple(k for k, v in batch.items() if k not in ("cover_ids", "covers") and (v == exc.item_id).any())
+            keys = tuple(k for k, v in batch.items()
+                         if k not in ("cover_ids", COVERS_KEY, PREFIX_KEY) and (v == exc.item_id).any())
             raise MissingCoverError(exc.item_id, exc.misses, keys) from None
         finally:
             self.item_embedding.release()
@@ -148,6 +218,16 @@ class PixelItems:
 
     def encode_covers(self, covers: torch.Tensor) -> torch.Tensor:
         return self.item_embedding.encode(covers)
+
+    def encode_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Item vectors from ``{"covers": uint8 [n, 3, h, w]}`` or ``{"cover_prefix": stored prefix rows}``."""
+        return self.item_embedding.encode_items(inputs)
+
+    @property
+    def cover_items_module(self) -> CoverItems:
+        """The CoverItems inside the item table (DVBPR wraps it beside an ID table)."""
+        module = self.item_embedding
+        return module if isinstance(module, CoverItems) else module.covers
 
     def use_cover_table(self, table: torch.Tensor | None) -> None:
         self.item_embedding.use_table(table)

@@ -66,14 +66,17 @@ class IdAndCoverItems(nn.Module):
     def weight(self) -> torch.Tensor:
         return torch.cat([self.ids.weight, self.covers.weight], -1)
 
-    def load_batch(self, cover_ids, covers):
-        self.covers.load_batch(cover_ids, covers)
+    def load_batch(self, cover_ids, inputs):
+        self.covers.load_batch(cover_ids, inputs)
 
     def release(self):
         self.covers.release()
 
     def encode(self, covers):
         return self.covers.encode(covers)
+
+    def encode_items(self, inputs):
+        return self.covers.encode_items(inputs)
 
     def use_table(self, table):
         self.covers.use_table(table)

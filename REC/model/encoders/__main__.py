@@ -20,7 +20,7 @@ def encoder_rows(out_dim: int = 512) -> list[tuple[str, ...]]:
         spec = get_encoder_spec(name)
         config = dict(encoder=name, encoder_pretrained=False, encoder_weights=None, encoder_readout=None,
                       encoder_trainable_blocks=None, encoder_head_layers=[], encoder_head_activation="relu",
-                      channels_last=False)
+                      channels_last=False, encoder_grad_checkpointing=False)
         with torch.device("meta"):
             enc = build_item_encoder(config, out_dim)
         layout = enc.backbone.block_layout()

@@ -8,9 +8,12 @@ registers parameters in its own order; each shipped count is re-expressed in blo
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from REC.config import ConfigError
 
@@ -44,6 +47,44 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+@dataclass(frozen=True)
+class Stages:
+    """A backbone's forward cut into the pieces that freezing talks about: ``finish(units[-1](...units[0](stem(x))))``
+    equals ``forward(x)``, with ``units[i]`` running block i of ``block_layout()`` (and what that unit owns).
+
+    Cutting there lets a frozen prefix (the stem and the first blocks) run once per item instead of once per
+    step (``REC.model.encoders.item_encoder``). ``stem_modules`` and ``units`` are what the prefix may contain, so
+    what could make it non-deterministic in training mode can be looked for in them.
+    """
+
+    stem: Callable[[torch.Tensor], torch.Tensor]
+    stem_modules: tuple[nn.Module, ...]
+    units: Sequence[nn.Module]
+    finish: Callable[[torch.Tensor], torch.Tensor]
+
+
+def training_randomness(modules) -> list[str]:
+    """Why these modules' output in training mode is not a function of each input alone: BatchNorm normalises
+    with the batch's statistics (and updates its running ones), dropout and stochastic depth draw at random.
+    Empty when the output is deterministic, so computing it once per item changes nothing."""
+    found: dict[str, float] = {}
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, _BatchNorm):
+                kind, p = f"{type(m).__name__} (batch statistics)", 1.0
+            elif isinstance(m, nn.modules.dropout._DropoutNd):
+                kind, p = f"{type(m).__name__}", float(m.p)
+            elif hasattr(m, "drop_prob"):  # timm DropPath: stochastic depth
+                kind, p = f"{type(m).__name__} (stochastic depth)", float(m.drop_prob or 0)
+            elif type(m).__name__ == "PatchDropout":  # open_clip
+                kind, p = "PatchDropout", float(getattr(m, "prob", 0) or 0)
+            else:
+                continue
+            if p > 0:
+                found[kind] = max(p, found.get(kind, 0.0))
+    return [k if "batch statistics" in k else f"{k} p up to {p:.3g}" for k, p in sorted(found.items())]
+
+
 class Backbone(nn.Module):
     """A library image model reduced to one readout.
 
@@ -61,6 +102,11 @@ class Backbone(nn.Module):
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def block_layout(self) -> BlockLayout | None:
+        return None
+
+    def stages(self) -> Stages | None:
+        """The forward cut at the block layout's units (``Stages``), or None when it cannot be cut; built on each
+        call and never stored, so the modules are not registered twice."""
         return None
 
 

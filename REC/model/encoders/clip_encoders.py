@@ -17,7 +17,7 @@ from torch import nn
 
 from REC.config import ConfigError
 
-from .backbone import Backbone, BlockLayout
+from .backbone import Backbone, BlockLayout, Stages
 from .registry import register_encoder
 from .weights import Weights, read_state_dict
 
@@ -65,10 +65,18 @@ class ClipResNet(Backbone):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         v = self.net
-        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))
-        if v.attnpool is None:
+        return self._finish(v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images))))))
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net.attnpool is None:
             return x.mean(dim=(2, 3))
-        return attention_pool(v.attnpool, x)
+        return attention_pool(self.net.attnpool, x)
+
+    def stages(self) -> Stages:
+        v = self.net
+        stem = (v.conv1, v.bn1, v.act1, v.conv2, v.bn2, v.act2, v.conv3, v.bn3, v.act3, v.avgpool)
+        units = [block for s in (v.layer1, v.layer2, v.layer3, v.layer4) for block in s]
+        return Stages(v.stem, stem, units, self._finish)
 
 
 def attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -116,14 +124,23 @@ class ClipViT(Backbone):
                            tail=("ln_post",))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._finish(self.net.transformer(self._stem(images)))  # [n, 1 + grid^2, width] in between
+
+    def _stem(self, images: torch.Tensor) -> torch.Tensor:
         v = self.net
         x = v.conv1(images).flatten(2).transpose(1, 2)  # [n, grid^2, width]
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        x = v.transformer(v.ln_pre(x))  # [n, 1 + grid^2, width]
-        if self.per_token:
-            return x
-        return v.ln_post(x[:, 0])
+        return v.ln_pre(v.patch_dropout(x))
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.per_token else self.net.ln_post(x[:, 0])
+
+    def stages(self) -> Stages | None:
+        v = self.net
+        if not v.transformer.batch_first:  # the blocks would expect [tokens, n, width]
+            return None
+        return Stages(self._stem, (v.conv1, v.patch_dropout, v.ln_pre), list(v.transformer.resblocks), self._finish)
 
 
 # The original's trainable windows over OpenAI's parameter order are whole bottleneck blocks:

@@ -5,10 +5,11 @@ import logging
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from REC.config import ConfigError
 
-from .backbone import Backbone, set_trainable_blocks
+from .backbone import Backbone, Stages, set_trainable_blocks, training_randomness
 from .head import projection_head
 from .registry import get_encoder_spec, list_encoders
 from .weights import Weights
@@ -17,14 +18,48 @@ log = logging.getLogger(__name__)
 
 
 class ItemEncoder(nn.Module):
-    """Cover images (already normalised, ``[n, 3, H, W]``) -> item vectors ``[n, out_dim]``."""
+    """Cover images (already normalised, ``[n, 3, H, W]``) -> item vectors ``[n, out_dim]``.
 
-    def __init__(self, name: str, backbone: Backbone, head: nn.Module, readout: str, channels_last: bool):
+    Where the backbone can be cut at its blocks (``Backbone.stages``) and its stem and first blocks are frozen,
+    the forward is ``from_prefix(prefix(images))``: the frozen prefix, then the trainable rest. A run may then
+    compute ``prefix`` once per item and train from the stored output (``REC.data.prefix_cache``).
+    ``frozen_units`` is how many blocks the prefix holds, None when nothing at the front is frozen.
+    """
+
+    def __init__(self, name: str, backbone: Backbone, head: nn.Module, readout: str, channels_last: bool,
+                 grad_checkpointing: bool = False):
         super().__init__()
         self.name, self.readout = name, readout
         self.backbone, self.head = backbone, head
         self.channels_last = bool(channels_last) and backbone.is_convolutional
         self._in_channels_last = False
+        self.grad_checkpointing = bool(grad_checkpointing)
+        self._stages = backbone.stages()  # a plain attribute: the modules stay registered once, under backbone
+        self.frozen_units = self._count_frozen_units()
+        if self.grad_checkpointing and self._stages is None and hasattr(backbone.net, "set_grad_checkpointing"):
+            backbone.net.set_grad_checkpointing(True)  # timm's own, for encoders that cannot be cut here
+
+    def _count_frozen_units(self) -> int | None:
+        """Leading blocks with no trainable parameter, after a frozen stem; None when the stem trains."""
+        st, layout = self._stages, self.backbone.block_layout()
+        if st is None or layout is None:
+            return None
+        if any(p.requires_grad for name, p in self.backbone.net.named_parameters() if layout.part_of(name) == -1):
+            return None
+        n = 0
+        while n < len(st.units) and not any(p.requires_grad for p in st.units[n].parameters()):
+            n += 1
+        return n
+
+    @property
+    def stages(self) -> Stages | None:
+        return self._stages
+
+    def prefix_randomness(self) -> list[str]:
+        """What makes the frozen prefix's output in training mode depend on more than the item (empty: it is a
+        function of the cover alone, and storing it changes nothing)."""
+        st = self._stages
+        return training_randomness([*st.stem_modules, *st.units[:self.frozen_units]])
 
     @property
     def input_size(self) -> int:
@@ -47,12 +82,37 @@ class ItemEncoder(nn.Module):
         return self.backbone.width
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.frozen_units is not None:
+            return self.from_prefix(self.prefix(images))
+        features = self.backbone(self._layout_for_device(images))
+        return self._read(features)
+
+    def prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen stem and first ``frozen_units`` blocks: what a prefix cache stores per item."""
+        st = self._stages
+        x = st.stem(self._layout_for_device(images))
+        for unit in st.units[:self.frozen_units]:
+            x = unit(x)
+        return x
+
+    def from_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The trainable rest: the remaining blocks (each recomputed in the backward pass instead of keeping its
+        activations when ``grad_checkpointing`` is on), the readout and the head."""
+        st = self._stages
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for unit in st.units[self.frozen_units:]:
+            x = checkpoint(unit, x, use_reentrant=False) if recompute else unit(x)
+        return self._read(st.finish(x))
+
+    def _layout_for_device(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.is_cuda:  # cuDNN's NHWC kernels; on CPU it is slower, so never there
             if not self._in_channels_last:
                 self.backbone.to(memory_format=torch.channels_last)
                 self._in_channels_last = True
             images = images.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(images)
+        return images
+
+    def _read(self, features: torch.Tensor) -> torch.Tensor:
         if self.backbone.per_token:  # the original's `mean`: head (activation included) per token, then average
             return self.head(features).mean(dim=1)
         return self.head(features)
@@ -100,7 +160,7 @@ def build_item_encoder(config, out_dim: int) -> ItemEncoder:
     set_trainable_blocks(backbone, n, name, _where(config, "encoder_trainable_blocks"))
     head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
                            config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
-    encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"])
+    encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
     layout = backbone.block_layout()
     frozen = "everything trains" if n == -1 else f"the last {n} of {len(layout.units)} blocks train"
     log.info("item encoder %s (%s, %s readout, width %d; %s): %d of %d parameters trainable",

@@ -6,13 +6,15 @@ The original built Swin and BEiT with Hugging Face transformers; timm ships the 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 
 import timm
+import torch
 from torch import nn
 
 from REC.config import ConfigError
 
-from .backbone import Backbone, BlockLayout
+from .backbone import Backbone, BlockLayout, Stages
 from .registry import EncoderSpec, UnknownEncoderError, register_encoder, register_encoder_family
 from .weights import Weights
 
@@ -46,22 +48,30 @@ class TimmBackbone(Backbone):
     """``pool``: timm's own pooled features (``num_classes=0``); ``cls``: the first output token, which for
     Swin is the top-left patch (it has no class token; the original's quirk)."""
 
-    def __init__(self, net: nn.Module, readout: str, layout: BlockLayout | None, is_convolutional: bool):
+    def __init__(self, net: nn.Module, readout: str, layout: BlockLayout | None, is_convolutional: bool,
+                 cut: Callable[["TimmBackbone"], Stages | None] | None = None):
         cfg = getattr(net, "pretrained_cfg", None) or {}
         width = getattr(net, "head_hidden_size", None) or net.num_features  # after pre-logits layers (MobileNetV3)
         super().__init__(net, width=width, input_size=cfg.get("input_size", (3, 224, 224))[-1],
                          mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD),
                          is_convolutional=is_convolutional)
-        self.readout, self._layout = readout, layout
+        self.readout, self._layout, self._cut = readout, layout, cut
 
     def block_layout(self) -> BlockLayout | None:
         return self._layout
 
+    def stages(self) -> Stages | None:
+        return self._cut(self) if self._cut is not None else None
+
     def forward(self, images):
+        return self.read(self.net.forward_features(images))
+
+    def read(self, features: torch.Tensor) -> torch.Tensor:
+        """The readout of ``forward_features``' output: its first token (``cls``; Swin: normed [n, H, W, C]) or
+        timm's pooled features, which is what ``net(images)`` returns with ``num_classes=0``."""
         if self.readout == "cls":
-            tokens = self.net.forward_features(images)  # Swin: normed [n, H, W, C]
-            return tokens.flatten(1, -2)[:, 0]
-        return self.net(images)
+            return features.flatten(1, -2)[:, 0]
+        return self.net.forward_head(features)
 
 
 def _resnet_layout(net) -> BlockLayout:
@@ -85,6 +95,46 @@ def _swin_layout(net) -> BlockLayout:
                        tail=("norm", "head"))
 
 
+def _resnet_stages(b: TimmBackbone) -> Stages:
+    net = b.net
+    stem = (net.conv1, net.bn1, net.act1, net.maxpool)
+
+    def run_stem(x):
+        return net.maxpool(net.act1(net.bn1(net.conv1(x))))
+    units = [block for s in (net.layer1, net.layer2, net.layer3, net.layer4) for block in s]
+    return Stages(run_stem, stem, units, b.read)
+
+
+def _swin_stages(b: TimmBackbone) -> Stages:
+    """Units as ``_swin_layout``: a stage's last block runs the patch merging that opens the next stage."""
+    net = b.net
+    units = []
+    for s, stage in enumerate(net.layers):
+        for j, block in enumerate(stage.blocks):
+            last = j == len(stage.blocks) - 1 and s + 1 < len(net.layers)
+            units.append(nn.Sequential(block, net.layers[s + 1].downsample) if last else block)
+
+    def run_stem(x):
+        return net.layers[0].downsample(net.patch_embed(x))
+    return Stages(run_stem, (net.patch_embed, net.layers[0].downsample), units, lambda x: b.read(net.norm(x)))
+
+
+def _vit_stages(b: TimmBackbone) -> Stages | None:
+    """BEiT-style: class token, optional absolute positions, blocks, final norm. A shared relative position bias
+    (computed once per forward and given to every block) is not cut here."""
+    net = b.net
+    if getattr(net, "rel_pos_bias", None) is not None:
+        return None
+
+    def run_stem(x):
+        x = net.patch_embed(x)
+        x = torch.cat((net.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if net.pos_embed is not None:
+            x = x + net.pos_embed
+        return net.pos_drop(x)
+    return Stages(run_stem, (net.patch_embed, net.pos_drop), list(net.blocks), lambda x: b.read(net.norm(x)))
+
+
 def _vit_layout(net) -> BlockLayout:
     return BlockLayout(stem=("cls_token", "pos_embed", "patch_embed", "rel_pos_bias"),
                        units=tuple((f"blocks.{i}",) for i in range(len(net.blocks))),
@@ -95,7 +145,7 @@ def _vit_layout(net) -> BlockLayout:
                   trainable_blocks=-1, default_init_readouts=("pool",))
 def resnet50(readout: str, weights: Weights) -> Backbone:
     net = create_timm("resnet50.tv_in1k", weights, "resnet50")
-    return TimmBackbone(net, readout, _resnet_layout(net), is_convolutional=True)
+    return TimmBackbone(net, readout, _resnet_layout(net), is_convolutional=True, cut=_resnet_stages)
 
 
 # Swin: the original's tune_scale 78 freezes the embeddings and stages 0-1, so stages 2-3 train:
@@ -104,14 +154,14 @@ def resnet50(readout: str, weights: Weights) -> Backbone:
                   trainable_blocks=8)
 def swin_t(readout: str, weights: Weights) -> Backbone:
     net = create_timm("swin_tiny_patch4_window7_224.ms_in1k", weights, "swin_t")
-    return TimmBackbone(net, readout, _swin_layout(net), is_convolutional=False)
+    return TimmBackbone(net, readout, _swin_layout(net), is_convolutional=False, cut=_swin_stages)
 
 
 @register_encoder("swin_b", backbone="timm swin_base_patch4_window7_224.ms_in22k_ft_in1k", readouts=("pool", "cls"),
                   trainable_blocks=20)
 def swin_b(readout: str, weights: Weights) -> Backbone:
     net = create_timm("swin_base_patch4_window7_224.ms_in22k_ft_in1k", weights, "swin_b")
-    return TimmBackbone(net, readout, _swin_layout(net), is_convolutional=False)
+    return TimmBackbone(net, readout, _swin_layout(net), is_convolutional=False, cut=_swin_stages)
 
 
 # BEiT: tune_scale 183 = 3 + 10 x 18 HF tensors, so blocks 10-11 and the pooling LayerNorm train.
@@ -121,7 +171,7 @@ def swin_b(readout: str, weights: Weights) -> Backbone:
                   trainable_blocks=2)
 def beit_b(readout: str, weights: Weights) -> Backbone:
     net = create_timm("beit_base_patch16_224.in22k_ft_in22k_in1k", weights, "beit_b")
-    return TimmBackbone(net, readout, _vit_layout(net), is_convolutional=False)
+    return TimmBackbone(net, readout, _vit_layout(net), is_convolutional=False, cut=_vit_stages)
 
 
 @register_encoder_family("timm/")

@@ -1,0 +1,188 @@
+"""``encoder_cache``: decide whether a PixelNet run stores its encoder's frozen prefix, build the store once
+(sharded across ranks, resumable, with a progress bar) and point training and evaluation at it.
+
+The store's file format lives in ``REC.data.prefix_cache``; what the prefix is, in
+``REC.model.encoders.ItemEncoder``; whether storing it changes anything, in ``REC.model.pixel.CoverItems``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import timm
+import torch
+from tqdm import tqdm
+
+from . import distributed as dist
+from .data.cover_batches import cover_lmdb_path
+from .data.interactions import prepared_data_dir
+from .data.prefix_cache import PrefixCache, PrefixCacheError, files_digest, human_bytes
+from .evaluator.ranking import autocast
+from .model.pixel import PrefixPlan
+
+log = logging.getLogger(__name__)
+
+
+def prefix_plan(config, model) -> PrefixPlan | None:
+    """None for models without covers; else what ``encoder_cache`` means for this model's encoder."""
+    if getattr(model, "item_source", None) != "covers":
+        return None
+    return model.cover_items_module.prefix_plan(config["encoder_cache"])
+
+
+def store_dir(config) -> Path:
+    return Path(config["encoder_cache_dir"]) if config["encoder_cache_dir"] else \
+        prepared_data_dir(config["data_path"], config["dataset"], config["cache_dir"])
+
+
+def store_dtype(config) -> str:
+    """bf16 runs store bfloat16 rows (half the bytes; the run computes in bf16 anyway); fp32 and fp16 runs
+    store float32, so an fp32 run with the store is the same computation as without it."""
+    return "bfloat16" if config["precision"] == "bf16" else "float32"
+
+
+def prefix_shape(items, device) -> tuple[int, ...]:
+    """The prefix's output shape for one cover (a one-image forward; free on the meta device)."""
+    covers = torch.zeros(1, 3, *items.cover_size, dtype=torch.uint8, device=device)
+    return tuple(items.prefix_of_covers(covers).shape[1:])
+
+
+def describe_store(config, items, inter) -> dict:
+    """Everything the rows depend on: the encoder side (``CoverItems.prefix_description``), the dtype, the
+    covers database, the run's item ids (row order), and the libraries that compute them."""
+    tokens = hashlib.blake2b(digest_size=8)
+    tokens.update(np.ascontiguousarray(inter.item_tokens.offsets).tobytes())
+    tokens.update(np.ascontiguousarray(inter.item_tokens.blob).tobytes())
+    lmdb = cover_lmdb_path(config)
+    return dict(items.prefix_description(), dtype=store_dtype(config), item_ids=tokens.hexdigest(),
+                covers=str(lmdb.resolve()), covers_files=files_digest(lmdb),
+                versions=dict(torch=torch.__version__, timm=timm.__version__, open_clip=open_clip.__version__))
+
+
+def log_plan(config, model, split) -> PrefixPlan | None:
+    """Preflight (meta device): say whether the store is used and how large it is, and refuse when its disk
+    cannot hold it, before any process starts."""
+    plan = prefix_plan(config, model)
+    if plan is None:
+        return None
+    if not plan.use:
+        log.info("encoder_cache: %s: every cover goes through the whole encoder at every step (%s)",
+                 config["encoder_cache"], plan.reason)
+        return plan
+    if plan.changes:
+        log.warning("encoder_cache: on, although %s; the frozen part is stored as computed in evaluation mode, so "
+                    "training no longer sees those effects in it (see the README's deliberate differences)",
+                    ", ".join(plan.changes))
+    items = model.cover_items_module
+    shape = prefix_shape(items, "meta")
+    folder = store_dir(config)
+    probe = PrefixCache(folder, config["dataset"], {}, split.item_num, shape, store_dtype(config),
+                        config["cover_batch_size"])
+    log.info("encoder_cache: the encoder's frozen front (%s) is stored once per item: %d items x %s x %d bytes "
+             "= %s in %s", plan.reason, split.item_num - 1, " x ".join(map(str, shape)),
+             probe.row_bytes // int(np.prod(shape)), human_bytes(probe.nbytes), folder)
+    if not _reusable_store_exists(probe):
+        _check_room(probe)
+    return plan
+
+
+def _reusable_store_exists(probe: PrefixCache) -> bool:
+    """A complete store of the same dataset and shape may be this run's (its key needs the real weights,
+    known only once processes run); the room check is then left to the build."""
+    for meta_path in probe.meta_path.parent.glob(probe.meta_path.name.replace(probe.key, "*")):
+        meta = PrefixCache.read_json(meta_path)
+        if meta and meta.get("complete") and meta.get("shape") == list(probe.shape):
+            return True
+    return False
+
+
+def _check_room(probe: PrefixCache) -> None:
+    folder = probe.path.parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < probe.nbytes:
+        raise PrefixCacheError(probe.no_room_message(free))
+
+
+def attach_prefix_store(config, model, inter, split, device, covers, train_batches=None, item_covers=None):
+    """Build (or reuse) the store for the model's current weights and point ``train_batches``
+    (``BatchesWithCovers``) and ``item_covers`` (``ItemCoverBatches``) at it. Call once the frozen weights are
+    final (after init_from, resume or a checkpoint load). Collective: every rank calls it."""
+    plan = prefix_plan(config, model)
+    if plan is None or not plan.use:
+        return None
+    items = model.cover_items_module
+    store = PrefixCache(store_dir(config), config["dataset"], describe_store(config, items, inter), split.item_num,
+                        prefix_shape(items, device), store_dtype(config), config["cover_batch_size"])
+    fill_store(store, items, covers, device, config["precision"], config["show_progress"], config["num_workers"])
+    for batches in (train_batches, item_covers):
+        if batches is not None:
+            batches.prefix = store
+    return store
+
+
+def fill_store(store: PrefixCache, items, covers, device, precision: str, show_progress: bool, workers: int) -> None:
+    """Rank 0 creates the files (or finds them complete, or partly built by a killed run); every rank then
+    encodes its share of the chunks still missing; rank 0 marks the store complete."""
+    state = None
+    if dist.rank() == 0:
+        try:
+            state = store.create()
+        except (PrefixCacheError, OSError) as exc:
+            state = f"error: {exc}"
+    state = dist.broadcast_object(state)
+    if state.startswith("error: "):
+        raise PrefixCacheError(state[len("error: "):])
+    if state == "complete":
+        log.info("encoder_cache: reusing %s (%s)", store.path, human_bytes(store.nbytes))
+        return
+    pending = store.pending()
+    mine = pending[dist.rank()::dist.world_size()]
+    log.info("encoder_cache: %s %s: %d of %d chunks of %d items to encode (%d on this rank)",
+             "building" if state == "new" else "resuming", store.path, len(pending), store.n_chunks, store.chunk,
+             len(mine))
+    was_training = items.training
+    items.eval()  # the stored prefix is its evaluation-mode output (the same in training mode where auto uses it)
+    t0 = time.perf_counter()
+    loader = torch.utils.data.DataLoader(_Chunks(store, covers, mine), batch_size=None, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    try:
+        for c, chunk_covers in tqdm(loader, total=len(mine), desc="encoder cache", unit="chunk",
+                                    disable=not (show_progress and dist.is_main())):
+            with torch.no_grad(), autocast(device, precision):
+                rows = items.prefix_of_covers(chunk_covers.to(device, non_blocking=True))
+            store.write(c, rows)
+    finally:
+        items.train(was_training)
+    dist.barrier()
+    error = None
+    if dist.rank() == 0:
+        try:
+            store.finish()
+        except PrefixCacheError as exc:
+            error = str(exc)
+    error = dist.broadcast_object(error)
+    if error:
+        raise PrefixCacheError(error)
+    log.info("encoder_cache: %s complete (%s) in %.1f s", store.path, human_bytes(store.nbytes),
+             time.perf_counter() - t0)
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """(chunk index, uint8 covers of its items) for the chunks this rank encodes."""
+
+    def __init__(self, store: PrefixCache, covers, chunks: list[int]):
+        self.store, self.covers, self.chunks = store, covers, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        c = self.chunks[i]
+        return c, torch.from_numpy(self.covers.get(self.store.chunk_items(c)))

@@ -28,6 +28,7 @@ from .trainer.checkpoint import write_json_atomic
 from .trainer.trainer import SHARED_DIR_HINT
 from .trainer.transfer import check_init_from, initialise_from
 from .utils.logging import setup_logging
+from .utils.precision import use_tf32
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "config.yaml"
@@ -151,6 +152,7 @@ def _in_process_group(run_dir, device, body, log_to_file: bool = True, timeout_s
     try:
         run_dir = _agree_on_run_dir(run_dir)
         config = load_run_config(run_dir)
+        use_tf32(this_device, config["tf32"])
         if this_device.type == "cpu":  # share the cores between the processes of this machine
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // spec.nproc))
         setup_logging(run_dir if log_to_file else None, dist.rank(), config["state"])
@@ -184,8 +186,11 @@ def _build(config: Config, run_dir: Path, device: torch.device):
         log.warning("%s", check.describe(run_dir))
     log.info("%s", inter.summary(config["dataset"]))
     model = create_model(config["model"], config, DatasetInfo.from_split(split)).to(device)
-    if model.item_source == "covers" and device.type == "cuda" and config["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)  # before DDP wraps it, so its buckets see the layout
+    if model.item_source == "covers" and device.type == "cuda" and \
+            getattr(model.cover_items_module.visual_encoder, "channels_last", False):
+        # convolutional encoders only (ViT, Swin and BEiT patch convolutions see contiguous inputs), and before
+        # DDP wraps the model, so its gradient buckets see the layout
+        model = model.to(memory_format=torch.channels_last)
     m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
     evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
     store = item_covers = None

@@ -1,11 +1,16 @@
-"""PixelNet figures: training throughput, evaluation cost per 10K items, and cold items that only covers reveal.
+"""PixelNet figures: training throughput, evaluation cost, the frozen-prefix store, and cold items.
 
     python bench/bench_pixelnet.py                      # CPU, a small encoder on 64 px covers
-    python bench/bench_pixelnet.py --device cuda --encoder clip_vit_b32 --cover 224 --batch 64 --skip_cold
+    # the paper's main setting on a CPU: CLIP ViT-B/32 (random init), mean readout, last 2 of 12 blocks train
+    python bench/bench_pixelnet.py --encoder clip_vit_b32 --readout mean --trainable_blocks 2 --cover 224 \
+        --users 1500 --items 800 --cold 0 --embedding 512 --batch 16 --workers 2 --steps 6 --warmup 1 --skip_cold
+    python bench/bench_pixelnet.py --device cuda --encoder clip_vit_b32 --readout mean --trainable_blocks 2 \
+        --cover 224 --batch 64 --skip_cold
 
 Speed: MOSASRec training steps (batches of ``--batch`` chunks of M+1 items, their negatives and covers read from
-a real LMDB) in fp32 and bf16, reported as sequences per second and covers encoded per second; evaluation
-encodes every item's cover once, reported as seconds per 10,000 items.
+a real LMDB) for every ``--precisions`` x ``--encoder_cache`` setting, each in a fresh process (so its peak RSS is
+its own): sequences and distinct covers per second, seconds per 1,000 items of evaluation (every item encoded
+once), the store's build time and size (``encoder_cache on``), and where a step's time goes.
 Cold items: a synthetic log where every user's test item is one that never occurs in training (it shares a
 visual group with the user's favourites, shown by its cover); test Recall@10 / NDCG@10 of Pop, IDNet SASRec and
 PixelNet SASRec after the same number of epochs, against chance.
@@ -14,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -28,7 +36,9 @@ from REC.data import build_train_batches, leave_one_out, load_interactions  # no
 from REC.data.cover_batches import BatchesWithCovers, ItemCoverBatches  # noqa: E402
 from REC.data.cover_pack import pack_covers  # noqa: E402
 from REC.data.covers import CoverStore  # noqa: E402
+from REC.data.prefix_cache import PrefixCache, human_bytes  # noqa: E402
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
+from REC.encoder_cache import describe_store, fill_store, prefix_shape, store_dtype  # noqa: E402
 from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
 from REC.evaluator.ranking import autocast  # noqa: E402
 from REC.model import create_model  # noqa: E402
@@ -46,58 +56,121 @@ def make_data(folder: Path, args) -> None:
 
 
 def encoder_args(args) -> list[str]:
-    return [f"--encoder={args.encoder}", f"--encoder_pretrained={args.pretrained}", f"--image_size={args.cover}",
+    return [f"--encoder={args.encoder}", f"--encoder_pretrained={args.pretrained}", f"--image_size={args.image_size or args.cover}",
             f"--encoder_readout={args.readout}", f"--encoder_trainable_blocks={args.trainable_blocks}"]
 
 
-def speed(folder: Path, args, precision: str) -> dict:
+class PhaseClock:
+    """Seconds spent in named phases of a step; on CUDA each boundary synchronises (a bench, not training)."""
+
+    def __init__(self, device: torch.device):
+        self.seconds = defaultdict(float)
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def wrap(self, fn, phase: str):
+        def timed(*a, **k):
+            self.sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            self.sync()
+            self.seconds[phase] += time.perf_counter() - t0
+            return out
+        return timed
+
+    def shares(self, total: float) -> dict[str, float]:
+        return {k: round(v / total, 3) for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
+
+
+def speed(folder: Path, args, precision: str, cache: str) -> dict:
     cfg = build_config(["PixelNet/sasrec.yaml", "overall/ViT.yaml"],
                        [f"--data_path={folder}", "--dataset=Vis", f"--train_batch_size={args.batch}",
-                        f"--precision={precision}", *encoder_args(args)])
+                        f"--precision={precision}", f"--embedding_size={args.embedding}", f"--encoder_cache={cache}",
+                        f"--encoder_cache_dir={folder / 'prefix'}", f"--cover_batch_size={args.cover_batch}",
+                        f"--encoder_grad_checkpointing={args.grad_checkpointing}", *encoder_args(args)])
     inter = load_interactions(str(folder), "Vis")
     split = leave_one_out(inter)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = create_model("MOSASRec", cfg, DatasetInfo.from_split(split)).to(device)
+    items = model.cover_items_module
     store = CoverStore(folder / "covers.lmdb", inter.item_tokens)
-    batches = BatchesWithCovers(build_train_batches("SEQ", split, cfg), store, split.item_num)
+    out = {"precision": precision, "encoder_cache": cache}
+    prefix = None
+    if cache == "on":
+        plan = items.prefix_plan("on")
+        if not plan.use:
+            raise SystemExit(f"encoder_cache on is not possible here: {plan.reason}")
+        prefix = PrefixCache(folder / "prefix", "Vis", describe_store(cfg, items, inter), split.item_num,
+                             prefix_shape(items, device), store_dtype(cfg), args.cover_batch)
+        t0 = time.perf_counter()
+        fill_store(prefix, items, store, device, precision, False, args.workers)
+        out.update(cache_build_s=round(time.perf_counter() - t0, 1), cache_size=human_bytes(prefix.nbytes),
+                   cache_bytes_per_item=prefix.row_bytes)
+    batches = BatchesWithCovers(build_train_batches("SEQ", split, cfg), store, split.item_num, prefix=prefix)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = PhaseClock(device)
+    enc = items.visual_encoder
+    if enc.frozen_units is not None:
+        enc.prefix = clock.wrap(enc.prefix, "encoder forward, frozen prefix")
+        enc.from_prefix = clock.wrap(enc.from_prefix, "encoder forward, trainable part")
+    else:
+        enc.forward = clock.wrap(enc.forward, "encoder forward, whole")
+    step_fns = {"model forward (all)": lambda b: model(b), "backward": lambda loss: loss.backward(),
+                "optimizer": lambda: opt.step()}
+    forward, backward, optim = (clock.wrap(f, k) for k, f in step_fns.items())
     seqs = covers = 0
     model.train()
-    for step, batch in enumerate(loader):
+    it = iter(loader)
+    next_batch = clock.wrap(lambda: next(it), "loading (waiting for the loader)")
+    for step in range(args.warmup + args.steps):
         if step == args.warmup:
-            sync()
+            clock.sync()
             t0, seqs, covers = time.perf_counter(), 0, 0
-        if step == args.warmup + args.steps:
-            break
+            clock.seconds.clear()
+        try:
+            batch = next_batch()
+        except StopIteration:
+            it = iter(loader)
+            batch = next_batch()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            loss = model(batch)
-        loss.backward()
-        opt.step()
+            loss = forward(batch)
+        backward(loss)
+        optim()
         seqs += len(batch["items"])
         covers += len(batch["cover_ids"])
-    sync()
+    clock.sync()
     train_s = time.perf_counter() - t0
+    encoder = sum(v for k, v in clock.seconds.items() if k.startswith("encoder"))
+    clock.seconds["model forward, recommender and lookups"] = clock.seconds.pop("model forward (all)") - encoder
+    clock.seconds["other (batch to device, zero_grad)"] = train_s - sum(clock.seconds.values())
+    shares = clock.shares(train_s)
+    for name in ("prefix", "from_prefix", "forward"):  # evaluation is timed as a whole
+        enc.__dict__.pop(name, None)
 
     model.eval()
-    item_covers = ItemCoverBatches(store, split.item_num, args.cover_batch)
+    item_covers = ItemCoverBatches(store, split.item_num, args.cover_batch, prefix=prefix)
     loader = torch.utils.data.DataLoader(item_covers, batch_size=None, num_workers=args.workers)
-    sync()
+    clock.sync()
     t0 = time.perf_counter()
     with torch.no_grad():
-        for c in loader:
+        for inputs in loader:
             with autocast(device, precision):
-                model.encode_covers(c.to(device, non_blocking=True))
-    sync()
+                model.encode_items({k: v.to(device, non_blocking=True) for k, v in inputs.items()})
+    clock.sync()
     eval_s = time.perf_counter() - t0
-    return {"precision": precision, "sequences_per_s": seqs / train_s, "covers_per_s": covers / train_s,
-            "distinct_covers_per_batch": covers / args.steps, "eval_s_per_10k_items": eval_s / (split.item_num - 1) * 1e4,
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else None
+    out.update({"sequences_per_s": round(seqs / train_s, 3), "covers_per_s": round(covers / train_s, 1),
+                "distinct_covers_per_batch": round(covers / args.steps, 1),
+                "eval_s_per_1k_items": round(eval_s / (split.item_num - 1) * 1e3, 2),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                **({"peak_cuda_mib": round(peak)} if peak is not None else {}),
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "step_shares": shares})
+    return out
 
 
 def run(args_list: list[str]) -> dict:
@@ -140,13 +213,28 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--skip_cold", action="store_true")
     p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--encoder_cache", default="off,on", help="settings to measure, among off and on")
+    p.add_argument("--image_size", type=int, default=None, help="side the encoder sees (default: --cover)")
+    p.add_argument("--embedding", type=int, default=512, help="embedding_size of the recommender")
+    p.add_argument("--grad_checkpointing", default="false")
+    p.add_argument("--one", nargs=3, metavar=("FOLDER", "PRECISION", "CACHE"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.one:  # a child process: one setting, one JSON line
+        torch.set_num_threads(torch.get_num_threads())
+        print(json.dumps(speed(Path(args.one[0]), args, args.one[1], args.one[2])), flush=True)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_data(folder, args)
-        print(f"device {args.device}, encoder {args.encoder} at {args.cover} px, batch {args.batch} sequences")
+        print(f"device {args.device}, encoder {args.encoder} at {args.cover} px, batch {args.batch} sequences, "
+              f"{args.users} users, {args.items + args.cold} items", flush=True)
         for precision in args.precisions.split(","):
-            print(json.dumps(speed(folder, args, precision)))
+            for cache in args.encoder_cache.split(","):
+                child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", str(folder), precision,
+                                        cache], capture_output=True, text=True)
+                if child.returncode:
+                    raise SystemExit(child.stderr[-3000:])
+                print(child.stdout.strip().splitlines()[-1], flush=True)
         if not args.skip_cold:
             chance = 10 / (args.items + args.cold)
             print(f"cold items (every test item never seen in training); chance recall@10 ~ {chance:.4f}")

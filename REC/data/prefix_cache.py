@@ -17,6 +17,7 @@ dtype, the covers database, the run's item ids, library versions):
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -122,7 +123,14 @@ class PrefixCache:
 
     def create(self) -> str:
         """Make the files unless a usable store (complete, or partly built with the same layout) is there;
-        returns what was found: 'complete', 'partial' or 'new'. Refuses when the disk cannot hold the rows."""
+        returns what was found: 'complete', 'partial' or 'new'. Refuses when the disk cannot hold the rows.
+        Two runs that start together on one store take turns here, so neither truncates the other's rows."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._create()
+
+    def _create(self) -> str:
         meta = self.read_meta()
         same = meta is not None and meta.get("key") == self.key and meta.get("shape") == list(self.shape) \
             and meta.get("dtype") == self.dtype and meta.get("chunk") == self.chunk and self.path.is_file() \

@@ -63,8 +63,9 @@ class CoverItems(nn.Module):
         native = config["image_norm"] == "native"
         mean = self.visual_encoder.mean if native else HALF_NORM
         std = self.visual_encoder.std if native else HALF_NORM
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # plain floats, not buffers: DDP would broadcast every buffer from rank 0 before each forward
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self._norm_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ids = self._rows = self._table = None
 
     def pixels(self, covers: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,11 @@ class CoverItems(nn.Module):
         if x.shape[-2:] != self.cover_size:
             x = F.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False,
                               antialias=True)
-        return (x - self.mean) / self.std  # the encoder moves it to channels-last where that helps
+        if x.device not in self._norm_on:
+            self._norm_on[x.device] = tuple(torch.tensor(v, device=x.device).view(1, 3, 1, 1)
+                                            for v in (self.mean, self.std))
+        mean, std = self._norm_on[x.device]
+        return (x - mean) / std  # the encoder moves it to channels-last where that helps
 
     def mask_image(self, device) -> torch.Tensor:
         """BERT4Rec's mask token image: ones in normalised space, as the original."""
@@ -139,8 +144,7 @@ class CoverItems(nn.Module):
                 digest.update(name.encode())
                 digest.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
         return dict(encoder=enc.name, frozen_units=enc.frozen_units, weights=digest.hexdigest(),
-                    cover_size=list(self.cover_size), mean=self.mean.flatten().tolist(),
-                    std=self.std.flatten().tolist())
+                    cover_size=list(self.cover_size), mean=list(self.mean), std=list(self.std))
 
     def load_batch(self, cover_ids: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
         rows = self._encode(inputs, self.mask_id is not None)

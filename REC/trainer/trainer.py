@@ -31,6 +31,7 @@ from ..evaluator.ranking import autocast, format_buckets
 from ..utils.memory import peak_rss_mib
 from . import checkpoint
 from .optim import build_optimizer
+from .prefetch import on_device
 
 log = logging.getLogger(__name__)
 CHECK_EVERY = 50  # steps between host syncs (NaN check, progress postfix); per-step .item() stalls the device
@@ -155,8 +156,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (self.config["show_progress"] and dist.is_main()),
                    leave=False, dynamic_ncols=True)
         steps = 0
-        for steps, batch in enumerate(bar, 1):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        for steps, batch in enumerate(on_device(bar, self.device), 1):
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.precision):
                 loss = self.train_model(batch)

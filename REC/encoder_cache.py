@@ -49,7 +49,12 @@ def store_dtype(config) -> str:
 def prefix_shape(items, device) -> tuple[int, ...]:
     """The prefix's output shape for one cover (a one-image forward; free on the meta device)."""
     covers = torch.zeros(1, 3, *items.cover_size, dtype=torch.uint8, device=device)
-    return tuple(items.prefix_of_covers(covers).shape[1:])
+    was_training = items.training
+    items.eval()  # BatchNorm cannot normalise a single 1x1 map in training mode; the store is computed like this
+    try:
+        return tuple(items.prefix_of_covers(covers).shape[1:])
+    finally:
+        items.train(was_training)
 
 
 def describe_store(config, items, inter) -> dict:
@@ -70,14 +75,17 @@ def log_plan(config, model, split) -> PrefixPlan | None:
     plan = prefix_plan(config, model)
     if plan is None:
         return None
-    if not plan.use:
-        log.info("encoder_cache: %s: every cover goes through the whole encoder at every step (%s)",
-                 config["encoder_cache"], plan.reason)
+    if not plan.use:  # a warning when the user asked for the store and cannot have it
+        (log.warning if config["encoder_cache"] == "on" else log.info)(
+            "encoder_cache: %s: every cover goes through the whole encoder at every step (%s)",
+            config["encoder_cache"], plan.reason)
         return plan
     if plan.changes:
+        untrained = any("batch statistics" in c for c in plan.changes) and not config["encoder_pretrained"]
         log.warning("encoder_cache: on, although %s; the frozen part is stored as computed in evaluation mode, so "
-                    "training no longer sees those effects in it (see the README's deliberate differences)",
-                    ", ".join(plan.changes))
+                    "training no longer sees those effects in it (see the README's deliberate differences)%s",
+                    ", ".join(plan.changes), "; with random weights BatchNorm's running statistics are untrained "
+                    "(mean 0, variance 1), which leaves the frozen stages unnormalised" if untrained else "")
     items = model.cover_items_module
     shape = prefix_shape(items, "meta")
     folder = store_dir(config)

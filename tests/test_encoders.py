@@ -76,9 +76,28 @@ def test_every_encoder_builds_on_meta_with_its_shipped_settings(name):
 def test_real_forward_gives_one_vector_per_image(name):
     enc = real(name)
     n = 2 if name in ("resnet50", "clip_vit_b32") else 1
+    x = torch.randn(n, 3, 224, 224)
     with torch.no_grad():
-        y = enc(torch.randn(n, 3, 224, 224))
+        y = enc(x)
+        # forward is from_prefix(prefix(x)) (stem, units, finish) where the stem and first blocks are frozen, the
+        # backbone's forward in one piece where not (resnet50 trains its stem); one more forward checks the other
+        if enc.frozen_units is not None:
+            other = enc._read(enc.backbone(x))
+        else:
+            st = enc.stages
+            h = st.stem(x)
+            for unit in st.units:
+                h = unit(h)
+            other = enc._read(st.finish(h))
     assert y.shape == (n, 16) and torch.isfinite(y).all() and (y >= 0).all()  # the ReLU head
+    assert (enc.frozen_units is None) == (name == "resnet50")
+    assert torch.equal(y, other)  # the cut pieces compose to exactly the backbone's forward
+    if enc.frozen_units is not None:  # the store's key over the frozen weights, BatchNorm's 0-dim counters too
+        digest = enc.prefix_digest()
+        assert len(digest) == 32 and digest == enc.prefix_digest()
+        with torch.no_grad():
+            next(enc.stages.units[enc.frozen_units].parameters()).add_(1.0)  # the first trainable block
+        assert enc.prefix_digest() == digest
 
 
 def test_input_sizes_and_native_normalisation():

@@ -17,7 +17,6 @@ reaches masked positions. BERT4Rec's mask token is the encoder's output for the 
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -132,18 +131,7 @@ class CoverItems(nn.Module):
         """Everything the stored prefix depends on, for the store's key; the frozen weights enter by their hash,
         so pretrained files, hub weights and seeded random ones are told apart alike."""
         enc = self.visual_encoder
-        layout = enc.backbone.block_layout()
-        digest = hashlib.blake2b(digest_size=16)
-        tensors = [*enc.backbone.net.named_parameters(), *enc.backbone.net.named_buffers()]
-        for name, t in sorted(tensors, key=lambda kv: kv[0]):
-            try:
-                part = layout.part_of(name)
-            except RuntimeError:  # a buffer outside the layout's parts (attention masks, index tables): include it
-                part = -1
-            if part is not None and part < enc.frozen_units:
-                digest.update(name.encode())
-                digest.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-        return dict(encoder=enc.name, frozen_units=enc.frozen_units, weights=digest.hexdigest(),
+        return dict(encoder=enc.name, frozen_units=enc.frozen_units, weights=enc.prefix_digest(),
                     cover_size=list(self.cover_size), mean=list(self.mean), std=list(self.std))
 
     def load_batch(self, cover_ids: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:

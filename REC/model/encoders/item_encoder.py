@@ -1,6 +1,7 @@
 """ItemEncoder = backbone + readout + projection head, built from the ``encoder*`` config keys."""
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -50,6 +51,22 @@ class ItemEncoder(nn.Module):
         while n < len(st.units) and not any(p.requires_grad for p in st.units[n].parameters()):
             n += 1
         return n
+
+    def prefix_digest(self) -> str:
+        """Hash of every parameter and buffer the frozen prefix reads (BatchNorm statistics included), so a
+        stored prefix is never reused with other weights."""
+        layout = self.backbone.block_layout()
+        digest = hashlib.blake2b(digest_size=16)
+        tensors = [*self.backbone.net.named_parameters(), *self.backbone.net.named_buffers()]
+        for name, t in sorted(tensors, key=lambda kv: kv[0]):
+            try:
+                part = layout.part_of(name)
+            except RuntimeError:  # a buffer outside the layout's parts (attention masks, index tables): include it
+                part = -1
+            if part is not None and part < self.frozen_units:
+                digest.update(name.encode())
+                digest.update(t.detach().to("cpu").reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
+        return digest.hexdigest()
 
     @property
     def stages(self) -> Stages | None:

@@ -36,6 +36,7 @@ from .data.cover_batches import cover_lmdb_path
 from .data.covers import CoverStore
 from .evaluator.ranking import autocast
 from .run import build_config, check_covers
+from .utils.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +170,6 @@ def sidecars(output: Path) -> dict[str, Path]:
     """The files that go with ``output``: item tokens, settings, and the partial file with its progress."""
     return {"items": Path(f"{output}.items.txt"), "meta": Path(f"{output}.json"),
             "partial": Path(f"{output}.partial"), "progress": Path(f"{output}.partial.json")}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _items_digest(tokens) -> str:
@@ -335,7 +330,7 @@ def extract_features(config, output=None, *, spatial: bool = False, device: str 
 
 
 def _save_progress(path: Path, settings: dict, rows_done: int, batch_size: int) -> None:
-    _write_atomic(path, json.dumps({"format": FORMAT, "version": VERSION, "settings": settings,
+    write_text_atomic(path, json.dumps({"format": FORMAT, "version": VERSION, "settings": settings,
                                     "rows_done": rows_done, "batch_size": batch_size,
                                     "batches_done": -(-(rows_done - 1) // batch_size)}, indent=1))
 
@@ -371,9 +366,9 @@ def _open_partial(files: dict[str, Path], settings: dict, restart: bool) -> int:
 
 def _finish(output: Path, files: dict[str, Path], settings: dict, tokens) -> None:
     """Sidecars first, then the atomic rename: a reader that finds ``output`` also finds what its rows are."""
-    _write_atomic(files["items"], "\n".join(tokens.to_list()) + "\n")
+    write_text_atomic(files["items"], "\n".join(tokens.to_list()) + "\n")
     meta = {"format": FORMAT, "version": VERSION, **settings, "items_file": files["items"].name,
             "rows": "row i = internal item id i (first appearance in the CSV); row 0 = padding, zeros"}
-    _write_atomic(files["meta"], json.dumps(meta, indent=1))
+    write_text_atomic(files["meta"], json.dumps(meta, indent=1))
     os.replace(files["partial"], output)
     files["progress"].unlink(missing_ok=True)

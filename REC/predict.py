@@ -16,7 +16,6 @@ an id list) so that serving can skip the encoding (``from_run(..., item_represen
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import logging
 import os
@@ -36,6 +35,7 @@ from .data.split import ragged_positions
 from .evaluator import FullRankingEvaluator
 from .evaluator.ranking import autocast, top_unmasked
 from .model import create_model
+from .utils.files import atomic_output
 from .model.base import DatasetInfo
 from .run import load_run_config
 from .trainer.checkpoint import load as load_checkpoint
@@ -62,22 +62,6 @@ def _npy_base(path: str | Path) -> Path:
     """``x``, ``x.npy`` -> ``x``: the table is ``x.npy``, its ids ``x.items.txt``."""
     path = Path(path)
     return path.with_suffix("") if path.suffix == ".npy" else path
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
-    """Write ``path`` through a temporary file in the same folder, renamed over it only when the block ends
-    without an error; on an error the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Recommender:

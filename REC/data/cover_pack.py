@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from .covers import ENCODINGS, META_KEY, CoverError, make_meta, parse_meta
+from ..utils.files import write_text_atomic
 from .interactions import DataError, not_utf8_error
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,7 @@ class PackReport:
         return not self.missing and not self.unreadable
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(asdict(self), indent=1) + "\n")
 
     def summary(self) -> str:
         def first(tokens, detail=None):

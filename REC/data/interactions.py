@@ -9,12 +9,13 @@ from __future__ import annotations
 import codecs
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..utils.files import atomic_output
 
 log = logging.getLogger(__name__)
 COLUMNS = ("item_id", "user_id", "timestamp")
@@ -202,10 +203,8 @@ def _bad_timestamps(path: Path) -> DataError:
 # ----------------------------------------------------------------------------------------------- cache
 def _save_npz_atomic(path: Path, arrays: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_output(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def prepared_data_dir(data_path: str, dataset: str, cache_dir: str | None = None) -> Path:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils.files import write_text_atomic
 from .interactions import DataError
 
 FORMAT_VERSION = 1
@@ -169,9 +170,7 @@ class PrefixCache:
     def _write_meta(self, complete: bool) -> None:
         meta = dict(key=self.key, describe=self.describe, item_num=self.item_num, shape=list(self.shape),
                     dtype=self.dtype, chunk=self.chunk, complete=complete)
-        tmp = self.meta_path.with_name(self.meta_path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, self.meta_path)
+        write_text_atomic(self.meta_path, json.dumps(meta, indent=1, default=str))
 
     # ------------------------------------------------------------------------------------------- rows
     def _to_numpy(self, rows: torch.Tensor) -> np.ndarray:

@@ -3,28 +3,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from ..utils.files import atomic_output, write_text_atomic
 
 
 def save_atomic(obj, path: Path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    with atomic_output(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def write_json_atomic(obj, path: Path) -> None:
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 class CheckpointError(ValueError):

@@ -1,0 +1,29 @@
+"""Files that are either wholly written or not there: a crash mid-write leaves the previous file intact."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
+    """Write ``path`` through a temporary file in the same folder, flushed to disk and renamed over ``path`` only
+    when the block ends without an error; on an error the temporary file is removed and ``path`` is left as it
+    was. The temporary name carries the process id, so processes writing the same file do not collide."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_output(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)

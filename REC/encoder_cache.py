@@ -22,7 +22,7 @@ from . import distributed as dist
 from .data.cover_batches import cover_lmdb_path
 from .data.interactions import prepared_data_dir
 from .data.prefix_cache import PrefixCache, PrefixCacheError, files_digest, human_bytes
-from .evaluator.ranking import autocast
+from .utils.precision import autocast
 from .model.pixel import PrefixPlan
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from .config import Config, ConfigError
 from .data import load_interactions
 from .data.cover_batches import cover_lmdb_path
 from .data.covers import CoverStore
-from .evaluator.ranking import autocast
+from .utils.precision import autocast
 from .run import build_config, check_covers
 from .utils.files import write_text_atomic
 

@@ -32,8 +32,8 @@ from .data import DataError, EvalBatches, EvalSplit, prepare_run_split
 from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .data.split import ragged_positions
-from .evaluator import FullRankingEvaluator
-from .evaluator.ranking import autocast, top_unmasked
+from .evaluator.ranking import top_unmasked
+from .utils.precision import autocast
 from .model import create_model
 from .utils.files import atomic_output
 from .model.base import DatasetInfo
@@ -154,19 +154,17 @@ class Recommender:
         return self._items
 
     def _encode_covers(self) -> torch.Tensor:
-        """The evaluator's cover encoding, on one process: [item_num, d] float32, row 0 zero."""
+        """[item_num, d] float32, row 0 (padding) zero: every item's cover encoded in this one process."""
         config = self.config
         store = CoverStore(cover_lmdb_path(config), self.inter.item_tokens)
         covers = ItemCoverBatches(store, self.item_num, config["cover_batch_size"])
-        evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"],
-                                         self.device, self.precision, item_covers=covers,
-                                         cover_workers=config["num_workers"])
         was_training = self.model.training
         self.model.eval()
         try:
-            return evaluator.encode_all_covers(self.model)
+            rows = self.model.encode_item_batches(covers, self.device, self.precision, config["num_workers"])
         finally:
             self.model.train(was_training)
+        return torch.cat([torch.zeros(1, rows.shape[1], device=rows.device), rows])
 
     def save_item_representations(self, path: str | Path) -> Path:
         """PixelNet: write ``<path>.npy`` (float32 [item_num, d], row 0 padding) and ``<path>.items.txt`` (the

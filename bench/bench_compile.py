@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from REC.evaluator.ranking import autocast  # noqa: E402
+from REC.utils.precision import autocast  # noqa: E402
 from REC.model.encoders import build_item_encoder  # noqa: E402
 
 

@@ -40,7 +40,7 @@ from REC.data.prefix_cache import PrefixCache, human_bytes  # noqa: E402
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
 from REC.encoder_cache import describe_store, fill_store, prefix_shape, store_dtype  # noqa: E402
 from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
-from REC.evaluator.ranking import autocast  # noqa: E402
+from REC.utils.precision import autocast  # noqa: E402
 from REC.model import create_model  # noqa: E402
 from REC.model.base import DatasetInfo  # noqa: E402
 from REC.run import build_config  # noqa: E402

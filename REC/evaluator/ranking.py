@@ -12,20 +12,14 @@ all-reduce), so the buckets partition the users and their user-weighted mean is 
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
 import torch
 
 from .. import distributed as dist
+from ..utils.precision import autocast
 from .metrics import get_metric
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 
 class FullRankingEvaluator:
@@ -54,15 +48,10 @@ class FullRankingEvaluator:
 
     def encode_all_covers(self, model) -> torch.Tensor:
         """[item_num, d] float32: row 0 (padding) zero, then every item's encoded cover."""
-        loader = torch.utils.data.DataLoader(self.item_covers, batch_size=None, num_workers=self.cover_workers,
-                                             pin_memory=self.device.type == "cuda")
         t0 = time.perf_counter()
-        parts = [torch.zeros(1, model.cover_width, device=self.device)] if dist.rank() == 0 else []
-        for inputs in loader:
-            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-            with autocast(self.device, self.precision):
-                parts.append(model.encode_items(inputs).float())
-        local = torch.cat(parts) if parts else torch.zeros(0, model.cover_width, device=self.device)
+        local = model.encode_item_batches(self.item_covers, self.device, self.precision, self.cover_workers)
+        if dist.rank() == 0:  # rank 0 holds the padding row
+            local = torch.cat([torch.zeros(1, model.cover_width, device=self.device), local])
         counts = list(self.item_covers.counts)
         counts[0] += 1  # rank 0 holds the padding row
         table = dist.all_gather_rows(local, counts)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.precision import autocast
+
 HALF_NORM = (0.5, 0.5, 0.5)  # the original normalised every encoder's input to [-1, 1]
 COVERS_KEY, PREFIX_KEY = "covers", "cover_prefix"  # batch keys: uint8 covers, or stored frozen-prefix rows
 
@@ -214,6 +216,20 @@ class PixelItems:
     def encode_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Item vectors from ``{"covers": uint8 [n, 3, h, w]}`` or ``{"cover_prefix": stored prefix rows}``."""
         return self.item_embedding.encode_items(inputs)
+
+    @torch.no_grad()
+    def encode_item_batches(self, batches, device: torch.device, precision: str, workers: int = 0) -> torch.Tensor:
+        """float32 [n, d]: the vectors of every item in ``batches`` (``REC.data.cover_batches.ItemCoverBatches``,
+        covers or stored prefix rows), in order; the caller sets evaluation mode. Evaluation gathers the shards
+        of all ranks; prediction encodes all items in one process."""
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+        rows = [torch.zeros(0, self.cover_width, device=device)]
+        for inputs in loader:
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            with autocast(device, precision):
+                rows.append(self.encode_items(inputs).float())
+        return torch.cat(rows)
 
     @property
     def cover_items_module(self) -> CoverItems:

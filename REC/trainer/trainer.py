@@ -27,8 +27,9 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed as dist
-from ..evaluator.ranking import autocast, format_buckets
+from ..evaluator.ranking import format_buckets
 from ..utils.memory import peak_rss_mib
+from ..utils.precision import autocast
 from . import checkpoint
 from .optim import build_optimizer
 from .prefetch import on_device

@@ -1,7 +1,20 @@
-"""How fp32 work runs on a GPU: TF32 tensor cores for matrix products, or full fp32."""
+"""Numeric precision of a run: the autocast region of forward passes (``precision``) and, on a GPU, whether fp32
+matrix products use TF32 tensor cores (``tf32``)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward-pass context of ``precision``: nothing for fp32, else torch autocast to bf16 / fp16 (losses,
+    optimizer and metrics stay fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def use_tf32(device: torch.device, enabled: bool) -> None:

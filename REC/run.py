@@ -224,8 +224,7 @@ def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, ch
 def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume: bool) -> dict:
     log.info("run directory %s, world size %d, device %s, %d threads per process\nconfig (value  # source):\n%s",
              run_dir, dist.world_size(), device, torch.get_num_threads(), (run_dir / CONFIG_NAME).read_text())
-    torch.manual_seed(config["seed"])
-    np.random.seed(config["seed"] % 2 ** 32)
+    torch.manual_seed(config["seed"])  # model initialisation; every numpy draw takes a Generator seeded from config
     inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)

@@ -6,13 +6,10 @@ The store's file format lives in ``REC.data.prefix_cache``; what the prefix is, 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import timm
 import torch
@@ -60,11 +57,8 @@ def prefix_shape(items, device) -> tuple[int, ...]:
 def describe_store(config, items, inter) -> dict:
     """Everything the rows depend on: the encoder side (``CoverItems.prefix_description``), the dtype, the
     covers database, the run's item ids (row order), and the libraries that compute them."""
-    tokens = hashlib.blake2b(digest_size=8)
-    tokens.update(np.ascontiguousarray(inter.item_tokens.offsets).tobytes())
-    tokens.update(np.ascontiguousarray(inter.item_tokens.blob).tobytes())
     lmdb = cover_lmdb_path(config)
-    return dict(items.prefix_description(), dtype=store_dtype(config), item_ids=tokens.hexdigest(),
+    return dict(items.prefix_description(), dtype=store_dtype(config), item_ids=inter.item_tokens.digest(),
                 covers=str(lmdb.resolve()), covers_files=files_digest(lmdb),
                 versions=dict(torch=torch.__version__, timm=timm.__version__, open_clip=open_clip.__version__))
 
@@ -93,9 +87,9 @@ def log_plan(config, model, split) -> PrefixPlan | None:
                         config["cover_batch_size"])
     log.info("encoder_cache: the encoder's frozen front (%s) is stored once per item: %d items x %s x %d bytes "
              "= %s in %s", plan.reason, split.item_num - 1, " x ".join(map(str, shape)),
-             probe.row_bytes // int(np.prod(shape)), human_bytes(probe.nbytes), folder)
+             probe.itemsize, human_bytes(probe.nbytes), folder)
     if not _reusable_store_exists(probe):
-        _check_room(probe)
+        probe.check_room()
     return plan
 
 
@@ -107,15 +101,6 @@ def _reusable_store_exists(probe: PrefixCache) -> bool:
         if meta and meta.get("complete") and meta.get("shape") == list(probe.shape):
             return True
     return False
-
-
-def _check_room(probe: PrefixCache) -> None:
-    folder = probe.path.parent
-    while not folder.exists():
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    if free < probe.nbytes:
-        raise PrefixCacheError(probe.no_room_message(free))
 
 
 def attach_prefix_store(config, model, inter, split, device, covers, train_batches=None, item_covers=None):

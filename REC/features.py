@@ -14,7 +14,6 @@ them. Here they come from the same item encoders PixelNet trains (``REC.model.en
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -172,10 +171,6 @@ def sidecars(output: Path) -> dict[str, Path]:
             "partial": Path(f"{output}.partial"), "progress": Path(f"{output}.partial.json")}
 
 
-def _items_digest(tokens) -> str:
-    return hashlib.sha256(tokens.blob.tobytes() + tokens.offsets.tobytes()).hexdigest()
-
-
 def _read_progress(path: Path) -> dict | None:
     try:
         progress = json.loads(path.read_text())
@@ -259,7 +254,7 @@ def extract_features(config, output=None, *, spatial: bool = False, device: str 
         probe = model(torch.zeros(1, 3, store.height, store.width, dtype=torch.uint8, device=dev))
     shape = (item_num, *probe.shape[1:])
     settings = {
-        "dataset": config["dataset"], "items": item_num - 1, "items_sha256": _items_digest(inter.item_tokens),
+        "dataset": config["dataset"], "items": item_num - 1, "items_sha256": inter.item_tokens.digest(),
         "encoder": model.encoder_name, "readout": None if spatial else model.readout, "spatial": spatial,
         "encoder_pretrained": bool(config["encoder_pretrained"]), "encoder_weights": config["encoder_weights"],
         "seed": None if config["encoder_pretrained"] else config["seed"],  # only random weights depend on it

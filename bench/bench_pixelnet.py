@@ -220,7 +220,6 @@ def main() -> None:
     p.add_argument("--one", nargs=3, metavar=("FOLDER", "PRECISION", "CACHE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:  # a child process: one setting, one JSON line
-        torch.set_num_threads(torch.get_num_threads())
         print(json.dumps(speed(Path(args.one[0]), args, args.one[1], args.one[2])), flush=True)
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,6 +45,11 @@ class TokenTable:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def digest(self) -> str:
+        """sha256 of the tokens in order: the identity of an id map (a file made for one run's item order
+        must not be read with another's)."""
+        return hashlib.sha256(self.blob.tobytes() + self.offsets.tobytes()).hexdigest()
+
     def __getitem__(self, idx: int) -> str:
         return self.blob[self.offsets[idx]:self.offsets[idx + 1]].tobytes().decode("utf-8")
 

@@ -79,8 +79,12 @@ class PrefixCache:
 
     # ------------------------------------------------------------------------------------------- size
     @property
+    def itemsize(self) -> int:
+        return np.dtype(DTYPES[self.dtype][0]).itemsize
+
+    @property
     def row_bytes(self) -> int:
-        return int(np.prod(self.shape)) * np.dtype(DTYPES[self.dtype][0]).itemsize
+        return int(np.prod(self.shape)) * self.itemsize
 
     @property
     def nbytes(self) -> int:
@@ -93,9 +97,19 @@ class PrefixCache:
     def chunk_items(self, c: int) -> np.ndarray:
         return np.arange(1 + c * self.chunk, min(self.item_num, 1 + (c + 1) * self.chunk), dtype=np.int64)
 
-    def no_room_message(self, free: int) -> str:
+    def check_room(self) -> None:
+        """PrefixCacheError when the disk of the store's folder (or of its nearest existing parent, before the
+        folder is made) has less free space than the rows need."""
+        folder = self.path.parent
+        while not folder.exists():
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if free < self.nbytes:
+            raise PrefixCacheError(self._no_room_message(free))
+
+    def _no_room_message(self, free: int) -> str:
         return (f"the encoder's frozen-prefix store needs {human_bytes(self.nbytes)} ({self.item_num - 1} items x "
-                f"{' x '.join(map(str, self.shape))} x {self.row_bytes // int(np.prod(self.shape))} bytes) and "
+                f"{' x '.join(map(str, self.shape))} x {self.itemsize} bytes) and "
                 f"{self.path.parent} has {human_bytes(free)} free; set key 'encoder_cache_dir' to a folder on a "
                 f"larger disk, or encoder_cache: off to encode every cover at every step instead")
 
@@ -139,9 +153,7 @@ class PrefixCache:
         if same:
             return "complete" if meta.get("complete") else "partial"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.path.parent).free
-        if free < self.nbytes:
-            raise PrefixCacheError(self.no_room_message(free))
+        self.check_room()
         rows = np.lib.format.open_memmap(self.path, mode="w+", dtype=DTYPES[self.dtype][0],
                                          shape=(self.item_num, *self.shape))
         del rows  # the file is sparse until rows are written; row 0 reads as zeros
@@ -151,8 +163,9 @@ class PrefixCache:
 
     def write(self, c: int, rows: torch.Tensor) -> None:
         """Rows of chunk ``c`` (``chunk_items(c)`` in order), flushed before the chunk is marked done."""
+        items = self.chunk_items(c)  # consecutive ids
         out = np.load(self.path, mmap_mode="r+")
-        out[self.chunk_items(c)[0]:self.chunk_items(c)[-1] + 1] = self._to_numpy(rows)
+        out[items[0]:items[-1] + 1] = self._to_numpy(rows)
         out.flush()
         del out
         with open(self.done_path, "r+b") as f:
@@ -186,8 +199,3 @@ class PrefixCache:
 
     def __getstate__(self):
         return {**self.__dict__, "_rows": None}  # a memory map is reopened by each process, never pickled
-
-    def check_complete(self) -> None:
-        if not self.complete:
-            raise PrefixCacheError(f"{self.path} is not a complete frozen-prefix store (was its build killed?); "
-                                   f"rerun and it resumes")

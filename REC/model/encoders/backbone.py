@@ -105,8 +105,8 @@ class Backbone(nn.Module):
         return None
 
     def stages(self) -> Stages | None:
-        """The forward cut at the block layout's units (``Stages``), or None when it cannot be cut; built on each
-        call and never stored, so the modules are not registered twice."""
+        """The forward cut at the block layout's units (``Stages``), or None when it cannot be cut. A plain object,
+        not a module, so whoever keeps it does not register the backbone's modules a second time."""
         return None
 
 

@@ -18,14 +18,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -41,11 +39,6 @@ log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "pixelrec-features", 1
 FEATURES_DIR = "visual_features"
-# What build_config needs that an encoder file such as overall/RN50.yaml leaves to the PixelNet model file layered
-# before it, none of which extraction reads: a model (Pop adds no keys of its own) and a two-group optim_args
-# (the encoder files set only its optim_args.modal_* entries). Layered first, so every given file wins over it.
-BASE_LAYER = {"model": "Pop",
-              "optim_args": {"modal_lr": 1.0e-4, "modal_decay": 0.0, "rec_lr": 1.0e-4, "rec_decay": 0.0}}
 
 
 class FeatureExtractionError(ValueError):
@@ -55,12 +48,9 @@ class FeatureExtractionError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- config
 def feature_config(config_files, overrides=()) -> Config:
-    """The config of ``config_files`` + ``overrides`` (``main.py``'s syntax) over a base layer that supplies what
-    an encoder file alone lacks (see ``BASE_LAYER``): no PixelNet model file needs to be named."""
-    with tempfile.TemporaryDirectory(prefix="pixelrec-features-") as tmp:
-        path = Path(tmp) / "extract_features-base.yaml"
-        path.write_text(yaml.safe_dump(BASE_LAYER))
-        return build_config([path, *config_files], overrides)
+    """The config of ``config_files`` + ``overrides`` (``main.py``'s syntax). Extraction reads only data and encoder
+    keys, so no model file needs to be named (an encoder file alone, e.g. overall/RN50.yaml, is enough)."""
+    return build_config(config_files, overrides, require_model=False)
 
 
 def default_output(config, spatial: bool = False) -> Path:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, ModelCatalog, load_config
 from .data import (DataError, EvalBatches, Interactions, Split, build_train_batches, prepare_run_split,
                    prepare_split, save_run_vocabulary)
 from .data.protocols import save_protocol
@@ -20,7 +20,7 @@ from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, cover_lmdb_
 from .data.covers import CoverStore
 from .encoder_cache import attach_prefix_store, log_plan
 from .evaluator import FullRankingEvaluator, get_metric
-from .model import create_model, list_models, model_defaults_file
+from .model import create_model, get_model_class, list_models, model_defaults_file
 from .model.base import DatasetInfo
 from .trainer import Trainer
 from .trainer.checkpoint import load as load_checkpoint
@@ -34,8 +34,14 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.yaml"
 
 
-def build_config(config_files, overrides=()) -> Config:
-    return load_config(config_files, overrides, model_defaults=model_defaults_file, known_models=list_models)
+MODELS = ModelCatalog(defaults_file=model_defaults_file, names=list_models,
+                      encodes_covers=lambda name: get_model_class(name).item_source == "covers")
+
+
+def build_config(layers, overrides=(), require_model: bool = True) -> Config:
+    """The run's config from YAML files or in-memory ``ConfigLayer`` s (see ``load_config``), checked against the
+    registered models."""
+    return load_config(layers, overrides, models=MODELS, require_model=require_model)
 
 
 def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Interactions, Split]:

@@ -85,3 +85,79 @@ def test_config_is_read_only_and_round_trips(tmp_path):
     saved = write(tmp_path, "resolved.yaml", cfg.dump_yaml())
     again = build_config([saved])
     assert isinstance(again, Config) and again.to_dict() == cfg.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------- inherit, layers
+def test_inherit_layers_the_parent_first_and_the_file_overrides_it(tmp_path):
+    write(tmp_path, "parent.yaml", "model: SASRec\nn_layers: 3\nn_heads: 4\n")
+    (tmp_path / "sub").mkdir()
+    child = write(tmp_path, "sub/child.yaml", "inherit: ../parent.yaml\nn_heads: 8\n")
+    cfg = build_config([child, "overall/ID.yaml"])
+    assert cfg["n_layers"] == 3 and cfg["n_heads"] == 8
+    assert cfg.source_of("n_layers").endswith("parent.yaml") and cfg.source_of("n_heads").endswith("child.yaml")
+    assert "inherit" not in cfg
+
+
+def test_pixelnet_model_files_are_their_idnet_twin_plus_batch_and_optimizer():
+    pixel = build_config(["PixelNet/sasrec.yaml", "overall/ViT.yaml"])
+    ids = build_config(["IDNet/sasrec.yaml", "overall/ID.yaml"])
+    assert pixel.source_of("n_layers") == "IDNet/sasrec.yaml"
+    for key in ("n_layers", "n_heads", "embedding_size", "inner_size", "hidden_dropout_prob", "hidden_act"):
+        assert pixel[key] == ids[key], key
+    assert pixel["model"] == "MOSASRec" and pixel["train_batch_size"] == 16
+    assert dict(pixel["optim_args"]) == {"modal_lr": 1e-4, "modal_decay": 0.0, "rec_lr": 1e-4, "rec_decay": 0.1}
+
+
+def test_inherit_cycle_and_missing_parent_are_named(tmp_path):
+    write(tmp_path, "a.yaml", "inherit: b.yaml\n")
+    write(tmp_path, "b.yaml", "inherit: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"'inherit' forms a cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        build_config([str(tmp_path / "a.yaml")])
+    orphan = write(tmp_path, "orphan.yaml", "inherit: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml' \(inherited by .*orphan\.yaml\) does not exist"):
+        build_config([orphan])
+    bad = write(tmp_path, "bad.yaml", "inherit: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'inherit' = 3; expected the path of another YAML file"):
+        build_config([bad])
+
+
+def test_in_memory_layer_is_named_in_sources_and_errors():
+    from REC.config import ConfigLayer
+    cfg = build_config([ConfigLayer("my tool", {"model": "SASRec", "n_layers": 1}), "overall/ID.yaml"])
+    assert cfg["n_layers"] == 1 and cfg.source_of("n_layers") == "my tool"
+    with pytest.raises(ConfigError, match=r"^my tool: unknown key 'epoch' \(did you mean 'epochs'\?\)"):
+        build_config([ConfigLayer("my tool", {"model": "SASRec", "epoch": 2})])
+
+
+def test_a_config_without_model_serves_encoder_tools_only():
+    cfg = build_config(["overall/RN50.yaml"], require_model=False)
+    assert cfg["model"] is None and cfg["encoder"] == "clip_rn50"
+    with pytest.raises(ConfigError, match="no model given"):
+        build_config(["overall/RN50.yaml"])
+
+
+def test_an_encoder_file_with_an_id_model_names_both():
+    with pytest.raises(ConfigError, match=r"^overall/ViT\.yaml: sets image-encoder keys \['encoder', "
+                                          r"'optim_args\.modal_lr', 'optim_args\.modal_decay'\], but model 'SASRec' "
+                                          r"has no image encoder.*PixelNet/<model>\.yaml"):
+        build_config(["IDNet/sasrec.yaml", "overall/ViT.yaml"])
+    with pytest.raises(ConfigError, match=r"^command line: sets image-encoder keys \['encoder'\]"):
+        build_config(BASE, ["--encoder=clip_vit_b32"])
+
+
+def test_mixed_optim_args_says_which_forms_exist():
+    with pytest.raises(ConfigError, match=r"optim_args.*expected numbers under exactly \['learning_rate', "
+                                          r"'weight_decay'\] \(one setting.*cannot turn one form into the other"):
+        build_config(BASE, ["--optim_args.rec_lr=1e-3"])
+
+
+def test_encoder_modules_match_whole_module_names_and_the_old_key_says_so():
+    from REC.trainer.optim import in_encoder
+    assert in_encoder("item_embedding.visual_encoder.head.weight", ["visual_encoder"])
+    assert in_encoder("module.item_embedding.visual_encoder.backbone.x", ["visual_encoder"])
+    assert not in_encoder("visual_encoder_gate.weight", ["visual_encoder"])
+    assert not in_encoder("item_embedding.weight", ["visual_encoder"])
+    assert in_encoder("bias_projection.weight", ["projection", "bias_projection"])
+    assert not in_encoder("region_projection.weight", ["projection", "bias_projection"])
+    with pytest.raises(ConfigError, match=r"key 'encoder_param_prefix' is now encoder_modules"):
+        build_config(BASE, ["--encoder_param_prefix=visual_encoder"])

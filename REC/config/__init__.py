@@ -1,3 +1,3 @@
-from .config import Config, ConfigError, load_config, parse_overrides
+from .config import Config, ConfigError, ConfigLayer, ModelCatalog, load_config, parse_overrides
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
+__all__ = ["Config", "ConfigError", "ConfigLayer", "ModelCatalog", "load_config", "parse_overrides"]

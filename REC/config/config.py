@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
@@ -274,41 +276,58 @@ def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def load_config(config_files: Iterable[str | Path], overrides: Iterable[str] = (),
-                model_defaults: Callable[[str], str | Path | None] | None = None,
-                known_models: Callable[[], list[str]] | None = None) -> Config:
-    """Merge defaults, the model's defaults, ``config_files`` and ``overrides`` into a checked Config.
+@dataclass(frozen=True)
+class ConfigLayer:
+    """Keys given in memory rather than in a file (a tool's own settings); ``name`` is how messages name it."""
+    name: str
+    values: Mapping
 
-    ``model_defaults(name)`` returns the path of a model's own defaults file; it is passed in (not imported)
-    so that this layer stays independent of the model code.
+
+@dataclass(frozen=True)
+class ModelCatalog:
+    """What the config layer needs to know of the models, passed in so that it never imports model code:
+    a model's own defaults file (None: unknown name), the known names, and whether its items are encoded from
+    cover images (only those models take an image encoder's settings)."""
+    defaults_file: Callable[[str], str | Path | None]
+    names: Callable[[], list[str]]
+    encodes_covers: Callable[[str], bool]
+
+
+INHERIT_KEY = "inherit"
+
+
+def load_config(layers: Iterable[str | Path | ConfigLayer], overrides: Iterable[str] = (),
+                models: ModelCatalog | None = None, require_model: bool = True) -> Config:
+    """Merge defaults, the model's defaults, ``layers`` (YAML files or in-memory ``ConfigLayer``) and ``overrides``
+    into a checked Config.
+
+    A file may name others it builds on with ``inherit: <path>`` (relative to the file; a list is merged left to
+    right); their keys come first and the file's own keys override them. ``require_model=False`` serves tools
+    that read only data and encoder keys (feature extraction): without a model, no model keys exist and the
+    training-only checks (``optim_args``) are skipped.
     """
     values, specs = read_defaults(DEFAULTS_FILE)
     sources: dict[str, str] = {}
-    layers: list[tuple[str, dict]] = []
-    for f in config_files:
-        path = Path(f)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist (resolved: {path.resolve()})")
-        data = parse_yaml_text(path.read_text(), str(path))
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
-        layers.append((str(path), data))
+    read: list[tuple[str, dict]] = []
+    for layer in layers:
+        if isinstance(layer, ConfigLayer):
+            read.append((layer.name, dict(layer.values)))
+        else:
+            read.extend(_read_file(Path(layer), ()))
     override_pairs = parse_overrides(overrides)
 
     # The model decides which extra keys exist, so find it first (files, then overrides).
     model = values.get("model")
-    for _, data in layers:
+    for _, data in read:
         model = data.get("model", model)
     for key, val in override_pairs:
         model = val if key == "model" else model
-    if not model:
+    if not model and require_model:
         raise ConfigError("no model given: set `model: <name>` in a config file or pass --model=<name>")
-    if model_defaults is not None:
-        path = model_defaults(str(model))
+    if model and models is not None:
+        path = models.defaults_file(str(model))
         if path is None:
-            known = known_models() if known_models else []
+            known = models.names()
             raise ConfigError(f"unknown model {model!r}{_did_you_mean(str(model), known)}; known models: {known}")
         model_values, model_specs = read_defaults(path)
         clash = sorted(set(model_specs) & set(specs))
@@ -316,22 +335,65 @@ def load_config(config_files: Iterable[str | Path], overrides: Iterable[str] = (
             raise ConfigError(f"{path}: redefines package keys {clash}")
         values.update(model_values)
         specs.update(model_specs)
+        if not models.encodes_covers(str(model)):
+            _refuse_encoder_layers(str(model), read, override_pairs)
 
-    for source, data in layers:
+    for source, data in read:
         for key, val in data.items():
             _assign(values, sources, specs, key, val, source)
     for key, val in override_pairs:
         _assign(values, sources, specs, key, val, "command line")
 
     for key, spec in specs.items():
+        if key == "model" and not model:  # only when no model is required
+            continue
         values[key] = spec.normalise(values.get(key))
         problem = spec.check(values.get(key))
         if problem:
             raise ConfigError(f"{sources.get(key, spec.origin)}: key {key!r} = {values.get(key)!r}; expected {problem}")
     values["metrics"] = _as_list(values["metrics"])
     values["topk"] = _as_list(values["topk"])
-    _check_semantics(values, sources)
+    _check_semantics(values, sources, trains=bool(model))
     return Config(values, sources, specs)
+
+
+def _read_file(path: Path, chain: tuple[Path, ...]) -> list[tuple[str, dict]]:
+    """The layers of one YAML file: what it inherits (recursively, in order), then its own keys."""
+    name = os.path.normpath(str(path))
+    if not path.is_file():
+        via = f" (inherited by {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {name!r}{via} does not exist (resolved: {path.resolve()})")
+    if path.resolve() in [c.resolve() for c in chain]:
+        cycle = " -> ".join(os.path.normpath(str(c)) for c in (*chain, path))
+        raise ConfigError(f"{name}: '{INHERIT_KEY}' forms a cycle: {cycle}")
+    data = parse_yaml_text(path.read_text(), name)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping of key: value at the top level, got {type(data).__name__}")
+    parents = data.pop(INHERIT_KEY, None)
+    parents = [] if parents is None else parents if isinstance(parents, list) else [parents]
+    layers: list[tuple[str, dict]] = []
+    for parent in parents:
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{name}: key '{INHERIT_KEY}' = {parent!r}; expected the path of another YAML file, "
+                              f"relative to this one (e.g. ../IDNet/sasrec.yaml)")
+        layers.extend(_read_file(path.parent / parent, (*chain, path)))
+    layers.append((name, data))
+    return layers
+
+
+def _refuse_encoder_layers(model: str, layers: list[tuple[str, dict]], override_pairs: list) -> None:
+    """An image encoder's settings with a model whose items are ID embeddings would be ignored, or end as a
+    half-two-group ``optim_args``; say what was combined instead (e.g. IDNet/sasrec.yaml + overall/ViT.yaml)."""
+    for source, data in [*layers, *(("command line", {k: v}) for k, v in override_pairs)]:
+        keys = [k for k, v in data.items()
+                if (k == "encoder" and v is not None) or k.startswith("optim_args.modal_")]
+        if keys:
+            raise ConfigError(f"{source}: sets image-encoder keys {keys}, but model {model!r} has no image encoder "
+                              f"(its items are ID embeddings or fixed features): an encoder file such as "
+                              f"overall/<encoder>.yaml goes with a PixelNet model file (PixelNet/<model>.yaml); "
+                              f"an ID model file goes with overall/ID.yaml")
 
 
 def _assign(values: dict, sources: dict, specs: dict, key: str, val: Any, source: str) -> None:
@@ -351,7 +413,16 @@ def _assign(values: dict, sources: dict, specs: dict, key: str, val: Any, source
     sources[top] = source
 
 
+# Keys that changed name or meaning: their old spelling gets a message that says what to write instead.
+RENAMED_KEYS = {
+    "encoder_param_prefix": "encoder_modules, a list of module names (e.g. [visual_encoder]); a parameter joins the "
+                            "image encoder's optimizer group when one of the parts of its dotted name is in that list",
+}
+
+
 def _check_known(key: str, specs: dict, source: str) -> None:
+    if key in RENAMED_KEYS and key not in specs:
+        raise ConfigError(f"{source}: key {key!r} is now {RENAMED_KEYS[key]}")
     if key not in specs:
         raise ConfigError(f"{source}: unknown key {key!r}{_did_you_mean(key, specs)}")
 
@@ -370,14 +441,18 @@ def _as_list(v):
 OPTIM_FORMS = ({"learning_rate", "weight_decay"}, {"modal_lr", "modal_decay", "rec_lr", "rec_decay"})
 
 
-def _check_semantics(values: dict, sources: dict) -> None:
+def _check_semantics(values: dict, sources: dict, trains: bool) -> None:
     """Checks that span keys or look inside values; each names the key and what was expected. A single key's
-    type and range are declared beside its default (KeySpec) and checked before these."""
+    type and range are declared beside its default (KeySpec) and checked before these. ``trains``: a model is
+    named, so the optimizer's settings matter."""
     where = lambda k: sources.get(k, "defaults")  # noqa: E731
     optim = values["optim_args"]  # its values' type and range are declared in defaults.yaml
-    if set(optim) not in OPTIM_FORMS:
+    if trains and set(optim) not in OPTIM_FORMS:
         raise ConfigError(f"{where('optim_args')}: key 'optim_args' = {optim!r}; expected numbers under exactly "
-                          f"{sorted(OPTIM_FORMS[0])} or {sorted(OPTIM_FORMS[1])}")
+                          f"{sorted(OPTIM_FORMS[0])} (one setting for every parameter) or "
+                          f"{sorted(OPTIM_FORMS[1])} (the image encoder's group and the rest's); a dotted "
+                          f"optim_args.<entry> changes one entry of the mapping set before it and cannot turn one "
+                          f"form into the other")
     name, _, k = str(values["valid_metric"]).partition("@")
     metrics_lower = [m.lower() for m in values["metrics"]]
     if name.lower() not in metrics_lower or not k.isdigit() or int(k) not in values["topk"]:

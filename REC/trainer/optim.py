@@ -1,8 +1,8 @@
 """AdamW with two parameter groups: the image encoder ("modal") and the rest ("rec"), as the original.
 
 ``optim_args`` is either ``{learning_rate, weight_decay}`` (both groups alike) or
-``{modal_lr, modal_decay, rec_lr, rec_decay}``. A parameter belongs to the encoder group when its name contains
-``encoder_param_prefix`` (``visual_encoder`` by default; VBPR's ``projection``). For IDNet the encoder group is
+``{modal_lr, modal_decay, rec_lr, rec_decay}``. A parameter belongs to the encoder group when it lies inside one
+of the modules named by ``encoder_modules`` (``[visual_encoder]`` by default; VBPR's projections). For IDNet the encoder group is
 empty. Weight decay applies to every parameter of a group, embeddings and norms included, as the original.
 """
 from __future__ import annotations
@@ -22,13 +22,20 @@ def group_settings(optim_args) -> dict[str, dict[str, float]]:
             "rec": {"lr": optim_args["rec_lr"], "weight_decay": optim_args["rec_decay"]}}
 
 
+def in_encoder(param_name: str, encoder_modules) -> bool:
+    """Whether a parameter (or state-dict entry) lies inside one of ``encoder_modules``: one of the module names
+    on its dotted path is listed. Whole names, not substrings, so ``visual_encoder`` never catches a
+    ``visual_encoder_gate`` beside it; a DDP ``module.`` wrapper changes nothing."""
+    return not set(param_name.split(".")[:-1]).isdisjoint(encoder_modules)
+
+
 def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     settings = group_settings(config["optim_args"])
-    prefix = config["encoder_param_prefix"]
+    encoder_modules = config["encoder_modules"]
     params = {"modal": [], "rec": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            params["modal" if prefix in name else "rec"].append(p)
+            params["modal" if in_encoder(name, encoder_modules) else "rec"].append(p)
     log.info("optimizer groups: modal %d tensors (%s), rec %d tensors (%s)",
              len(params["modal"]), settings["modal"], len(params["rec"]), settings["rec"])
     groups = [{"params": params[g], "name": g, **settings[g]} for g in ("modal", "rec") if params[g]]

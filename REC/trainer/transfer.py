@@ -2,7 +2,7 @@
 
 ``init_parts`` chooses what carries over:
 - ``encoder``: the image encoder and its projection head, i.e. every tensor whose name contains
-  ``encoder_param_prefix`` (``visual_encoder``; the same rule that puts it in the optimizer's modal group);
+  ``encoder_modules`` (``[visual_encoder]``; the same rule that puts it in the optimizer's modal group);
 - ``backbone``: every other tensor that is not an ID table (transformer, position embeddings, norms, towers).
 
 ID tables never transfer, whatever ``init_parts`` says: row k of an item or user table means the item or user
@@ -34,6 +34,7 @@ from torch import nn
 from .. import distributed as dist
 from ..config import ConfigError
 from .checkpoint import write_json_atomic
+from .optim import in_encoder
 
 log = logging.getLogger(__name__)
 PARTS = ("encoder", "backbone")
@@ -182,18 +183,18 @@ def id_tables(model: nn.Module) -> dict[str, str]:
     return found
 
 
-def part_of(name: str, encoder_prefix: str) -> str:
-    return "encoder" if encoder_prefix in name else "backbone"
+def part_of(name: str, encoder_modules) -> str:
+    return "encoder" if in_encoder(name, encoder_modules) else "backbone"
 
 
-def plan(model: nn.Module, source: dict[str, torch.Tensor], parts, encoder_prefix: str, init_from: str = "",
+def plan(model: nn.Module, source: dict[str, torch.Tensor], parts, encoder_modules, init_from: str = "",
          checkpoint: str = "") -> TransferReport:
     """What loading ``source`` into ``model`` would do; shapes only, so ``model`` may live on the meta device."""
     target = model.state_dict(keep_vars=True)
     ids = id_tables(model)
     report = TransferReport(str(init_from), str(checkpoint), list(parts))
     for name, tensor in source.items():
-        entry = {"name": name, "part": part_of(name, encoder_prefix), "source_shape": list(tensor.shape)}
+        entry = {"name": name, "part": part_of(name, encoder_modules), "source_shape": list(tensor.shape)}
         have = target.get(name)
         if have is not None:
             entry["target_shape"] = list(have.shape)
@@ -212,7 +213,7 @@ def plan(model: nn.Module, source: dict[str, torch.Tensor], parts, encoder_prefi
     for name, tensor in target.items():
         if name in loaded:
             continue
-        entry = {"name": name, "part": part_of(name, encoder_prefix), "shape": list(tensor.shape)}
+        entry = {"name": name, "part": part_of(name, encoder_modules), "shape": list(tensor.shape)}
         if name in ids:
             report.initialised.append({**entry, "why": ID_TABLE, "detail": ids[name]})
         elif name in not_loaded:
@@ -234,7 +235,7 @@ def check_init_from(model: nn.Module, config) -> tuple[TransferReport, dict[str,
         source = read_state_dict(path)
     except ValueError as exc:
         raise TransferError(f"{_where(config)}: {exc}") from None
-    report = plan(model, source, parts, config["encoder_param_prefix"], config["init_from"], path)
+    report = plan(model, source, parts, config["encoder_modules"], config["init_from"], path)
     if not report.loaded:
         why = Counter(e["why"].replace("_", " ") for e in report.skipped)
         mismatches = [_describe(e) for e in report.skipped if e["why"] == SHAPE_MISMATCH][:3]

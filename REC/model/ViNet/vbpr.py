@@ -3,8 +3,8 @@
 score(u, i) = gamma_u . gamma_i + theta_u . (E f_i) + beta' . f_i, with frozen visual features f_i, ID tables
 gamma_u, gamma_i, theta_u of width d' = embedding_size / 2, the projection E: D -> d' and the visual bias
 beta': D -> 1 (no item or global bias terms, as the original). BPR loss over one sampled negative per training
-interaction. E and beta' are the parameters whose names contain ``projection``: with
-``encoder_param_prefix: projection`` they form the optimizer's "modal" group (the original's decay_check_name).
+interaction. E and beta' are the modules ``projection`` and ``bias_projection``: with
+``encoder_modules: [projection, bias_projection]`` they form the optimizer's "modal" group (the original's decay_check_name).
 """
 from __future__ import annotations
 

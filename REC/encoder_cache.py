@@ -77,7 +77,7 @@ def log_plan(config, model, split) -> PrefixPlan | None:
     if plan.changes:
         untrained = any("batch statistics" in c for c in plan.changes) and not config["encoder_pretrained"]
         log.warning("encoder_cache: on, although %s; the frozen part is stored as computed in evaluation mode, so "
-                    "training no longer sees those effects in it (see the README's deliberate differences)%s",
+                    "training no longer sees those effects in it (see docs/original.md, PixelNet)%s",
                     ", ".join(plan.changes), "; with random weights BatchNorm's running statistics are untrained "
                     "(mean 0, variance 1), which leaves the frozen stages unnormalised" if untrained else "")
     items = model.cover_items_module

@@ -16,6 +16,7 @@ an id list) so that serving can skip the encoding (``from_run(..., item_represen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import os
@@ -32,10 +33,10 @@ from .data import DataError, EvalBatches, EvalSplit, prepare_run_split
 from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .data.split import ragged_positions
-from .evaluator.ranking import top_unmasked
+from .evaluator.ranking import score_batches, top_unmasked
 from .utils.precision import autocast
 from .model import create_model
-from .utils.files import atomic_output
+from .utils.files import atomic_output, sidecar
 from .model.base import DatasetInfo
 from .run import load_run_config
 from .trainer.checkpoint import load as load_checkpoint
@@ -58,10 +59,12 @@ def _unknown(kind: str, missing: list[str], total: int, where: str) -> UnknownId
                           f"{', ...' if len(missing) > SHOWN else ''}")
 
 
-def _npy_base(path: str | Path) -> Path:
-    """``x``, ``x.npy`` -> ``x``: the table is ``x.npy``, its ids ``x.items.txt``."""
+def _table_files(path: str | Path) -> tuple[Path, Path]:
+    """``x`` or ``x.npy`` -> the table ``x.npy`` and its row ids ``x.items.txt``, named as every array's sidecars
+    are (``REC.utils.files.sidecar``)."""
     path = Path(path)
-    return path.with_suffix("") if path.suffix == ".npy" else path
+    npy = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+    return npy, sidecar(npy, "items.txt")
 
 
 class Recommender:
@@ -75,7 +78,7 @@ class Recommender:
         self.item_num = inter.item_num
         self.item_ids = np.array(inter.item_tokens.to_list(), dtype=object)  # internal id -> original id
         self._cover_table = cover_table
-        self._items = None
+        self._items = self._table_on_device = None
         self._item_index = self._user_index = None
         # sequence row of each internal user id (-1: a user of the run without interactions in today's CSV)
         self._row_of_user = np.full(inter.user_num, -1, dtype=np.int64)
@@ -119,8 +122,7 @@ class Recommender:
     @staticmethod
     def load_item_table(path: str | Path, item_ids: list[str], width: int) -> torch.Tensor:
         """A saved [item_num, d] table, checked against the run's items (same ids in the same rows) and width."""
-        base = _npy_base(path)
-        npy, txt = base.with_name(base.name + ".npy"), base.with_name(base.name + ".items.txt")
+        npy, txt = _table_files(path)
         for f in (npy, txt):
             if not f.is_file():
                 raise FileNotFoundError(f"item representations: {f} does not exist (save_item_representations "
@@ -139,19 +141,22 @@ class Recommender:
         return torch.from_numpy(table.astype(np.float32, copy=False))
 
     # --------------------------------------------------------------------------------------------- items
-    @property
-    def items(self) -> torch.Tensor:
-        """[item_num(, ...)] every item's representation, computed on first use (PixelNet: encodes the covers)."""
-        if self._items is None:
-            with torch.no_grad():
-                if self.model.item_source == "covers":
-                    if self._cover_table is None:
-                        self._cover_table = self._encode_covers().cpu()
-                    with autocast(self.device, self.precision):
-                        self.model.use_cover_table(self._cover_table.to(self.device))
+    @contextlib.contextmanager
+    def _ranking_scope(self):
+        """Yields [item_num(, ...)] every item's representation, computed on first use. PixelNet: the covers are
+        encoded once, and the table is lent to the model only inside this scope (its lookups index it)."""
+        with torch.no_grad(), contextlib.ExitStack() as scope:
+            if self.model.item_source == "covers":
+                if self._cover_table is None:
+                    self._cover_table = self._encode_covers().cpu()
+                if self._table_on_device is None:
+                    self._table_on_device = self._cover_table.to(self.device)
+                with autocast(self.device, self.precision):  # the mask token's image is encoded on entry
+                    scope.enter_context(self.model.cover_table(self._table_on_device))
+            if self._items is None:
                 with autocast(self.device, self.precision):
                     self._items = self.model.item_representations().float()
-        return self._items
+            yield self._items
 
     def _encode_covers(self) -> torch.Tensor:
         """[item_num, d] float32, row 0 (padding) zero: every item's cover encoded in this one process."""
@@ -172,9 +177,9 @@ class Recommender:
         if self.model.item_source != "covers":
             raise ValueError(f"model {self.config['model']} reads its items from the checkpoint, not from covers; "
                              f"only PixelNet runs have item representations to save")
-        self.items  # noqa: B018  (encodes the covers when not done yet)
-        base = _npy_base(path)
-        npy, txt = base.with_name(base.name + ".npy"), base.with_name(base.name + ".items.txt")
+        with self._ranking_scope():  # encodes the covers when not done yet
+            pass
+        npy, txt = _table_files(path)
         with atomic_output(npy, "wb") as f:
             np.save(f, self._cover_table.float().numpy(), allow_pickle=False)
         with atomic_output(txt, "w", encoding="utf-8", newline="\n") as f:
@@ -217,18 +222,15 @@ class Recommender:
              progress=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Per batch of users: (internal item ids [B, k], scores [B, k]), best first, as the evaluator ranks
         (same batches, same masking). Padding never appears; a masked item has score -inf."""
-        items = self.items
         k = max(1, min(k, self.item_num - 1))
-        for batch in EvalBatches(split, self.max_len, batch_size):
-            batch = {key: v.to(self.device, non_blocking=True) for key, v in batch.items()}
-            with autocast(self.device, self.precision):
-                users = self.model.user_representations(batch)
-            scores = self.model.score(users.float(), items).float()
-            history = (batch["hist_row"], batch["hist_item"]) if exclude_history else (None, None)
-            ids, values, ranked = top_unmasked(scores, k, *history)
-            if progress is not None:
-                progress.update(len(scores))
-            yield ids.cpu().numpy(), values.masked_fill(~ranked, -torch.inf).cpu().numpy()
+        with self._ranking_scope() as items:
+            batches = EvalBatches(split, self.max_len, batch_size)
+            for batch, scores in score_batches(self.model, items, batches, self.device, self.precision):
+                history = (batch["hist_row"], batch["hist_item"]) if exclude_history else (None, None)
+                ids, values, ranked = top_unmasked(scores, k, *history)
+                if progress is not None:
+                    progress.update(len(scores))
+                yield ids.cpu().numpy(), values.masked_fill(~ranked, -torch.inf).cpu().numpy()
 
     def recommend_histories(self, histories: list[list[str]], k: int = 10, exclude_history: bool = True,
                             batch_size: int = 1024) -> list[list[tuple[str, float]]]:

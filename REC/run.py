@@ -11,16 +11,17 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .config import Config, ConfigError, ModelCatalog, load_config
+from .config import Config, ConfigError
+from .configure import build_config
 from .data import (DataError, EvalBatches, Interactions, Split, build_train_batches, prepare_run_split,
                    prepare_split, save_run_vocabulary)
 from .data.protocols import save_protocol
-from .data.train_batches import check_negatives_possible
-from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, cover_lmdb_path
+from .data.training import check_negatives_possible
+from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, check_covers, cover_lmdb_path
 from .data.covers import CoverStore
 from .encoder_cache import attach_prefix_store, log_plan
 from .evaluator import FullRankingEvaluator, get_metric
-from .model import create_model, get_model_class, list_models, model_defaults_file
+from .model import create_model
 from .model.base import DatasetInfo
 from .trainer import Trainer
 from .trainer.checkpoint import load as load_checkpoint
@@ -32,16 +33,6 @@ from .utils.precision import use_tf32
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "config.yaml"
-
-
-MODELS = ModelCatalog(defaults_file=model_defaults_file, names=list_models,
-                      encodes_covers=lambda name: get_model_class(name).item_source == "covers")
-
-
-def build_config(layers, overrides=(), require_model: bool = True) -> Config:
-    """The run's config from YAML files or in-memory ``ConfigLayer`` s (see ``load_config``), checked against the
-    registered models."""
-    return load_config(layers, overrides, models=MODELS, require_model=require_model)
 
 
 def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Interactions, Split]:
@@ -68,9 +59,8 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
     if max(config["topk"]) > n_items:  # else the first validation fails, after a whole epoch, with no checkpoint
         raise ConfigError(f"{config.source_of('topk')}: key 'topk' = {list(config['topk'])}; expected cut-offs of "
                           f"at most {n_items}, the number of items of dataset {config['dataset']!r}")
-    with torch.device("meta"):
-        model = create_model(config["model"], config, DatasetInfo.from_split(split))
-    if model.needs_training:
+    model = create_model(config["model"], config, DatasetInfo.from_split(split, shapes_only=True))
+    if model.input_type is not None:
         check_negatives_possible(model.input_type, split, config)  # else a tiny catalogue fails in every process
     if model.item_source == "covers":
         check_covers(config, inter)
@@ -79,18 +69,6 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
         check_init_from(model, config)
     log.info("%s", inter.summary(config["dataset"]))
     return inter, split
-
-
-def check_covers(config: Config, inter) -> None:
-    """Every item of the dataset must have a cover: a missing one would stop training at the first batch or
-    evaluation that names it (the original crashes there)."""
-    store = CoverStore(cover_lmdb_path(config), inter.item_tokens)
-    missing = store.missing(np.arange(1, inter.item_num))
-    if len(missing):
-        first = ", ".join(inter.item_tokens[int(i)] for i in missing[:10])
-        raise ConfigError(f"covers database {str(cover_lmdb_path(config))!r} (key 'cover_lmdb') has no cover for "
-                          f"{len(missing)} of the {inter.item_num - 1} items of dataset {config['dataset']!r}, e.g. "
-                          f"{first}; run generate_lmdb.py for this dataset and fix the images its report lists")
 
 
 def new_run_dir(config: Config) -> Path:
@@ -221,9 +199,10 @@ def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, ch
         attach_prefix_store(config, model, inter, split, device, store, item_covers=evaluator.item_covers)
     results = {}
     for name, batches in evals.items():
-        results[name] = evaluator.evaluate(model, batches)
-        if evaluator.last_buckets:  # per target-popularity bucket, as result.json's test_buckets
-            results[f"{name}_buckets"] = evaluator.last_buckets
+        evaluation = evaluator.evaluate(model, batches)
+        results[name] = evaluation.metrics
+        if evaluation.buckets:  # per target-popularity bucket, as result.json's test_buckets
+            results[f"{name}_buckets"] = evaluation.buckets
     return results
 
 
@@ -235,7 +214,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
     train_batches = (build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
-                     if model.needs_training else None)
+                     if model.input_type is not None else None)
     if store is not None and train_batches is not None:
         train_batches = BatchesWithCovers(train_batches, store, split.item_num)
     valid_batches, test_batches = evals["valid"], evals["test"]
@@ -251,8 +230,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     if store is not None:  # once the frozen weights are final: after init_from and resume
         attach_prefix_store(config, model, inter, split, device, store, train_batches, evaluator.item_covers)
     trainer.fit(train_batches, valid_batches)
-    test_result = trainer.test(test_batches)
-    summary = trainer.summary(test_result)
+    summary = trainer.summary(trainer.test(test_batches))
     summary["trainable_parameters"] = n_params
     if split.protocol:
         summary["protocol"] = split.protocol
@@ -261,5 +239,5 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     if dist.is_main():
         write_json_atomic(summary, run_dir / "result.json")
         log.info("best valid (epoch %s): %s\ntest: %s\nresults in %s", summary["best_epoch"], summary["best_valid"],
-                 test_result, run_dir / "result.json")
+                 summary["test"], run_dir / "result.json")
     return summary

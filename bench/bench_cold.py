@@ -1,7 +1,7 @@
 """Cold-start figures: the cold_items protocol where covers carry the signal, and popularity buckets on Beauty.
 
-    python bench/bench_cold.py                      # CPU, about 10 minutes on 2 cores
-    python bench/bench_cold.py --skip_beauty --epochs 4
+    python -m bench.bench_cold                      # CPU, about 10 minutes on 2 cores
+    python -m bench.bench_cold --skip_beauty --epochs 4
 
 1. cold_items: a synthetic log (``visual_log``: each user favours one visual group, and a cover shows its item's
    group by colour and stripes) run with ``cold_item_ratio: 0.2``. A fifth of the items never occur in training;
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,18 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from REC.data import load_interactions  # noqa: E402
-from REC.data.cover_pack import pack_covers  # noqa: E402
-from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
-from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
+from REC.data import load_interactions
+from REC.data.cover_pack import pack_covers
+from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
+from bench.main_runs import ROOT, run_main
 
 
 def run(args_list: list[str]) -> dict:
     t0 = time.time()
-    result, _ = run_main(args_list)
+    result = run_main(args_list).result
     result["wall_s"] = time.time() - t0
     return result
 

@@ -1,8 +1,8 @@
 """Does ``torch.compile`` pay for PixelNet's trainable encoder part? Forward + backward of ``ItemEncoder.from_prefix``
 (the blocks that train and the head), eager against compiled, on stored-prefix-shaped inputs.
 
-    python bench/bench_compile.py --covers 128 --precisions fp32
-    python bench/bench_compile.py --device cuda --covers 512 --precisions fp32,bf16
+    python -m bench.bench_compile --covers 128 --precisions fp32
+    python -m bench.bench_compile --device cuda --covers 512 --precisions fp32,bf16
 
 Default: CLIP ViT-B/32 (random weights), mean readout, the last 2 of 12 blocks trainable, head to 512, i.e. the
 part that a step runs when ``encoder_cache`` stores the frozen blocks. Prints seconds per step, the first
@@ -11,16 +11,13 @@ part that a step runs when ``encoder_cache`` stores the frozen blocks. Prints se
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from REC.utils.precision import autocast  # noqa: E402
-from REC.model.encoders import build_item_encoder  # noqa: E402
+from REC.utils.precision import autocast
+from REC.model.encoders import build_item_encoder
 
 
 def encoder(args):

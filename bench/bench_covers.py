@@ -1,6 +1,6 @@
 """Covers database: packing speed (1 worker vs all cores), size on disk per encoding, CoverStore.get throughput.
 
-    python bench/bench_covers.py [--n 2000] [--width 400 --height 300] [--size 224] [--folder /tmp/pixelrec_bench_covers]
+    python -m bench.bench_covers [--n 2000] [--width 400 --height 300] [--size 224] [--folder /tmp/pixelrec_bench_covers]
 
 Makes N synthetic JPEG covers (smooth colour fields plus noise, so they compress like photos rather than like
 pure noise), packs them with pack_covers, then reads random batches of 256 through CoverStore.get. Reads run
@@ -9,19 +9,15 @@ on a warm page cache (the database was just written), so they measure decoding a
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from REC.data import TokenTable  # noqa: E402
-from REC.data.cover_pack import pack_covers  # noqa: E402
-from REC.data.covers import CoverStore  # noqa: E402
+from REC.data import TokenTable
+from REC.data.cover_pack import pack_covers
+from REC.data.covers import CoverStore
 
 
 def make_covers(folder: Path, n: int, width: int, height: int, seed: int = 0) -> list[str]:

@@ -1,6 +1,6 @@
-"""Feature extraction speed (python -m REC.extract_features): covers encoded per second, fp32 and bf16.
+"""Feature extraction speed (python -m REC.features): covers encoded per second, fp32 and bf16.
 
-    python bench/bench_extract.py [--items 300] [--device cpu] [--workers 0] [--rn50_batches 4]
+    python -m bench.bench_extract [--items 300] [--device cpu] [--workers 0] [--rn50_batches 4]
 
 Two encoders with random weights (encoder_pretrained: false; the speed does not depend on the weights):
 timm's test_resnet on 32 px covers (the tests' encoder: the pipeline's overhead) and ResNet50 on 224 px covers
@@ -12,19 +12,15 @@ The 2-core CI machine is shared: rerun when it is idle (`uptime`) before quoting
 import argparse
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from REC.data.cover_pack import pack_covers  # noqa: E402
-from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
-from REC.features import extract_features, feature_config  # noqa: E402
+from REC.data.cover_pack import pack_covers
+from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
+from REC.features import extract_features, feature_config
 
 
 def make_data(folder: Path, n_items: int, size: int) -> Path:

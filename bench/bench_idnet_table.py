@@ -1,7 +1,7 @@
 """The IDNet table: every IDNet model (and Pop) trained on one dataset with its shipped recipe
 (IDNet/<model>.yaml + overall/ID.yaml), one after another; prints a markdown table.
 
-    python bench/bench_idnet_table.py --data_path ../shared/data/Beauty --dataset Beauty \
+    python -m bench.bench_idnet_table --data_path ../shared/data/Beauty --dataset Beauty \
         --epochs SASRec=30 MF=5 --default_epochs 10 --precision bf16
 
 ``--epochs`` caps the epochs of a model (a time budget on a CPU); early stopping still applies
@@ -9,30 +9,25 @@
 """
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.main_runs import ROOT, run_main
 
 MODELS = ["Pop", "MF", "FM", "DSSM", "LightGCN", "SRGNN", "GRU4Rec", "BERT4Rec", "NextItNet", "SASRec", "LightSANs"]
 
 
 def run(model, args, epochs):
-    cmd = [sys.executable, str(ROOT / "main.py"), "--device", args.device, "--config_file",
-           f"IDNet/{model.lower()}.yaml", "overall/ID.yaml", f"--data_path={args.data_path}",
-           f"--dataset={args.dataset}", f"--output_dir={args.output_dir}", "--show_progress=false",
-           f"--epochs={epochs}", f"--stopping_step={args.stopping_step}"]
+    cmd = ["--device", args.device, "--config_file", f"IDNet/{model.lower()}.yaml", "overall/ID.yaml",
+           f"--data_path={args.data_path}", f"--dataset={args.dataset}", f"--output_dir={args.output_dir}",
+           "--show_progress=false", f"--epochs={epochs}", f"--stopping_step={args.stopping_step}"]
     if model != "Pop":
         cmd.append(f"--precision={args.precision}")
     t0 = time.time()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        return {"model": model, "error": (out.stdout + out.stderr)[-1500:]}
-    line = next(l for l in out.stdout.splitlines() if "results in" in l)
-    result = json.loads(Path(line.rsplit(" ", 1)[-1]).read_text())
+    done = run_main(cmd, check=False)
+    if done.run_dir is None:
+        return {"model": model, "error": (done.proc.stdout + done.proc.stderr)[-1500:]}
+    result = done.result
     result["wall_s"] = time.time() - t0
     return result
 

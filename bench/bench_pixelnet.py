@@ -1,10 +1,10 @@
 """PixelNet figures: training throughput, evaluation cost, the frozen-prefix store, and cold items.
 
-    python bench/bench_pixelnet.py                      # CPU, a small encoder on 64 px covers
+    python -m bench.bench_pixelnet                      # CPU, a small encoder on 64 px covers
     # the paper's main setting on a CPU: CLIP ViT-B/32 (random init), mean readout, last 2 of 12 blocks train
-    python bench/bench_pixelnet.py --encoder clip_vit_b32 --readout mean --trainable_blocks 2 --cover 224 \
+    python -m bench.bench_pixelnet --encoder clip_vit_b32 --readout mean --trainable_blocks 2 --cover 224 \
         --users 1500 --items 800 --cold 0 --embedding 512 --batch 16 --workers 2 --steps 6 --warmup 1 --skip_cold
-    python bench/bench_pixelnet.py --device cuda --encoder clip_vit_b32 --readout mean --trainable_blocks 2 \
+    python -m bench.bench_pixelnet --device cuda --encoder clip_vit_b32 --readout mean --trainable_blocks 2 \
         --cover 224 --batch 64 --skip_cold
 
 Speed: MOSASRec training steps (batches of ``--batch`` chunks of M+1 items, their negatives and covers read from
@@ -29,21 +29,18 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from REC.data import build_train_batches, leave_one_out, load_interactions  # noqa: E402
-from REC.data.cover_batches import BatchesWithCovers, ItemCoverBatches  # noqa: E402
-from REC.data.cover_pack import pack_covers  # noqa: E402
-from REC.data.covers import CoverStore  # noqa: E402
-from REC.data.prefix_cache import PrefixCache, human_bytes  # noqa: E402
-from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
-from REC.encoder_cache import describe_store, fill_store, prefix_shape, store_dtype  # noqa: E402
-from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
-from REC.utils.precision import autocast  # noqa: E402
-from REC.model import create_model  # noqa: E402
-from REC.model.base import DatasetInfo  # noqa: E402
-from REC.run import build_config  # noqa: E402
+from REC.data import build_train_batches, leave_one_out, load_interactions
+from REC.data.cover_batches import BatchesWithCovers, ItemCoverBatches
+from REC.data.cover_pack import pack_covers
+from REC.data.covers import CoverStore
+from REC.data.prefix_cache import PrefixCache, human_bytes
+from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
+from REC.encoder_cache import describe_store, fill_store, prefix_shape, store_dtype
+from bench.main_runs import ROOT, run_main
+from REC.utils.precision import autocast
+from REC.model import create_model
+from REC.model.base import DatasetInfo
+from REC.configure import build_config
 
 
 def make_data(folder: Path, args) -> None:
@@ -106,7 +103,7 @@ def speed(folder: Path, args, precision: str, cache: str) -> dict:
         fill_store(prefix, items, store, device, precision, False, args.workers)
         out.update(cache_build_s=round(time.perf_counter() - t0, 1), cache_size=human_bytes(prefix.nbytes),
                    cache_bytes_per_item=prefix.row_bytes)
-    batches = BatchesWithCovers(build_train_batches("SEQ", split, cfg), store, split.item_num, prefix=prefix)
+    batches = BatchesWithCovers(build_train_batches("NEXT_ITEM", split, cfg), store, split.item_num, prefix=prefix)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -174,7 +171,7 @@ def speed(folder: Path, args, precision: str, cache: str) -> dict:
 
 
 def run(args_list: list[str]) -> dict:
-    return run_main(args_list)[0]
+    return run_main(args_list).result
 
 
 def cold(folder: Path, args, out: Path) -> dict:
@@ -229,8 +226,8 @@ def main() -> None:
               f"{args.users} users, {args.items + args.cold} items", flush=True)
         for precision in args.precisions.split(","):
             for cache in args.encoder_cache.split(","):
-                child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", str(folder), precision,
-                                        cache], capture_output=True, text=True)
+                child = subprocess.run([sys.executable, "-m", "bench.bench_pixelnet", *sys.argv[1:], "--one",
+                                        str(folder), precision, cache], cwd=ROOT, capture_output=True, text=True)
                 if child.returncode:
                     raise SystemExit(child.stderr[-3000:])
                 print(child.stdout.strip().splitlines()[-1], flush=True)

@@ -1,7 +1,7 @@
 """Serving speed of REC.predict: users per second for top-k lists of every user, fp32 and bf16.
 
-    python bench/bench_predict.py                                   # IDNet SASRec on ../shared/data/Beauty, CPU
-    python bench/bench_predict.py --run_dir runs/SASRec-Beauty-...  # an existing run instead of a fresh one
+    python -m bench.bench_predict                                   # IDNet SASRec on ../shared/data/Beauty, CPU
+    python -m bench.bench_predict --run_dir runs/SASRec-Beauty-...  # an existing run instead of a fresh one
 
 Without ``--run_dir`` it first trains one epoch (bf16) into a temporary folder: the speed of predicting does not
 depend on how well the model is trained. Each precision is timed in this process: loading the run (config,
@@ -12,34 +12,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from REC.data import EvalBatches, leave_one_out  # noqa: E402
-from REC.evaluator import FullRankingEvaluator  # noqa: E402
-from REC.predict import Recommender, write_recommendations  # noqa: E402
+from REC.data import EvalBatches, leave_one_out
+from REC.evaluator import FullRankingEvaluator
+from REC.predict import Recommender, write_recommendations
+from bench.main_runs import run_main
 
 
 def train(data_path: str, dataset: str, out: Path) -> Path:
-    cmd = [sys.executable, str(ROOT / "main.py"), "--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml",
+    cmd = ["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml",
            f"--data_path={data_path}", f"--dataset={dataset}", "--epochs=1", "--precision=bf16",
            "--show_progress=false", f"--output_dir={out}"]
-    print("$", " ".join(cmd), flush=True)
+    print("$ python main.py", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
-    line = next(line for line in proc.stdout.splitlines() if "results in" in line)
+    run_dir = run_main(cmd).run_dir
     print(f"trained 1 epoch in {time.perf_counter() - t0:.0f} s", flush=True)
-    return Path(line.rsplit(" ", 1)[-1]).parent
+    return run_dir
 
 
 def time_predict(run_dir: Path, precision: str, args, out: Path) -> dict:

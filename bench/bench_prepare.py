@@ -1,6 +1,6 @@
 """Data preparation at scale: parse, remap, sort and split a large CSV; print seconds and peak RSS.
 
-    python bench/bench_prepare.py --interactions 8000000 [--folder /tmp/pixelrec_bench]
+    python -m bench.bench_prepare --interactions 8000000 [--folder /tmp/pixelrec_bench]
 
 Makes a synthetic CSV of the requested size once (PixelRec format), then in a fresh child process times a cold
 preparation (no cache), a warm one (cache hit), the leave-one-out split and the SEQ chunking, and reports the
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CHILD = r"""
 import json, shutil, sys, time

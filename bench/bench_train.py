@@ -1,18 +1,14 @@
 """Train one configuration and print its figures: seconds per epoch, eval seconds, peak RSS, metrics.
 
-    python bench/bench_train.py --device cpu --config_file IDNet/sasrec.yaml overall/ID.yaml \
+    python -m bench.bench_train --device cpu --config_file IDNet/sasrec.yaml overall/ID.yaml \
         -- --data_path=../shared/data/Beauty --dataset=Beauty --epochs=30 --stopping_step=30 --precision=bf16
 
 Everything after ``--`` is passed to main.py as config overrides. The run happens in a child process so that
 its peak RSS is its own; the figures come from the run's result.json.
 """
 import argparse
-import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.main_runs import ROOT, run_main
 
 
 def main():
@@ -22,16 +18,13 @@ def main():
     p.add_argument("--output_dir", default=str(ROOT / "bench" / "out"))
     args, rest = p.parse_known_args()
     overrides = [a for a in rest if a != "--"]
-    cmd = [sys.executable, str(ROOT / "main.py"), "--device", args.device, "--config_file", *args.config_file,
-           f"--output_dir={args.output_dir}", "--show_progress=false", *overrides]
-    print("$", " ".join(cmd), flush=True)
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stdout[-3000:] + out.stderr[-3000:])
-    run_dir = next(line.rsplit(" ", 1)[-1] for line in out.stdout.splitlines() if "results in" in line)
-    r = json.loads(Path(run_dir).read_text() if run_dir.endswith(".json") else (Path(run_dir) / "result.json").read_text())
+    cmd = ["--device", args.device, "--config_file", *args.config_file, f"--output_dir={args.output_dir}",
+           "--show_progress=false", *overrides]
+    print("$ python main.py", " ".join(cmd), flush=True)
+    run = run_main(cmd)
+    r = run.result
     valid_ndcg = [h["valid"]["ndcg@10"] for h in r["history"] if h.get("valid")]
-    print(f"run dir            {Path(run_dir).parent}")
+    print(f"run dir            {run.run_dir}")
     print(f"precision          {r['precision']}   world size {r['world_size']}")
     print(f"seconds per epoch  {r['seconds_per_epoch']:.2f}")
     print(f"eval seconds       {r['eval_seconds']:.2f}" if r["eval_seconds"] else "eval seconds       -")

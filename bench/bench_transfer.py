@@ -1,7 +1,7 @@
 """Cross-domain transfer: pre-train on domain A, fine-tune on a few-shot domain B, against training on B from scratch.
 
-    python bench/bench_transfer.py                       # CPU: a tiny encoder on 24 px covers, a few minutes
-    python bench/bench_transfer.py --device 0 --encoder clip_vit_b32 --pretrained true --cover 224 --readout cls
+    python -m bench.bench_transfer                       # CPU: a tiny encoder on 24 px covers, a few minutes
+    python -m bench.bench_transfer --device 0 --encoder clip_vit_b32 --pretrained true --cover 224 --readout cls
 
 Two synthetic domains share a visual taste but no item and no user: each is a ``visual_log`` (users draw most of
 their items from a favourite visual group) with its own seed, B's tokens renamed ``b<k>`` / ``v<k>``, and covers
@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from REC.data.cover_pack import pack_covers  # noqa: E402
-from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
-from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
+from REC.data.cover_pack import pack_covers
+from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
+from bench.main_runs import run_main
 
 
 def make_domain(folder: Path, name: str, item_prefix: str, user_prefix: str, seed: int, args) -> None:
@@ -84,12 +80,14 @@ def main() -> None:
         results, arms = {}, [("PixelNet SASRec", pixel)] + ([] if args.skip_idnet else [("IDNet SASRec", idnet)])
         for name, recipe in arms:
             t0 = time.perf_counter()
-            pre, pre_dir = run_main([*recipe, *on_a])
+            pre_run = run_main([*recipe, *on_a])
+            pre, pre_dir = pre_run.result, pre_run.run_dir
             print(f"{name} pre-trained on A: test recall@10 {pre['test']['recall@10']:.4f} ndcg@10 "
                   f"{pre['test']['ndcg@10']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
             for arm, extra in (("from scratch on B", []), ("from A, fine-tuned on B", [f"--init_from={pre_dir}"])):
                 t0 = time.perf_counter()
-                r, run_dir = run_main([*recipe, *on_b, *extra])
+                run_dir = run_main([*recipe, *on_b, *extra]).run_dir
+                r = json.loads((run_dir / "result.json").read_text())
                 loaded = None
                 if extra:
                     counts = json.loads((run_dir / "transfer_report.json").read_text())["counts"]

@@ -1,7 +1,7 @@
 """ViNet figures on a log whose covers carry the signal: features extracted from the covers by a frozen encoder,
 then VisRank, VBPR and ACF beside Pop and IDNet SASRec (test Recall@10 / NDCG@10).
 
-    python bench/bench_vinet.py [--encoder timm/test_resnet --cover 32 --epochs 8]
+    python -m bench.bench_vinet [--encoder timm/test_resnet --cover 32 --epochs 8]
 
 Pretrained weights cannot be downloaded here, so the stand-in for "an encoder pretrained elsewhere" is the tiny
 timm/test_resnet trained for a few epochs to classify covers into their visual groups, saved to a local file and
@@ -18,16 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from REC.data.cover_pack import pack_covers  # noqa: E402
-from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv  # noqa: E402
-from main_runs import run_main  # noqa: E402  (bench/, the script's own folder)
+from REC.data.cover_pack import pack_covers
+from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
+from bench.main_runs import ROOT, run_main
 
 
 def main_py(args_list: list[str]) -> dict:
-    return run_main(args_list)[0]
+    return run_main(args_list).result
 
 
 def pretrain_group_classifier(covers: dict, groups: dict, args, path: Path) -> None:
@@ -56,7 +53,7 @@ def pretrain_group_classifier(covers: dict, groups: dict, args, path: Path) -> N
 
 def extract(folder: Path, args, output: Path, spatial: bool, weights: Path | None) -> float:
     source = ["--encoder_pretrained=true", f"--encoder_weights={weights}"] if weights else ["--encoder_pretrained=false"]
-    cmd = [sys.executable, "-m", "REC.extract_features", "--config_file", "overall/ResNet50.yaml",
+    cmd = [sys.executable, "-m", "REC.features", "--config_file", "overall/ResNet50.yaml",
            "--output", str(output), f"--data_path={folder}", "--dataset=Vis", f"--encoder={args.encoder}",
            *source, f"--image_size={args.cover}", "--encoder_readout=pool"]
     if spatial:

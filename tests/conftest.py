@@ -1,16 +1,14 @@
 """Shared fixtures: small real data on disk and a helper that runs the real command line."""
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bench import main_runs
 from REC.data.synthetic import sequential_log, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,13 +39,15 @@ def train_steps(model, batch: dict, steps: int, lr: float) -> list[float]:
     return losses
 
 
-def run_main(args: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"main.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+# bench/main_runs.py's run_main (one helper for the tests and the bench): (process, run directory); a test's run
+# gets 300 s
+run_main = functools.partial(main_runs.run_main, timeout=300)
+
+
+def pop_test_metrics(data: Path, dataset: str, out: Path) -> dict:
+    """Test metrics of Pop (most popular training items first) on a dataset: the floor a trained model must beat."""
+    return run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={data}",
+                     f"--dataset={dataset}", f"--output_dir={out}", "--show_progress=false"]).result["test"]
 
 
 def call_main(main, argv: list[str], capsys) -> tuple[int, str, str]:
@@ -66,15 +66,6 @@ def call_main(main, argv: list[str], capsys) -> tuple[int, str, str]:
         root.setLevel(level)
     out, err = capsys.readouterr()
     return status, out, err
-
-
-def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
-    line = next(line for line in proc.stdout.splitlines() if "results in" in line)
-    return Path(line.rsplit(" ", 1)[-1]).parent
-
-
-def result_of(proc: subprocess.CompletedProcess) -> dict:
-    return json.loads((run_dir_of(proc) / "result.json").read_text())
 
 
 def sasrec_args(data: Path, out: Path, *extra: str) -> list[str]:

@@ -2,7 +2,7 @@
 import pytest
 
 from REC.config import Config, ConfigError
-from REC.run import build_config
+from REC.configure import build_config
 
 BASE = ["IDNet/sasrec.yaml", "overall/ID.yaml"]
 

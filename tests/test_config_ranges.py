@@ -12,7 +12,8 @@ from REC.config import ConfigError
 from REC.config.config import DEFAULTS_FILE, read_defaults
 from REC.model import create_model, list_models, model_defaults_file
 from REC.model.base import DatasetInfo
-from REC.run import build_config, preflight
+from REC.configure import build_config
+from REC.run import preflight
 
 from REC.launch import main
 
@@ -164,7 +165,7 @@ def test_clip_grad_norm_must_be_positive_or_null(bad):
 
 
 # ----------------------------------------------------------------------------------------------- model shapes
-INFO = DatasetInfo(50, 40, train_users=np.arange(1, 40), train_items=np.arange(1, 40))
+INFO = DatasetInfo.from_pairs(50, 40, np.arange(1, 40), np.arange(1, 40))
 
 
 def model_error(files, overrides) -> str:

@@ -14,13 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+import generate_lmdb
 from REC.data import DataError, TokenTable
 from REC.data.cover_pack import find_images, pack_covers, read_item_tokens
 from REC.data.covers import CoverError, CoverStore
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import generate_lmdb  # noqa: E402
 
 
 def write_csv(path: Path, tokens: list[str]) -> Path:

@@ -5,7 +5,7 @@ import pytest
 
 from REC.data import (DataError, EvalBatches, build_train_batches, leave_one_out, load_interactions,
                       sample_negatives, sequence_chunks, shard_bounds)
-from REC.run import build_config
+from REC.configure import build_config
 
 CSV = """item_id,user_id,timestamp
 a,u1,5
@@ -71,7 +71,7 @@ def test_negatives_avoid_their_row_and_align_with_targets(seq_data):
     cfg = build_config(["IDNet/sasrec.yaml", "overall/ID.yaml"], [f"--data_path={seq_data}", "--dataset=Seq",
                                                                    "--train_batch_size=50"])
     split = leave_one_out(load_interactions(str(seq_data), "Seq"))
-    batches = build_train_batches("SEQ", split, cfg)
+    batches = build_train_batches("NEXT_ITEM", split, cfg)
     batch = batches[0]
     items, neg = batch["items"].numpy(), batch["negatives"].numpy()
     assert items.shape == neg.shape == (50, 11)
@@ -96,7 +96,7 @@ def test_ranks_share_the_training_examples_evenly(seq_data):
     cfg = build_config(["IDNet/sasrec.yaml", "overall/ID.yaml"], [f"--data_path={seq_data}", "--dataset=Seq",
                                                                    "--train_batch_size=16"])
     split = leave_one_out(load_interactions(str(seq_data), "Seq"))
-    parts = [build_train_batches("SEQ", split, cfg, rank=r, world_size=2) for r in range(2)]
+    parts = [build_train_batches("NEXT_ITEM", split, cfg, rank=r, world_size=2) for r in range(2)]
     assert len(parts[0]) == len(parts[1])
     seen = [np.concatenate(p._batches) for p in parts]
     n = len(parts[0].chunks)

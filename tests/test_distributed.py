@@ -7,7 +7,7 @@ import pytest
 
 from REC.distributed import DeviceSpec
 
-from .conftest import ROOT, result_of, run_dir_of, run_main, sasrec_args
+from .conftest import ROOT, run_main, sasrec_args
 
 
 def evaluate(run_dir, device):
@@ -19,11 +19,11 @@ def evaluate(run_dir, device):
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_metrics(seq_data, tmp_path):
-    proc = run_main(sasrec_args(seq_data, tmp_path, "--epochs=2"))
-    run_dir = run_dir_of(proc)
+    run = run_main(sasrec_args(seq_data, tmp_path, "--epochs=2"))
+    run_dir = run.run_dir
     one = evaluate(run_dir, "cpu")
     two = evaluate(run_dir, "cpu:2")  # 301 users: ranks get 150 and 151
-    assert one["test"] == result_of(proc)["test"]
+    assert one["test"] == run.result["test"]
     for split in ("valid", "test"):
         assert one[split].keys() == two[split].keys()
         for key in one[split]:
@@ -32,9 +32,9 @@ def test_two_processes_give_the_one_process_metrics(seq_data, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_training_run(seq_data, tmp_path):
-    proc = run_main(["--device", "cpu:2", *sasrec_args(seq_data, tmp_path, "--epochs=4", "--optim_args.learning_rate=3e-3",
-                                                       "--optim_args.weight_decay=0")])
-    result = result_of(proc)
+    result = run_main(["--device", "cpu:2", *sasrec_args(seq_data, tmp_path, "--epochs=4",
+                                                         "--optim_args.learning_rate=3e-3",
+                                                         "--optim_args.weight_decay=0")]).result
     assert result["world_size"] == 2 and result["epochs_run"] == 4
     assert result["test"]["ndcg@10"] > 0.2  # it learns: popularity gets 0.148 on this log
 

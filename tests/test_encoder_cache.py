@@ -31,9 +31,9 @@ from REC.model.base import DatasetInfo
 from REC.model.encoders import ItemEncoder
 from REC.model.encoders.backbone import set_trainable_blocks
 from REC.model.pixel import CoverItems
-from REC.run import build_config
+from REC.configure import build_config
 
-from .conftest import call_main, result_of, run_main, train_steps
+from .conftest import call_main, run_main, train_steps
 from .test_encoders import meta
 
 COVER = 32
@@ -368,25 +368,24 @@ def test_a_run_with_the_store_equals_a_run_without(log, tmp_path):
     from REC.run import _build, load_run_config
     from REC.trainer.checkpoint import load as load_checkpoint
 
-    proc = run_main(["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", f"--data_path={log.data}",
-                     "--dataset=Tiny", "--encoder_pretrained=false", "--epochs=1", "--train_batch_size=4",
-                     "--num_workers=0", "--show_progress=false", "--cover_batch_size=16",
-                     f"--encoder_cache_dir={tmp_path / 'store'}", f"--output_dir={tmp_path}"])
-    said = proc.stdout + proc.stderr
+    run = run_main(["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", f"--data_path={log.data}",
+                    "--dataset=Tiny", "--encoder_pretrained=false", "--epochs=1", "--train_batch_size=4",
+                    "--num_workers=0", "--show_progress=false", "--cover_batch_size=16",
+                    f"--encoder_cache_dir={tmp_path / 'store'}", f"--output_dir={tmp_path}"])
+    said = run.proc.stdout + run.proc.stderr
     n = log.split.item_num - 1
     assert f"is stored once per item: {n} items x 50 x 768 x 4 bytes = " in said, said[-3000:]
     assert "encoder_cache: building" in said and "the last 2 of 12 blocks train" in said
     assert len(list((tmp_path / "store").glob("prefix-Tiny-*.npy"))) == 1
-    got = result_of(proc)
+    got, run_dir = run.result, run.run_dir
     # the last 2 of 12 blocks + a 768->512 head (14.57M) and SASRec at d 512 (4.21M): the paper's ~1.9e7
     assert got["trainable_parameters"] == 18_781_184
 
-    run_dir = next(tmp_path.glob("MOSASRec-Tiny-*"))
     config = load_run_config(run_dir)
     _, _, model, evals, evaluator, _ = _build(config, run_dir, CPU)  # no store attached: whole-encoder path
     model.load_state_dict(load_checkpoint(run_dir / "best.pth")["model"])
     assert evaluator.item_covers.prefix is None
-    want = evaluator.evaluate(model, evals["test"])
+    want = evaluator.evaluate(model, evals["test"]).metrics
     assert got["test"].keys() == want.keys()
     for k, value in want.items():
         assert got["test"][k] == pytest.approx(value, abs=1e-6), (k, got["test"], want)

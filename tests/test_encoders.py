@@ -8,14 +8,19 @@ import pytest
 import torch
 
 from REC.config import ConfigError
-from REC.model.encoders import ItemEncoder, build_item_encoder, get_encoder_spec, list_encoders
-from REC.model.encoders.clip_encoders import create_clip_visual
+from REC.model.encoders import Backbone, ItemEncoder, build_item_encoder, get_encoder_spec, list_encoders
+from REC.model.encoders.backbone import NoFeatureMapError
+from REC.model.encoders.clip_encoders import attention_pool, create_clip_visual
 from REC.model.encoders.head import projection_head
 from REC.model.encoders.weights import Weights
 
 NINE = ["beit_b", "clip_rn50", "clip_rn50x4", "clip_rn50x16", "clip_rn50x64", "clip_vit_b32", "resnet50", "swin_b",
         "swin_t"]
 REAL = ["resnet50", "clip_rn50", "clip_rn50x4", "clip_vit_b32", "beit_b"]  # CPU-cheap at n=1-2; swin_t: below
+# what each network gives its head at its default readout, from the published architectures: CLIP ResNets' attention
+# pool output (embed dim), ViT-B, BEiT-B and Swin-T's 768, Swin-B's 1024, ResNet-50's 2048 pooled channels
+WIDTH = {"beit_b": 768, "clip_rn50": 1024, "clip_rn50x4": 640, "clip_rn50x16": 768, "clip_rn50x64": 1024,
+         "clip_vit_b32": 768, "resnet50": 2048, "swin_b": 1024, "swin_t": 768}
 
 
 def cfg(encoder: str, **over) -> dict:
@@ -25,14 +30,15 @@ def cfg(encoder: str, **over) -> dict:
 
 
 def meta(encoder: str, out_dim: int = 16, **over) -> ItemEncoder:
-    """Built on the meta device: shapes, names and requires_grad only (cached: tests only read them)."""
+    """Built for a shape check on the meta device: shapes, names and requires_grad only, no weights read
+    (cached: tests only read them)."""
     return _meta(encoder, out_dim, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in over.items()))
 
 
 @functools.cache
 def _meta(encoder: str, out_dim: int, over: tuple) -> ItemEncoder:
     with torch.device("meta"):
-        return build_item_encoder(cfg(encoder, **dict(over)), out_dim)
+        return build_item_encoder(cfg(encoder, **dict(over)), out_dim, shapes_only=True)
 
 
 @functools.cache
@@ -64,7 +70,7 @@ def test_every_encoder_builds_on_meta_with_its_shipped_settings(name):
     enc = meta(name, out_dim=24)
     x = torch.empty(2, 3, enc.input_size, enc.input_size, device="meta")
     assert enc(x).shape == (2, 24)
-    assert enc.readout == spec.default_readout and enc.width > 0
+    assert enc.readout == spec.default_readout and enc.width == WIDTH[name]
     assert len(enc.mean) == len(enc.std) == 3
     assert 0 < enc.trainable_parameters() <= enc.total_parameters()
     assert under(names(enc), "head") <= trainable(enc)  # the head always trains
@@ -236,6 +242,54 @@ def test_channels_last_only_on_cuda():
     assert enc.channels_last and enc.backbone.net.conv1.weight.is_contiguous()  # CPU input: left alone
 
 
+# ------------------------------------------------------------------------------------------ frozen features
+@pytest.mark.parametrize("name,readout,size", [
+    ("clip_rn50", "cls", 64), ("clip_rn50", "pool", 64),              # CLIP ResNet: layer4, NCHW
+    ("clip_vit_b32", "mean", 224), ("clip_vit_b32", "pool", 224),     # CLIP ViT: tokens before ln_post
+    ("timm/test_resnet", None, 64), ("timm/test_vit", None, 160),     # timm CNN (NCHW), ViT (class token)
+    ("swin_t", "pool", 224), ("swin_t", "cls", 224),                  # Swin: NHWC
+])
+def test_pooled_and_feature_map_equal_the_direct_computation(name, readout, size):
+    """What ``REC.features`` writes, bit for bit as computed from the library's modules: ``pooled`` is the readout
+    a head would receive (the ViT ``mean`` readout: the average token), ``feature_map`` the last map channels
+    last or the patch tokens without the class token (the CLIP ViT's before ln_post, whatever the readout)."""
+    b = real(name, readout).backbone
+    net = b.net
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pooled, fmap = b.pooled(x), b.feature_map(x)
+        if name == "clip_rn50":
+            last = net.layer4(net.layer3(net.layer2(net.layer1(net.stem(x)))))
+            expected_map = last.permute(0, 2, 3, 1)
+            expected = attention_pool(net.attnpool, last) if readout == "cls" else last.mean(dim=(2, 3))
+        elif name == "clip_vit_b32":
+            tokens = net.transformer(b._stem(x))
+            expected_map = tokens[:, 1:]
+            expected = tokens.mean(dim=1) if readout == "mean" else net.ln_post(tokens[:, 0])
+            torch.testing.assert_close(tokens, net.transformer(net._embeds(x)))  # open_clip's own embedding
+        else:
+            features = net.forward_features(x)
+            if name == "timm/test_vit":
+                expected_map = features[:, net.num_prefix_tokens:]
+            else:
+                expected_map = features if name == "swin_t" else features.permute(0, 2, 3, 1)
+            expected = features[:, 0, 0] if readout == "cls" else net(x)  # timm's own pooling (num_classes=0)
+    assert b.has_feature_map and pooled.shape == (2, b.width)
+    assert torch.equal(pooled, expected) and torch.equal(fmap, expected_map)
+
+
+def test_a_backbone_without_a_feature_map_says_so():
+    class Opaque(Backbone):
+        def forward(self, images):
+            return images.mean(dim=(2, 3))
+
+    b = Opaque(torch.nn.Identity(), width=3, input_size=8, mean=(0, 0, 0), std=(1, 1, 1), is_convolutional=False)
+    x = torch.randn(1, 3, 8, 8)
+    assert not b.has_feature_map and torch.equal(b.pooled(x), x.mean(dim=(2, 3)))
+    with pytest.raises(NoFeatureMapError, match=r"Opaque\) gives no feature map"):
+        b.feature_map(x)
+
+
 # -------------------------------------------------------------------------------------------------- weights
 def test_timm_weights_from_a_local_file(tmp_path):
     src = real("resnet50").backbone.net
@@ -290,7 +344,7 @@ def test_offline_hub_failure_asks_for_a_local_file(monkeypatch):
 def test_pretrained_on_the_meta_device_reads_nothing(monkeypatch):
     import open_clip
     monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("downloaded"))
-    assert meta("clip_rn50", encoder_pretrained=True).total_parameters() > 0
+    assert meta("clip_rn50", encoder_pretrained=True).total_parameters() == meta("clip_rn50").total_parameters()
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -310,9 +364,9 @@ def test_too_many_trainable_blocks_is_an_error_naming_key_value_and_blocks():
 
 
 def test_config_errors_name_the_source():
-    from REC.run import build_config
-    config = build_config(["IDNet/sasrec.yaml", "overall/ID.yaml"],
-                          ["--encoder=clip_vit_b32", "--encoder_pretrained=false", "--encoder_trainable_blocks=99"])
+    from REC.configure import build_config
+    config = build_config(["PixelNet/sasrec.yaml", "overall/ViT.yaml"],
+                          ["--encoder_pretrained=false", "--encoder_trainable_blocks=99"])
     with pytest.raises(ConfigError, match="command line: key 'encoder_trainable_blocks': 99"), torch.device("meta"):
         build_item_encoder(config, 8)
 

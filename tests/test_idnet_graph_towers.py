@@ -1,4 +1,4 @@
-"""SRGNN's batched session graphs, the prefix (AUGSEQ) and held-out-item (LEAVE_ONE_OUT_CHUNK) training
+"""SRGNN's batched session graphs, the prefix (PREFIX) and held-out-item (HELD_OUT_ITEM) training
 datasets, and LightSANs' padding mask."""
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from REC.data.split import Split
 from REC.model import create_model
 from REC.model.base import DatasetInfo
 from REC.model.IDNet.srgnn import session_graphs
-from REC.run import build_config
+from REC.configure import build_config
 
 M = 10
 
@@ -93,7 +93,7 @@ def left_pad(values, width):
 def test_prefix_dataset_yields_every_prefix_once():
     split = make_split(LENGTHS)
     chunks = [real_items(c) for c in sequence_chunks(split, M)]
-    data = build_train_batches("AUGSEQ", split, CONFIG)
+    data = build_train_batches("PREFIX", split, CONFIG)
     got = all_examples(data)
     assert len(got["target"]) == data.n_examples == sum(len(c) - 1 for c in chunks)
     expected = sorted((tuple(left_pad(c[:end], M)), c[end]) for c in chunks for end in range(1, len(c)))
@@ -105,7 +105,7 @@ def test_prefix_dataset_yields_every_prefix_once():
 def test_held_out_item_dataset_excludes_the_target_position_and_avoids_the_chunk():
     split = make_split(LENGTHS)
     chunks = [real_items(c) for c in sequence_chunks(split, M)]
-    data = build_train_batches("LEAVE_ONE_OUT_CHUNK", split, CONFIG)
+    data = build_train_batches("HELD_OUT_ITEM", split, CONFIG)
     got = all_examples(data)
     expected = sorted((tuple(left_pad(c[:i] + c[i + 1:], M)), c[i]) for c in chunks if len(c) > 1
                       for i in range(len(c)))
@@ -117,7 +117,7 @@ def test_held_out_item_dataset_excludes_the_target_position_and_avoids_the_chunk
 
 def test_training_batches_are_reproducible_per_epoch():
     split = make_split(LENGTHS)
-    for input_type in ("AUGSEQ", "LEAVE_ONE_OUT_CHUNK"):
+    for input_type in ("PREFIX", "HELD_OUT_ITEM"):
         a, b = build_train_batches(input_type, split, CONFIG), build_train_batches(input_type, split, CONFIG)
         a.set_epoch(3), b.set_epoch(3)
         for k, v in a[1].items():

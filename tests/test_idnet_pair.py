@@ -11,7 +11,7 @@ import torch
 from REC.data import build_train_batches, leave_one_out, load_interactions
 from REC.model.base import DatasetInfo
 from REC.model.IDNet.lightgcn import LightGCN, normalized_adjacency
-from REC.run import build_config
+from REC.configure import build_config
 
 
 def pair_config(seq_data, name="mf", *extra):
@@ -95,7 +95,7 @@ def test_normalized_adjacency_equals_a_dense_hand_computation():
 def test_propagation_equals_dense_products_and_its_gradient_too():
     users, items, user_num, item_num = tiny_graph()
     torch.manual_seed(0)
-    model = LightGCN({"embedding_size": 5, "n_layers": 1}, DatasetInfo(item_num, user_num, users, items))
+    model = LightGCN({"embedding_size": 5, "n_layers": 1}, DatasetInfo.from_pairs(item_num, user_num, users, items))
     dense = model.adjacency.to_dense()
     e0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
     u, i = model.propagate()

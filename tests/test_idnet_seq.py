@@ -9,7 +9,7 @@ import torch
 from REC.data import build_train_batches, leave_one_out, load_interactions, sequence_chunks
 from REC.model import create_model
 from REC.model.base import DatasetInfo
-from REC.run import build_config
+from REC.configure import build_config
 
 ITEM_NUM = 40
 SMALL = {
@@ -51,7 +51,8 @@ def test_training_loss_ignores_the_padding(name):
     """The same chunk padded differently (a shorter M) gives the same loss."""
     _, model = small_model(name)
     items, negs = [5, 9, 3, 7], [0, 11, 12, 13]
-    losses = [model({"items": left_padded(items, w), "negatives": left_padded(negs, w)}).item() for w in (5, 11)]
+    losses = [model({"items": left_padded(items, w), "negatives": left_padded(negs, w),
+                     "target_mask": left_padded(negs, w) != 0}).item() for w in (5, 11)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
@@ -118,7 +119,7 @@ def test_bert4rec_loss_sums_masked_positions_over_sequences():
     masked_items, neg = items.clone(), torch.zeros_like(items)
     masked_items[0, -1], neg[0, -1] = ITEM_NUM, 11  # one masked position in the batch of two
     with torch.no_grad():
-        loss = model({"masked_items": masked_items, "items": items, "negatives": neg})
+        loss = model({"masked_items": masked_items, "items": items, "negatives": neg, "target_mask": neg != 0})
         h = model.encode(masked_items)[0, -1]
         w = model.item_embedding.weight
         expected = -torch.nn.functional.logsigmoid(h @ w[7] - h @ w[11]) / 2

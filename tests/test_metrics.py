@@ -64,7 +64,7 @@ def test_padding_and_history_are_masked():
     split = split_of(users=[1, 2, 3], targets=[3, 2, 7],
                      histories=[[1, 2], [2, 5], [1]])    # user 2's target repeats a history item
     evaluator = FullRankingEvaluator(["Recall", "NDCG"], [1, 5], 7, torch.device("cpu"))
-    result = evaluator.evaluate(FixedScores(table), EvalBatches(split, max_len=3, batch_size=2))
+    result = evaluator.evaluate(FixedScores(table), EvalBatches(split, max_len=3, batch_size=2)).metrics
     # user 1: items 1,2 masked -> item 3 ranks first. user 2: target masked, never hit.
     # user 3: item 1 masked -> order 2,3,4,5,6,7 -> item 7 ranked 6th, outside top 5.
     assert result == {"recall@1": round(1 / 3, 7), "recall@5": round(1 / 3, 7),

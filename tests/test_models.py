@@ -6,9 +6,9 @@ import torch
 from REC.data import EvalBatches, build_train_batches, leave_one_out, load_interactions
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.run import build_config
+from REC.configure import build_config
 
-from .conftest import result_of, run_main, train_steps
+from .conftest import pop_test_metrics, run_main, train_steps
 from .model_cases import BEAT_POP, SMALL
 
 MODELS = list_models(family="IDNet")
@@ -56,9 +56,7 @@ def test_loss_is_a_finite_scalar_and_decreases(name, seq_data):
 
 @pytest.fixture(scope="module")
 def pop_result(seq_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pop")
-    return result_of(run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
-                               "--dataset=Seq", f"--output_dir={out}", "--show_progress=false"]))["test"]
+    return pop_test_metrics(seq_data, "Seq", tmp_path_factory.mktemp("pop"))
 
 
 @pytest.mark.slow
@@ -66,5 +64,5 @@ def pop_result(seq_data, tmp_path_factory):
 def test_short_training_beats_pop(name, seq_data, tmp_path, pop_result):
     args = ["--config_file", f"IDNet/{name.lower()}.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
             "--dataset=Seq", f"--output_dir={tmp_path}", "--show_progress=false", *SMALL[name], *BEAT_POP.get(name, [])]
-    result = result_of(run_main(args))["test"]
+    result = run_main(args).result["test"]
     assert result["recall@10"] > pop_result["recall@10"] and result["ndcg@10"] > pop_result["ndcg@10"], (result, pop_result)

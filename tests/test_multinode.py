@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, run_dir_of, sasrec_args
+from bench.main_runs import run_dir_from
+
+from .conftest import ROOT, sasrec_args
 
 NODE_LINE = "finished; test: "
 
@@ -56,6 +58,7 @@ def two_node_run(seq_data, tmp_path_factory):
     tests = [node_test(p) for p in procs]
     runs = list(out.iterdir())
     assert len(runs) == 1, runs  # node 1 makes no directory of its own
+    assert run_dir_from(procs[0].stdout) == runs[0] and run_dir_from(procs[1].stdout) is None  # node 0 names it
     return runs[0], tests
 
 
@@ -79,7 +82,8 @@ def test_resume_on_two_nodes_continues_the_run(seq_data, tmp_path, two_node_run)
     reference = json.loads((two_node_run[0] / "result.json").read_text())
     first = two_nodes(lambda r: sasrec_args(seq_data, tmp_path, "--epochs=1"))
     node_test(first[0]), node_test(first[1])
-    run = run_dir_of(first[0])
+    run = run_dir_from(first[0].stdout)
+    assert run is not None and run_dir_from(first[1].stdout) is None
     config = (run / "config.yaml").read_text()
     assert config.count("epochs: 1  # command line\n") == 1
     (run / "config.yaml").write_text(config.replace("epochs: 1  # command line\n", "epochs: 2  # command line\n"))

@@ -15,12 +15,12 @@ from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
 from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.run import build_config
+from REC.configure import build_config
 from REC.trainer.optim import build_optimizer
 
 from REC.launch import main as launch_main
 
-from .conftest import ROOT, call_main, result_of, run_main, train_steps
+from .conftest import ROOT, call_main, run_main, train_steps
 from .model_cases import SMALL
 
 PIXEL_MODELS = list_models(family="PixelNet")
@@ -75,9 +75,8 @@ def test_cover_items_lookup_equals_encoding_each_id(vis_data):
     ids = torch.tensor([[0, 5, 3, 5], [7, 0, split.item_num, 3]])
     distinct = torch.tensor([3, 5, 7])
     with torch.no_grad():
-        items.load_batch(distinct, {"covers": torch.from_numpy(store.get(distinct.numpy()))})
-        got = items(ids)
-        items.release()
+        with items.batch_source(distinct, {"covers": torch.from_numpy(store.get(distinct.numpy()))}):
+            got = items(ids)
         one = {i: items.encode(torch.from_numpy(store.get(np.array([i]))))[0] for i in (3, 5, 7)}
         mask = items.visual_encoder(items.mask_image("cpu"))[0]
     want = torch.stack([torch.stack([torch.zeros(32), one[5], one[3], one[5]]),
@@ -107,9 +106,9 @@ def test_pixel_model_trains_and_scores_all_items(name, vis_data):
         assert table.shape == (split.item_num, model.cover_width) and not table[0].any()
         direct = model.encode_covers(torch.from_numpy(store.get(np.arange(1, split.item_num))))
         torch.testing.assert_close(table[1:], direct, rtol=1e-4, atol=1e-5)
-        model.use_cover_table(table)
-        users = model.user_representations(next(iter(EvalBatches(split.test, cfg["MAX_ITEM_LIST_LENGTH"], 16))))
-        items = model.item_representations()
+        with model.cover_table(table):
+            users = model.user_representations(next(iter(EvalBatches(split.test, cfg["MAX_ITEM_LIST_LENGTH"], 16))))
+            items = model.item_representations()
         scores = model.score(users, items)
         assert scores.shape == (16, split.item_num) and torch.isfinite(scores).all()
         one_by_one = torch.cat([model.score(users, items[i:i + 1]) for i in range(split.item_num)], 1)
@@ -148,18 +147,17 @@ def test_ddp_training_and_evaluation_match_one_process(vis_data, tmp_path):
     (ResNet-50 with its last 2 blocks trainable; encoder_cache: on, since BatchNorm in its frozen part keeps auto
     off); re-evaluating its checkpoint on 1 process reuses the store and gives the same metrics (the cover table
     is encoded in two shards and gathered)."""
-    proc = run_main(["--device", "cpu:2", "--config_file", YAML["MOSASRec"], "overall/ViT.yaml",
-                     f"--data_path={vis_data}", "--dataset=Vis", f"--output_dir={tmp_path}", "--epochs=1",
-                     "--train_batch_size=16", *TINY_ENCODER, *SMALL["MOSASRec"], "--encoder=resnet50",
-                     "--encoder_trainable_blocks=2", "--encoder_cache=on", f"--encoder_cache_dir={tmp_path / 'store'}",
-                     "--cover_batch_size=16"])
-    said = proc.stdout + proc.stderr
+    run = run_main(["--device", "cpu:2", "--config_file", YAML["MOSASRec"], "overall/ViT.yaml",
+                    f"--data_path={vis_data}", "--dataset=Vis", f"--output_dir={tmp_path}", "--epochs=1",
+                    "--train_batch_size=16", *TINY_ENCODER, *SMALL["MOSASRec"], "--encoder=resnet50",
+                    "--encoder_trainable_blocks=2", "--encoder_cache=on", f"--encoder_cache_dir={tmp_path / 'store'}",
+                    "--cover_batch_size=16"])
+    said = run.proc.stdout + run.proc.stderr
     assert "7 of 7 chunks of 16 items to encode (4 on this rank)" in said, said[-3000:]  # 104 items, rank 0's share
     assert len(list((tmp_path / "store").glob("prefix-Vis-*.npy"))) == 1
-    result = result_of(proc)
+    result = run.result
     assert result["world_size"] == 2 and result["epochs_run"] == 1 and result["cover_encode_seconds"] > 0
-    run_dir = next(tmp_path.glob("MOSASRec-Vis-*"))
-    one = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run_dir), "--device", "cpu"], cwd=ROOT,
+    one = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run.run_dir), "--device", "cpu"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     assert "encoder_cache: reusing" in one.stdout + one.stderr
@@ -178,10 +176,10 @@ def test_pixelnet_ranks_never_trained_items_where_idnet_cannot(tmp_path):
     assert pack_covers(tmp_path / "Vis.csv", tmp_path / "cover", tmp_path / "covers.lmdb", size=COVER, workers=1).ok
     common = [f"--data_path={tmp_path}", "--dataset=Vis", "--show_progress=false", "--epochs=8",
               "--train_batch_size=32", "--optim_args.modal_lr=3e-3", "--optim_args.rec_lr=3e-3"]
-    pixel = result_of(run_main(["--config_file", YAML["MOSASRec"], "overall/ViT.yaml", f"--output_dir={tmp_path}",
-                                *TINY_ENCODER, *SMALL["MOSASRec"], *common]))["test"]
-    ids = result_of(run_main(["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", f"--output_dir={tmp_path}",
-                              *SMALL["SASRec"], "--optim_args={learning_rate: 3.0e-3, weight_decay: 0.1}",
-                              *common[:4]]))["test"]
+    pixel = run_main(["--config_file", YAML["MOSASRec"], "overall/ViT.yaml", f"--output_dir={tmp_path}",
+                      *TINY_ENCODER, *SMALL["MOSASRec"], *common]).result["test"]
+    ids = run_main(["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", f"--output_dir={tmp_path}",
+                    *SMALL["SASRec"], "--optim_args={learning_rate: 3.0e-3, weight_decay: 0.1}",
+                    *common[:4]]).result["test"]
     chance = 10 / (120 + 24)
     assert pixel["recall@10"] > 3 * chance and ids["recall@10"] < chance, (pixel, ids)

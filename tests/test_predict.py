@@ -13,10 +13,11 @@ from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
 from REC.predict import KnownUsersOnlyError, Recommender, UnknownIdError, main, write_recommendations
-from REC.run import CONFIG_NAME, build_config
+from REC.configure import build_config
+from REC.run import CONFIG_NAME
 from REC.trainer.checkpoint import save_atomic
 
-from .conftest import ROOT, result_of, run_dir_of, run_main, sasrec_args
+from .conftest import ROOT, run_main, sasrec_args
 from .model_cases import SMALL
 from .test_pixelnet import TINY_ENCODER, vis_data  # noqa: F401  (the fixture, reused)
 
@@ -26,8 +27,8 @@ K = 10
 @pytest.fixture(scope="module")
 def run(seq_data, tmp_path_factory):
     """A tiny SASRec trained for 2 epochs, its run directory and test figures."""
-    proc = run_main(sasrec_args(seq_data, tmp_path_factory.mktemp("runs"), "--epochs=2", "--eval_batch_size=64"))
-    return run_dir_of(proc), result_of(proc)
+    trained = run_main(sasrec_args(seq_data, tmp_path_factory.mktemp("runs"), "--epochs=2", "--eval_batch_size=64"))
+    return trained.run_dir, trained.result
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_ranking_equals_the_evaluators_on_the_test_split(rec, run):
             return sums
 
     evaluator = Capture(["Recall", "NDCG"], [K], 7, torch.device("cpu"))
-    metrics = evaluator.evaluate(rec.model, EvalBatches(test, rec.max_len, rec.config["eval_batch_size"]))
+    metrics = evaluator.evaluate(rec.model, EvalBatches(test, rec.max_len, rec.config["eval_batch_size"])).metrics
     want_ids = torch.cat([t.indices for t in evaluator.tops]).numpy()
     want_scores = torch.cat([t.values for t in evaluator.tops]).numpy()
     assert [[i for i, _ in row] for row in got] == [list(rec.item_ids[r]) for r in want_ids]

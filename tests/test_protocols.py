@@ -10,16 +10,17 @@ from REC.data import DataError, EvalBatches, build_train_batches, leave_one_out,
 from REC.data.protocols import (COLD_ITEMS_FILE, PROTOCOL_FILE, apply_protocols, hold_out_items, keep_training_users,
                                 read_item_file, training_users)
 from REC.data.split import Split
-from REC.data.train_batches import sample_negatives
+from REC.data.training import TRAIN_DATASETS, sample_negatives
 from REC.evaluator import FullRankingEvaluator
 from REC.evaluator.ranking import bucket_names
 from REC.model import create_model
 from REC.model.base import DatasetInfo
-from REC.run import build_config
+from REC.configure import build_config
 
-from .conftest import result_of, run_dir_of, run_main
+from .conftest import run_main
 
-INPUT_TYPES = ("SEQ", "PAIR", "MASKED", "AUGSEQ", "LEAVE_ONE_OUT_CHUNK")
+INPUT_TYPES = sorted(TRAIN_DATASETS)  # every registered training-example type, a new one included
+assert len(INPUT_TYPES) >= 5, INPUT_TYPES
 
 
 def config(folder, *overrides, model="IDNet/bert4rec.yaml"):  # BERT4Rec's config has every key the datasets read
@@ -82,10 +83,9 @@ def test_held_out_items_are_in_no_training_batch(cold, input_type):
     for epoch in range(3):
         batches.set_epoch(epoch)
         for b in range(len(batches)):
-            for key, value in batches[b].items():
-                if key == "user_id":
-                    continue
-                v = value.numpy()
+            batch = batches[b]
+            for key in batches.item_keys:  # user ids and the bool target_mask are no item ids
+                v = batch[key].numpy()
                 assert not np.isin(v, split.cold_items).any(), (input_type, key)
                 if key == "negatives":
                     seen[v[v > 0]] = True
@@ -182,9 +182,9 @@ def test_buckets_partition_users_and_average_to_the_overall_figure(seq_data, bas
     batches = EvalBatches(split.test, cfg["MAX_ITEM_LIST_LENGTH"], 64)  # several batches: sums across them
     plain = FullRankingEvaluator(["Recall", "NDCG", "MRR"], [5, 10], 7, torch.device("cpu")).evaluate(model, batches)
     with_buckets = evaluator_for(split, [0, 1, 5, 20])
-    overall = with_buckets.evaluate(model, batches)
-    assert overall == plain  # the overall figures do not change
-    buckets = with_buckets.last_buckets
+    evaluation = with_buckets.evaluate(model, batches)
+    overall, buckets = evaluation.metrics, evaluation.buckets
+    assert plain.buckets is None and overall == plain.metrics  # the overall figures do not change
     assert list(buckets) == ["0", "1-4", "5-19", "20+"]
     assert sum(b["users"] for b in buckets.values()) == len(split.test)
     counts = np.bincount(split.train_items, minlength=split.item_num)[split.test.targets]
@@ -194,14 +194,13 @@ def test_buckets_partition_users_and_average_to_the_overall_figure(seq_data, bas
     for key, value in overall.items():
         mean = sum(b["users"] * b[key] for b in buckets.values() if b["users"]) / len(split.test)
         assert mean == pytest.approx(value, abs=1e-6), key
-    assert evaluator_for(split, []).evaluate(model, batches) == plain
-    assert evaluator_for(split, []).last_buckets is None
+    assert evaluator_for(split, []).evaluate(model, batches) == plain  # no bucket edges: no buckets
 
 
 def test_buckets_on_off_end_to_end(seq_data, tmp_path):
     args = ["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}", "--dataset=Seq",
             f"--output_dir={tmp_path}", "--show_progress=false"]
-    on, off = result_of(run_main(args)), result_of(run_main([*args, "--popularity_buckets=[]"]))
+    on, off = run_main(args).result, run_main([*args, "--popularity_buckets=[]"]).result
     assert on["test"] == off["test"] and on["best_valid"] == off["best_valid"]
     assert off["test_buckets"] is None and off["best_valid_buckets"] is None
     assert sum(b["users"] for b in on["test_buckets"].values()) == 301
@@ -211,9 +210,9 @@ def test_buckets_on_off_end_to_end(seq_data, tmp_path):
 # ------------------------------------------------------------------------------------------ command line
 def test_cold_run_saves_its_split(seq_data, tmp_path, base):
     inter, _ = base
-    proc = run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
-                     "--dataset=Seq", f"--output_dir={tmp_path}", "--show_progress=false", "--cold_item_ratio=0.2"])
-    run_dir, result = run_dir_of(proc), result_of(proc)
+    run = run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
+                    "--dataset=Seq", f"--output_dir={tmp_path}", "--show_progress=false", "--cold_item_ratio=0.2"])
+    run_dir, result = run.run_dir, run.result
     held = (run_dir / COLD_ITEMS_FILE).read_text().split()
     sizes = json.loads((run_dir / PROTOCOL_FILE).read_text())["cold_items"]
     assert len(held) == sizes["items_held_out"] == 24 and set(held) <= set(inter.item_tokens.to_list()[1:])
@@ -223,17 +222,17 @@ def test_cold_run_saves_its_split(seq_data, tmp_path, base):
     assert result["test"]["recall@10"] == 0.0
     assert "items_held_out" in (run_dir / "log.txt").read_text()
     # the saved list, given back as cold_item_file, reproduces the split
-    again = result_of(run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
-                                "--dataset=Seq", f"--output_dir={tmp_path}", "--show_progress=false",
-                                f"--cold_item_file={run_dir / COLD_ITEMS_FILE}"]))
+    again = run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
+                      "--dataset=Seq", f"--output_dir={tmp_path}", "--show_progress=false",
+                      f"--cold_item_file={run_dir / COLD_ITEMS_FILE}"]).result
     assert again["protocol"]["cold_items"] == sizes
 
 
 def test_unknown_cold_item_ids_are_a_clear_error(seq_data, tmp_path):
     path = tmp_path / "cold.txt"
     path.write_text("i1\nnope-1\ni2\nnope-2\nnope-3\n")
-    proc = run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
-                     "--dataset=Seq", f"--output_dir={tmp_path}", f"--cold_item_file={path}"], check=False)
+    proc, _ = run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={seq_data}",
+                        "--dataset=Seq", f"--output_dir={tmp_path}", f"--cold_item_file={path}"], check=False)
     assert proc.returncode == 2
     assert str(path) in proc.stderr and "3 of its 5 item ids" in proc.stderr and "'nope-1', 'nope-2'" in proc.stderr
     assert not any(tmp_path.glob("Pop-*")), "no run directory for a refused run"
@@ -245,7 +244,7 @@ def test_trained_cold_run_on_two_processes(seq_data, tmp_path):
     common = ["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", f"--data_path={seq_data}", "--dataset=Seq",
               f"--output_dir={tmp_path}", "--show_progress=false", "--epochs=1", "--embedding_size=16",
               "--n_heads=2", "--n_layers=1", "--cold_item_ratio=0.2"]
-    two = result_of(run_main([*common, "--device", "cpu:2"]))
+    two = run_main([*common, "--device", "cpu:2"]).result
     assert two["world_size"] == 2
     assert two["test_buckets"]["0"]["users"] == two["protocol"]["cold_items"]["test_users"] > 0
     assert sum(b["users"] for b in two["test_buckets"].values()) == two["test_buckets"]["0"]["users"]

@@ -5,9 +5,9 @@ import torch
 from REC.data import EvalBatches, leave_one_out, load_interactions
 from REC.model import create_model, get_model_class, list_models
 from REC.model.base import DatasetInfo
-from REC.run import build_config
+from REC.configure import build_config
 
-from .conftest import SMALL_MODEL, result_of, run_main, sasrec_args
+from .conftest import SMALL_MODEL, run_main, sasrec_args
 
 
 def small_sasrec(seq_data, *overrides):
@@ -33,7 +33,7 @@ def test_last_position_shortcut_equals_the_full_encoder(seq_data):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(seq_data, tmp_path, precision):
-    result = result_of(run_main(sasrec_args(seq_data, tmp_path, "--epochs=4", f"--precision={precision}",
-                                            "--optim_args.learning_rate=3e-3", "--optim_args.weight_decay=0")))
+    result = run_main(sasrec_args(seq_data, tmp_path, "--epochs=4", f"--precision={precision}",
+                                  "--optim_args.learning_rate=3e-3", "--optim_args.weight_decay=0")).result
     assert result["precision"] == precision
     assert result["test"]["ndcg@10"] > 0.2  # popularity gets 0.148 on this log

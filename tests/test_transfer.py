@@ -13,11 +13,11 @@ import torch
 from REC.data.synthetic import sequential_log, write_csv
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.run import build_config
+from REC.configure import build_config
 from REC.trainer.checkpoint import save_atomic
 from REC.trainer.transfer import REPORT_NAME, TransferError, check_init_from, id_tables, initialise_from
 
-from .conftest import result_of, run_dir_of, run_main, sasrec_args
+from .conftest import run_main, sasrec_args
 from .model_cases import SMALL
 
 A, B = (60, 40), (50, 30)  # (item_num, user_num) of the source and the target dataset
@@ -32,7 +32,7 @@ ID_TABLE_NAME = re.compile(r"^((item|user|user_visual)_embedding(\.ids)?\.weight
 def dataset(sizes, seed=0):
     items, users = sizes
     rng = np.random.default_rng(seed)
-    return DatasetInfo(items, users, train_users=rng.integers(1, users, 300), train_items=rng.integers(1, items, 300))
+    return DatasetInfo.from_pairs(items, users, rng.integers(1, users, 300), rng.integers(1, items, 300))
 
 
 def model(name, sizes, *overrides, seed=0):
@@ -197,16 +197,15 @@ def other_data(tmp_path_factory):
 
 
 def test_main_pretrain_then_finetune_on_another_dataset(seq_data, other_data, tmp_path):
-    source = run_dir_of(run_main(sasrec_args(seq_data, tmp_path / "a", "--epochs=1")))
+    source = run_main(sasrec_args(seq_data, tmp_path / "a", "--epochs=1")).run_dir
     args = ["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", f"--data_path={other_data}",
             "--dataset=Other", f"--output_dir={tmp_path / 'b'}", *SASREC, "--show_progress=false", "--epochs=1"]
-    proc = run_main([*args, f"--init_from={source}"])
-    run = run_dir_of(proc)
+    proc, run = run_main([*args, f"--init_from={source}"])
     report = json.loads((run / REPORT_NAME).read_text())
     assert report["checkpoint"] == str(source / "best.pth")
     assert "position_embedding.weight" in {e["name"] for e in report["loaded"]}
     assert [(e["name"], e["why"]) for e in report["skipped"]] == [("item_embedding.weight", "id_table")]
-    assert result_of(proc)["epochs_run"] == 1 and "loaded 19 tensors" in proc.stdout
+    assert json.loads((run / "result.json").read_text())["epochs_run"] == 1 and "loaded 19 tensors" in proc.stdout
 
     # a resumed run continues from its own weights: init_from is neither checked nor applied again
     (source / "best.pth").rename(tmp_path / "moved.pth")
@@ -214,6 +213,6 @@ def test_main_pretrain_then_finetune_on_another_dataset(seq_data, other_data, tm
     run_main(["--resume", str(run)])
     assert (run / REPORT_NAME).stat().st_mtime_ns == stamp
 
-    bad = run_main([*args, f"--init_from={source}"], check=False)  # best.pth is gone: fails before training
+    bad, _ = run_main([*args, f"--init_from={source}"], check=False)  # best.pth is gone: fails before training
     assert bad.returncode == 2 and "init_from" in bad.stderr and str(source) in bad.stderr, bad.stderr
     assert [p.parent for p in (tmp_path / "b").glob("*/config.yaml")] == [run]  # no run directory made

@@ -17,13 +17,13 @@ from REC.data import (TRAIN_DATASETS, EpochBatches, EvalBatches, build_train_bat
                       register_train_dataset, sample_negatives)
 from REC.data.cover_batches import BatchesWithCovers
 from REC.data.split import EvalSplit, Split
-from REC.data.train_batches import NextItemBatches
+from REC.data.training.next_item import NextItemBatches
 from REC.model.base import DatasetInfo
 from REC.model.IDNet.lightsans import LightTransformerEncoder
 from REC.model.IDNet.sasrec import SASRec
 from REC.model.layers import TransformerEncoder, causal_padding_mask
 from REC.model.pixel import CoverItems, PixelItems
-from REC.run import build_config
+from REC.configure import build_config
 from REC.launch import main as launch_main
 import generate_lmdb  # the top-level script, called in this process
 
@@ -90,6 +90,86 @@ def test_a_dataset_without_item_keys_cannot_register():
     assert "TRUST_TEST_NO_KEYS" not in TRAIN_DATASETS
 
 
+def batches_class(name: str, module: str) -> type:
+    return type(name, (EpochBatches,), {"item_keys": ("items",), "__module__": module})
+
+
+@pytest.mark.parametrize("name, module", [("TrustTestBatches", "tests.trust_tests"),   # module name differs
+                                          ("TrustTestDataset", "tests.trust_test"),    # class name differs
+                                          ("TrusttestBatches", "tests.trust_test")])   # CamelCase differs
+def test_a_type_registers_only_from_the_module_and_class_named_after_it(name, module):
+    with pytest.raises(ValueError, match=r"input type 'TRUST_TEST' must be built by class TrustTestBatches in a "
+                                         rf"module trust_test\.py .*; got {module}\.{name}"):
+        register_train_dataset("TRUST_TEST")(batches_class(name, module))
+    assert "TRUST_TEST" not in TRAIN_DATASETS
+
+
+def test_an_input_type_is_upper_snake_case_and_the_matching_names_register():
+    with pytest.raises(ValueError, match="must be UPPER_SNAKE_CASE"):
+        register_train_dataset("TrustTest")(batches_class("TrustTestBatches", "tests.trust_test"))
+    cls = batches_class("TrustTestBatches", "tests.trust_test")
+    try:
+        assert register_train_dataset("TRUST_TEST")(cls) is cls and TRAIN_DATASETS["TRUST_TEST"] is cls
+    finally:
+        TRAIN_DATASETS.pop("TRUST_TEST", None)  # the registry is the whole test process's
+
+
+def test_every_module_of_the_training_package_registers_its_type():
+    """Discovery is by import (REC.utils.registry): every module but base registers the type it is named after."""
+    import pkgutil
+
+    import REC.data.training as training
+
+    modules = {m.name for m in pkgutil.iter_modules(training.__path__)} - {"base"}
+    assert {t.lower() for t in TRAIN_DATASETS} == modules
+    assert all(cls.__module__ == f"REC.data.training.{t.lower()}" for t, cls in TRAIN_DATASETS.items())
+
+
+def tiny_split() -> Split:
+    """Three users, one with a single training item (a chunk with no target) and one longer than a chunk."""
+    train = [[3, 5, 7, 2, 9, 4, 8], [6], [1, 10, 11]]
+    lengths = [len(t) for t in train]
+    users = np.arange(1, 4, dtype=np.int64)
+    ev = EvalSplit(users=users, targets=np.array([11, 2, 5]), hist_indptr=np.concatenate([[0], np.cumsum(lengths)]),
+                   hist_items=np.concatenate(train).astype(np.int64))
+    return Split(train_users=users, train_indptr=ev.hist_indptr.copy(), train_items=ev.hist_items.copy(),
+                 valid=ev, test=ev, item_num=13, user_num=4)
+
+
+@pytest.mark.parametrize("input_type", ["NEXT_ITEM", "MASKED"])
+def test_target_mask_marks_exactly_the_positions_that_have_a_negative(input_type):
+    """``target_mask`` replaced the rule "a position has a target where its negative is not 0": on every batch of
+    several epochs the two agree, negatives stay 0 elsewhere, and the mask is no item key."""
+    split = tiny_split()
+    cfg = {"MAX_ITEM_LIST_LENGTH": 4, "train_batch_size": 2, "seed": 3, "mask_ratio": 0.5}
+    batches = build_train_batches(input_type, split, cfg)
+    assert "target_mask" not in batches.item_keys
+    n_targets = 0
+    for epoch in range(4):
+        batches.set_epoch(epoch)
+        for b in range(len(batches)):
+            batch = batches[b]
+            mask, neg, items = batch["target_mask"], batch["negatives"], batch["items"]
+            assert mask.dtype == torch.bool and mask.shape == neg.shape == items.shape
+            assert torch.equal(mask, neg != 0)
+            if input_type == "NEXT_ITEM":  # a target wherever an item and its predecessor are real
+                assert torch.equal(mask[:, 1:], (items[:, 1:] != 0) & (items[:, :-1] != 0)) and not mask[:, 0].any()
+            else:
+                assert torch.equal(mask, batch["masked_items"] == split.item_num)
+            n_targets += int(mask.sum())
+    assert n_targets > 0
+
+
+def test_target_mask_passes_through_pixelnet_batches_untouched():
+    split = tiny_split()
+    cfg = {"MAX_ITEM_LIST_LENGTH": 4, "train_batch_size": 8, "seed": 0}
+    plain = build_train_batches("NEXT_ITEM", split, cfg)[0]
+    with_covers = BatchesWithCovers(build_train_batches("NEXT_ITEM", split, cfg), FakeStore(), split.item_num)[0]
+    assert torch.equal(with_covers["target_mask"], plain["target_mask"])
+    ids = torch.cat([plain["items"].reshape(-1), plain["negatives"].reshape(-1)]).unique()
+    assert torch.equal(with_covers["cover_ids"], ids[ids > 0])  # the covers are those of the item keys only
+
+
 # ------------------------------------------------------------------------------------- cover lookups
 class TinyEncoder(nn.Module):
     """A stand-in image encoder: the flattened 4x4 cover through one linear layer."""
@@ -120,11 +200,13 @@ def tiny_cover_items(mask_id=None) -> CoverItems:
 def test_cover_lookup_of_an_id_without_cover_raises():
     items = tiny_cover_items()
     cover_ids = torch.tensor([3, 5, 7])
-    items.load_batch(cover_ids, {"covers": torch.from_numpy(FakeStore().get(cover_ids.numpy()))})
-    assert items(torch.tensor([[0, 3], [7, 5]])).shape == (2, 2, 8)
-    for missing in (6, 9):  # 6 sorts between covers (it read 7's row), 9 after the last one
-        with pytest.raises(RuntimeError, match=f"item id {missing} .*has no cover in this training batch"):
-            items(torch.tensor([[3, missing]]))
+    with items.batch_source(cover_ids, {"covers": torch.from_numpy(FakeStore().get(cover_ids.numpy()))}):
+        assert items(torch.tensor([[0, 3], [7, 5]])).shape == (2, 2, 8)
+        for missing in (6, 9):  # 6 sorts between covers (it read 7's row), 9 after the last one
+            with pytest.raises(RuntimeError, match=f"item id {missing} .*has no cover in this training batch"):
+                items(torch.tensor([[3, missing]]))
+    with pytest.raises(RuntimeError, match="no item table"):  # the batch's covers do not outlive their scope
+        items(torch.tensor([[3]]))
 
 
 class PixelSASRecTiny(PixelItems, SASRec):
@@ -145,7 +227,7 @@ def test_a_batch_key_left_out_of_item_keys_stops_training_and_is_named():
                         "--MAX_ITEM_LIST_LENGTH=5", "--train_batch_size=8"])
     torch.manual_seed(0)
     model = PixelSASRecTiny(cfg, DatasetInfo.from_split(split))
-    good = BatchesWithCovers(build_train_batches("SEQ", split, cfg), FakeStore(), split.item_num)
+    good = BatchesWithCovers(build_train_batches("NEXT_ITEM", split, cfg), FakeStore(), split.item_num)
     assert torch.isfinite(model(good[0]))
     bad = BatchesWithCovers(ItemsOnly(split, cfg), FakeStore(), split.item_num)
     with pytest.raises(RuntimeError, match=r"found under batch key 'negatives'\) has no cover"):
@@ -214,7 +296,7 @@ def test_sequence_error_names_the_cold_item_ratio(tmp_path):
                        [f"--data_path={tmp_path}", "--dataset=Small", "--cold_item_ratio=0.5"])
     with pytest.raises(ValueError, match=r"hold every item a negative may be, the 4 of 8 items that the "
                                          r"cold_items protocol does not hold out \(cold_item_ratio=0.5\)"):
-        build_train_batches("SEQ", prepare_split(cfg)[1], cfg)
+        build_train_batches("NEXT_ITEM", prepare_split(cfg)[1], cfg)
 
 
 # ------------------------------------------------------------------------------------- attention masks

@@ -17,7 +17,7 @@ from REC.evaluate import main as evaluate_main
 from REC.launch import launch_config, main, parse_args
 from REC.trainer.checkpoint import CheckpointError, load
 
-from .conftest import call_main, run_dir_of, run_main, sasrec_args
+from .conftest import call_main, run_main, sasrec_args
 
 
 def error_line(err: str) -> str:
@@ -98,7 +98,7 @@ def test_unusable_output_dir_is_a_clear_error(seq_data, tmp_path, capsys):
 
 
 def test_checkpoint_errors_and_world_size_on_resume(seq_data, tmp_path, capsys):
-    run = run_dir_of(run_main(sasrec_args(seq_data, tmp_path / "runs", "--epochs=1")))
+    run = run_main(sasrec_args(seq_data, tmp_path / "runs", "--epochs=1")).run_dir
     last = torch.load(run / "last.pth", weights_only=True)
     assert last["world_size"] == 1 and not {"rng_cpu", "rng_cuda"} & set(last)  # no RNG state: fit() reseeds
 

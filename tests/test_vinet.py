@@ -14,11 +14,12 @@ from REC.data.synthetic import visual_log, write_csv
 from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.model.ViNet.features import FeatureFileError, FrozenFeatures, load_item_features
+from REC.model.ViNet.feature_table import FeatureFileError, FeatureTable, load_item_features
 from REC.launch import main as launch_main
-from REC.run import build_config, create_run
+from REC.configure import build_config
+from REC.run import create_run
 
-from .conftest import ROOT, call_main, result_of, run_dir_of, run_main, train_steps
+from .conftest import ROOT, call_main, pop_test_metrics, run_main, train_steps
 from .model_cases import SMALL
 
 N_GROUPS, DIM = 6, 16
@@ -87,8 +88,8 @@ def test_loader_reads_float32_rows_by_internal_id(tmp_path):
     np.save(tmp_path / "f.npy", np.arange(12, dtype=np.float64).reshape(4, 3))
     table = load_item_features(tmp_path / "f.npy", 4)
     assert table.dtype == torch.float32 and table.shape == (4, 3) and table[2].tolist() == [6.0, 7.0, 8.0]
-    with torch.device("meta"):  # the launcher's preflight: the header only
-        assert load_item_features(tmp_path / "f.npy", 4).device.type == "meta"
+    header_only = load_item_features(tmp_path / "f.npy", 4, shapes_only=True)  # the launcher's preflight
+    assert header_only.device.type == "meta" and header_only.shape == (4, 3)
 
 
 def test_loader_errors_name_the_file_and_the_key(tmp_path):
@@ -112,7 +113,7 @@ def test_loader_errors_name_the_file_and_the_key(tmp_path):
 
 
 def test_on_host_features_do_not_follow_the_model():
-    held = FrozenFeatures(torch.arange(6.0).view(3, 2), on_host=True)
+    held = FeatureTable(torch.arange(6.0).view(3, 2), on_host=True)
     assert held.to(torch.float64).table.dtype == torch.float32
     assert held(torch.tensor([[2], [0]])).tolist() == [[[4.0, 5.0]], [[0.0, 1.0]]]
 
@@ -125,9 +126,8 @@ def test_every_vinet_model_has_a_run_config():
 def test_model_builds_on_meta_and_keeps_features_out_of_the_checkpoint(config_file, vis_data):
     cfg = build_config([config_file, "overall/ID.yaml"], data_args(vis_data, config_file))
     split = leave_one_out(load_interactions(str(vis_data), "Vis"))
-    with torch.device("meta"):
-        model = create_model(cfg["model"], cfg, DatasetInfo.from_split(split))
-    assert model.features.table.device.type == "meta"
+    model = create_model(cfg["model"], cfg, DatasetInfo.from_split(split, shapes_only=True))
+    assert model.features.table.device.type == "meta" and all(p.is_meta for p in model.parameters())
     _, _, model = build(config_file, vis_data)
     assert not any("features" in k for k in model.state_dict())
     assert model.to(torch.float64).features.table.dtype == torch.float64  # moves with the model
@@ -184,7 +184,7 @@ def test_visrank_scores_a_user_without_history_zero(vis_data):
 
 def evaluate(model, split, cfg, batch_size=64):
     evaluator = FullRankingEvaluator(["Recall", "NDCG"], [10], 7, torch.device("cpu"))
-    return evaluator.evaluate(model, EvalBatches(split.test, cfg["MAX_ITEM_LIST_LENGTH"], batch_size))
+    return evaluator.evaluate(model, EvalBatches(split.test, cfg["MAX_ITEM_LIST_LENGTH"], batch_size)).metrics
 
 
 def test_visrank_needs_the_features_and_no_eval_batch_size_of_one(vis_data):
@@ -235,16 +235,13 @@ def test_loss_is_a_finite_scalar_and_decreases(config_file, vis_data):
 # ------------------------------------------------------------------------------------------ main.py
 @pytest.fixture(scope="module")
 def pop_result(vis_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pop")
-    return result_of(run_main(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", f"--data_path={vis_data}",
-                               "--dataset=Vis", f"--output_dir={out}", "--show_progress=false"]))["test"]
+    return pop_test_metrics(vis_data, "Vis", tmp_path_factory.mktemp("pop"))
 
 
 @pytest.mark.parametrize("config_file", CASES)
 def test_short_run_beats_pop(config_file, vis_data, tmp_path, pop_result):
-    proc = run_main(["--device", "cpu", "--config_file", config_file, "overall/ID.yaml",
-                     *data_args(vis_data, config_file, tmp_path), *FAST.get(config_file, [])])
-    result = result_of(proc)["test"]
+    result = run_main(["--device", "cpu", "--config_file", config_file, "overall/ID.yaml",
+                       *data_args(vis_data, config_file, tmp_path), *FAST.get(config_file, [])]).result["test"]
     print(config_file, result, "pop", pop_result)
     assert result["recall@10"] > pop_result["recall@10"] and result["ndcg@10"] > pop_result["ndcg@10"], (result, pop_result)
 
@@ -273,11 +270,11 @@ def test_bad_feature_files_fail_before_any_run_starts(vis_data, tmp_path, capsys
 
 @pytest.mark.slow
 def test_two_process_vbpr_and_its_checkpoint_reload_the_features(vis_data, tmp_path):
-    proc = run_main(["--device", "cpu:2", "--config_file", "ViNet/vbpr.yaml", "overall/ID.yaml",
-                     *data_args(vis_data, "ViNet/vbpr.yaml", tmp_path), *FAST["ViNet/vbpr.yaml"]])
-    result = result_of(proc)
+    run = run_main(["--device", "cpu:2", "--config_file", "ViNet/vbpr.yaml", "overall/ID.yaml",
+                    *data_args(vis_data, "ViNet/vbpr.yaml", tmp_path), *FAST["ViNet/vbpr.yaml"]])
+    result = run.result
     assert result["world_size"] == 2 and result["test"]["ndcg@10"] > 0.15
-    ev = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run_dir_of(proc)), "--device", "cpu"],
+    ev = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run.run_dir), "--device", "cpu"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert '"ndcg@10": ' + str(result["test"]["ndcg@10"]) in ev.stdout

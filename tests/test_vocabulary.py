@@ -21,7 +21,7 @@ from REC.evaluate import main as evaluate_main
 from REC.launch import main as launch_main
 from REC.predict import main as predict_main
 
-from .conftest import ROOT, SMALL_MODEL, call_main, result_of, run_dir_of, run_main
+from .conftest import ROOT, SMALL_MODEL, call_main, run_main
 
 
 def _figures(proc: subprocess.CompletedProcess) -> dict:
@@ -41,12 +41,12 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vocab")
     frame = sequential_log(n_users=120, n_items=60, min_len=5, max_len=14, p_next=0.8, seed=11)
     write_csv(frame, folder / "V.csv")
-    proc = run_main(["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", f"--data_path={folder}",
-                     "--dataset=V", f"--output_dir={folder / 'runs'}", *SMALL_MODEL, "--epochs=2", "--topk=[5,10]"])
-    run_dir = run_dir_of(proc)
+    run = run_main(["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", f"--data_path={folder}",
+                    "--dataset=V", f"--output_dir={folder / 'runs'}", *SMALL_MODEL, "--epochs=2", "--topk=[5,10]"])
+    run_dir = run.run_dir
     recs = folder / "recs.csv"
     assert _module("REC.predict", run_dir, "--output", recs).returncode == 0
-    return folder, frame, run_dir, result_of(proc), pd.read_csv(recs, dtype=str, keep_default_na=False)
+    return folder, frame, run_dir, run.result, pd.read_csv(recs, dtype=str, keep_default_na=False)
 
 
 def test_run_directory_holds_its_vocabulary_and_csv_hash(trained):

@@ -4,8 +4,7 @@ from .interactions import DataError, Interactions, TokenTable, csv_path, load_in
 from .protocols import apply_protocols
 from .vocabulary import DataCheck, load_run_interactions, save_run_vocabulary
 from .split import EvalSplit, Split, leave_one_out, sequence_chunks
-from . import train_masked, train_pairs, train_prefixes, train_towers  # noqa: F401  (register their datasets)
-from .train_batches import TRAIN_DATASETS, EpochBatches, build_train_batches, register_train_dataset, sample_negatives
+from .training import TRAIN_DATASETS, EpochBatches, build_train_batches, register_train_dataset, sample_negatives
 
 
 def prepare_split(config) -> tuple[Interactions, Split]:

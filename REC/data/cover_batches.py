@@ -11,13 +11,26 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .covers import DEFAULT_NAME
+from ..config import ConfigError
+from .covers import DEFAULT_NAME, CoverStore
 from .eval_batches import shard_bounds
 
 
 def cover_lmdb_path(config) -> Path:
     """``cover_lmdb``, or ``<data_path>/covers.lmdb`` where generate_lmdb.py writes by default."""
     return Path(config["cover_lmdb"] or Path(config["data_path"]) / DEFAULT_NAME)
+
+
+def check_covers(config, inter) -> None:
+    """Every item of the dataset must have a cover: a missing one would stop training at the first batch or
+    evaluation that names it (the original crashes there), and feature extraction hours into its run."""
+    store = CoverStore(cover_lmdb_path(config), inter.item_tokens)
+    missing = store.missing(np.arange(1, inter.item_num))
+    if len(missing):
+        first = ", ".join(inter.item_tokens[int(i)] for i in missing[:10])
+        raise ConfigError(f"covers database {str(cover_lmdb_path(config))!r} (key 'cover_lmdb') has no cover for "
+                          f"{len(missing)} of the {inter.item_num - 1} items of dataset {config['dataset']!r}, e.g. "
+                          f"{first}; run generate_lmdb.py for this dataset and fix the images its report lists")
 
 
 class BatchesWithCovers(Dataset):
@@ -36,7 +49,7 @@ class BatchesWithCovers(Dataset):
 
     def __init__(self, batches, store, item_num: int, prefix=None):
         self.batches, self.store, self.item_num, self.prefix = batches, store, item_num, prefix
-        # the dataset's own declaration (REC.data.train_batches.EpochBatches.item_keys), not a list kept here
+        # the dataset's own declaration (REC.data.training.base.EpochBatches.item_keys), not a list kept here
         self.item_keys = getattr(batches, "item_keys", None)
         if not self.item_keys:
             raise TypeError(f"{type(batches).__name__} declares no item_keys (its batch keys that hold item ids), "

@@ -1,4 +1,4 @@
 from .metrics import METRICS, get_metric, register_metric
-from .ranking import FullRankingEvaluator
+from .ranking import Evaluation, FullRankingEvaluator
 
-__all__ = ["FullRankingEvaluator", "METRICS", "get_metric", "register_metric"]
+__all__ = ["Evaluation", "FullRankingEvaluator", "METRICS", "get_metric", "register_metric"]

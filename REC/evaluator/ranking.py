@@ -12,7 +12,9 @@ all-reduce), so the buckets partition the users and their user-weighted mean is 
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,13 +24,20 @@ from ..utils.precision import autocast
 from .metrics import get_metric
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation pass: ``metrics`` {metric@k: mean over all users} and, when popularity buckets are on,
+    ``buckets`` {bucket name: {"users": n, metric@k: mean or None when n is 0}} (None when they are off)."""
+    metrics: dict[str, float]
+    buckets: dict[str, dict] | None = None
+
+
 class FullRankingEvaluator:
     """``item_covers`` (PixelNet): this rank's share of every item's cover, in batches with ``counts`` per rank
     (``REC.data.cover_batches.ItemCoverBatches``); each evaluation encodes them once and gathers the rows.
 
     ``item_counts`` [item_num] (training occurrences of every item) and ``popularity_buckets`` (lower edges,
-    the first 0) turn on the per-bucket figures: after each ``evaluate``, ``last_buckets`` holds
-    {bucket name: {"users": n, metric@k: mean or None when n is 0}}; it stays None when they are off."""
+    the first 0) turn on the per-bucket figures of each ``Evaluation``."""
 
     def __init__(self, metrics, topk, decimals: int, device: torch.device, precision: str = "fp32",
                  item_covers=None, cover_workers: int = 0, item_counts=None, popularity_buckets=()):
@@ -44,7 +53,6 @@ class FullRankingEvaluator:
         self.item_bucket = torch.from_numpy(
             np.searchsorted(np.asarray(edges), np.asarray(item_counts), side="right") - 1).to(device) \
             if edges else None
-        self.last_buckets: dict | None = None
 
     def encode_all_covers(self, model) -> torch.Tensor:
         """[item_num, d] float32: row 0 (padding) zero, then every item's encoded cover."""
@@ -59,40 +67,35 @@ class FullRankingEvaluator:
         return table
 
     @torch.no_grad()
-    def evaluate(self, model, batches) -> dict[str, float]:
-        """Mean of every metric@k over all users of all ranks, rounded to ``decimals``."""
+    def evaluate(self, model, batches) -> Evaluation:
+        """Mean of every metric@k over all users of all ranks (and per bucket), rounded to ``decimals``."""
         was_training = model.training
         model.eval()
-        if self.item_covers is not None:
-            table = self.encode_all_covers(model)
-            with autocast(self.device, self.precision):
-                model.use_cover_table(table)
         try:
-            return self._rank_users(model, batches)
+            with contextlib.ExitStack() as scope:
+                if self.item_covers is not None:
+                    table = self.encode_all_covers(model)
+                    with autocast(self.device, self.precision):  # the mask token's image is encoded on entry
+                        scope.enter_context(model.cover_table(table))
+                return self._rank_users(model, batches)
         finally:
-            if self.item_covers is not None:
-                model.use_cover_table(None)
             model.train(was_training)
 
-    def _rank_users(self, model, batches) -> dict[str, float]:
+    def _rank_users(self, model, batches) -> Evaluation:
         with autocast(self.device, self.precision):
             items = model.item_representations()
         items = items.float()
         n_rows = 1 + (len(self.bucket_names) if self.item_bucket is not None else 0)
         table = torch.zeros(n_rows, len(self.keys) + 1, dtype=torch.float64, device=self.device)
-        for batch in batches:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with autocast(self.device, self.precision):
-                users = model.user_representations(batch)
-            scores = model.score(users.float(), items).float()
+        for batch, scores in score_batches(model, items, batches, self.device, self.precision):
             table += self.batch_sums(scores, batch)
         sums = table[0, :-1].contiguous()
         count = torch.tensor([float(batches.n_users)], dtype=torch.float64, device=self.device)
         dist.all_reduce_sum(sums)
         dist.all_reduce_sum(count)
         means = (sums / count.clamp(min=1)).tolist()
-        self.last_buckets = None if n_rows == 1 else self._bucket_means(table[1:].contiguous())
-        return {key: round(v, self.decimals) for key, v in zip(self.keys, means)}
+        buckets = None if n_rows == 1 else self._bucket_means(table[1:].contiguous())
+        return Evaluation({key: round(v, self.decimals) for key, v in zip(self.keys, means)}, buckets)
 
     def _bucket_means(self, bucket_sums: torch.Tensor) -> dict[str, dict]:
         dist.all_reduce_sum(bucket_sums)
@@ -126,6 +129,17 @@ class FullRankingEvaluator:
         return [fn(hits, n_pos, k) for _, fn in self.metric_fns for k in self.topk]
 
 
+def score_batches(model, items: torch.Tensor, batches, device: torch.device, precision: str):
+    """Per batch of users (``REC.data.EvalBatches``): (the batch on ``device``, float32 scores [B, item_num] of
+    every item). The one scoring loop of evaluation and of ``REC.predict``, so both rank alike: the user side
+    under autocast, the dot products in fp32 against ``items`` (float32 [item_num, d])."""
+    for batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device, precision):
+            users = model.user_representations(batch)
+        yield batch, model.score(users.float(), items).float()
+
+
 def top_unmasked(scores: torch.Tensor, k: int, hist_row: torch.Tensor | None = None,
                  hist_item: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask the padding column and each user's history (``scores[hist_row, hist_item]``, skipped when None) in
@@ -149,7 +163,7 @@ def bucket_names(edges) -> list[str]:
 
 
 def format_buckets(buckets: dict[str, dict]) -> str:
-    """A table of ``FullRankingEvaluator.last_buckets``: one row per bucket, its user count and metrics."""
+    """A table of ``Evaluation.buckets``: one row per bucket, its user count and metrics."""
     keys = [k for k in next(iter(buckets.values())) if k != "users"]
     width = max(10, *(len(k) + 2 for k in keys))
     lines = [f"  {'bucket':>8} {'users':>9}" + "".join(f"{k:>{width}}" for k in keys)]

@@ -10,38 +10,55 @@ from torch import nn
 
 class DatasetInfo:
     """What a model may know about the data: table sizes (row 0 of each is padding) and, for models built
-    on the training interactions (popularity, graphs), the training (user, item) pairs."""
+    on the training interactions (popularity, graphs), the training (user, item) pairs.
 
-    def __init__(self, item_num: int, user_num: int, train_users: np.ndarray | None = None,
-                 train_items: np.ndarray | None = None, train_groups: tuple | None = None):
+    ``shapes_only``: the model is built on the meta device to check its shapes before any process starts
+    (``create_model`` enters that device), so it must read no pretrained weights and no feature file contents."""
+
+    def __init__(self, item_num: int, user_num: int, train_items: np.ndarray | None = None,
+                 train_groups: tuple[np.ndarray, np.ndarray] | None = None, shapes_only: bool = False):
+        """``train_items`` [n] grouped by user, ``train_groups`` (users [u], offsets [u + 1]) saying whose they are:
+        the split's own compact form (``Split.train_users`` / ``train_indptr``)."""
         self.item_num, self.user_num, self.train_items = item_num, user_num, train_items
-        self._train_users, self._train_groups = train_users, train_groups
+        self._train_groups = train_groups
+        self.shapes_only = shapes_only
 
     @classmethod
-    def from_split(cls, split) -> "DatasetInfo":
+    def from_split(cls, split, shapes_only: bool = False) -> "DatasetInfo":
         return cls(split.item_num, split.user_num, train_items=split.train_items,
-                   train_groups=(split.train_users, split.train_indptr))
+                   train_groups=(split.train_users, split.train_indptr), shapes_only=shapes_only)
+
+    @classmethod
+    def from_pairs(cls, item_num: int, user_num: int, users: np.ndarray, items: np.ndarray) -> "DatasetInfo":
+        """From (user, item) training pairs in any order, for data that did not come through a split."""
+        order = np.argsort(users, kind="stable")
+        groups, counts = np.unique(np.asarray(users)[order], return_counts=True)
+        return cls(item_num, user_num, train_items=np.asarray(items)[order],
+                   train_groups=(groups, np.concatenate([[0], np.cumsum(counts)])))
 
     @functools.cached_property
     def train_users(self) -> np.ndarray | None:
         """int64 [n], the user of each training interaction. Expanded from the per-user groups on first use:
         only graph models need it, and at 200M interactions it is 1.6 GB per process."""
-        if self._train_users is None and self._train_groups is not None:
-            users, indptr = self._train_groups
-            return np.repeat(users, np.diff(indptr))
-        return self._train_users
+        if self._train_groups is None:
+            return None
+        users, indptr = self._train_groups
+        return np.repeat(users, np.diff(indptr))
 
 
 class RecModel(nn.Module):
     """Base of every recommender.
 
     Training: ``forward(batch)`` returns the scalar loss of a training batch (the batch layout is set by
-    ``input_type``, see ``REC.data.train_batches``). Evaluation: ``item_representations()`` once per
+    ``input_type``, see ``REC.data.training``). Evaluation: ``item_representations()`` once per
     evaluation, then per batch of users ``user_representations(batch)`` and ``score(users, items)``.
     """
 
-    input_type: str = "SEQ"
-    needs_training: bool = True  # False: evaluated as built (e.g. Pop); the trainer runs no epoch
+    # The training examples ``forward`` takes (NEXT_ITEM, PAIR, PREFIX, MASKED, HELD_OUT_ITEM: a module of
+    # REC.data.training each), or None for a model evaluated as built (Pop, VisRank), for which the trainer runs
+    # no epoch. No default: every registered model states it (``register_model`` checks), and it is the one
+    # statement of both what a model trains on and whether it trains, so the two cannot disagree.
+    input_type: str | None
     item_source: str = "ids"     # "covers": items are encoded from cover images (PixelNet, REC.model.pixel)
     # True: user_representations reads a learned per-user vector (batch["user_id"]), so only users of the
     # training data can be scored, never a bare history of items (REC.predict refuses those)

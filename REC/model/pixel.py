@@ -7,8 +7,11 @@ the whole table, so a PixelNet model is its IDNet model with this module in plac
 - Training: the batch carries the covers of its distinct items (``cover_ids`` ascending, uint8 ``covers``).
   They are encoded once per step and every id of the batch is looked up among them; an id that is not there
   raises ``MissingCoverError``.
-- Evaluation: the evaluator encodes every item's cover (sharded across ranks) and hands the table over with
-  ``use_cover_table``; lookups then index it.
+- Evaluation and prediction: every item's cover is encoded (``encode_item_batches``) and the table is lent to
+  the model for a scope (``with model.cover_table(table):``); lookups then index it.
+
+Which source lookups read (this step's covers, or the whole table) is set only by those two context managers,
+so it can never outlive the step or the evaluation that set it.
 - Frozen-prefix store (``encoder_cache``): batches then carry ``cover_prefix``, the stored output of the
   encoder's frozen front for each distinct item, instead of ``covers``, and only the trainable rest runs.
 
@@ -17,6 +20,7 @@ reaches masked positions. BERT4Rec's mask token is the encoder's output for the 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +35,7 @@ COVERS_KEY, PREFIX_KEY = "covers", "cover_prefix"  # batch keys: uint8 covers, o
 
 class MissingCoverError(RuntimeError):
     """A training lookup named an item whose cover the batch does not carry: the batch key holding it is not in
-    its dataset's ``item_keys`` (``REC.data.train_batches``), so ``BatchesWithCovers`` fetched no cover for it."""
+    its dataset's ``item_keys`` (``REC.data.training``), so ``BatchesWithCovers`` fetched no cover for it."""
 
     def __init__(self, item_id: int, misses: int, keys: tuple[str, ...] = ()):
         self.item_id, self.misses, self.keys = item_id, misses, keys
@@ -52,12 +56,13 @@ class PrefixPlan:
 
 
 class CoverItems(nn.Module):
-    def __init__(self, config, d: int, mask_id: int | None = None, encoder: nn.Module | None = None):
+    def __init__(self, config, d: int, mask_id: int | None = None, encoder: nn.Module | None = None,
+                 shapes_only: bool = False):
         super().__init__()
         from .encoders import build_item_encoder  # timm and open_clip load only when a pixel model is built
 
-        # the attribute name puts the encoder (and its head) in the "modal" optimizer group
-        self.visual_encoder = encoder if encoder is not None else build_item_encoder(config, d)
+        # the attribute name puts the encoder (and its head) in the default encoder_modules, the "modal" group
+        self.visual_encoder = encoder if encoder is not None else build_item_encoder(config, d, shapes_only)
         self.embedding_dim, self.mask_id = d, mask_id
         self.resize_to = config["image_size"] or self.visual_encoder.input_size
         self.cover_size = (self.resize_to, self.resize_to)
@@ -136,27 +141,36 @@ class CoverItems(nn.Module):
         return dict(encoder=enc.name, frozen_units=enc.frozen_units, weights=enc.prefix_digest(),
                     cover_size=list(self.cover_size), mean=list(self.mean), std=list(self.std))
 
-    def load_batch(self, cover_ids: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+    @contextmanager
+    def batch_source(self, cover_ids: torch.Tensor, inputs: dict[str, torch.Tensor]):
+        """Within the scope, lookups read this step's items: ``cover_ids`` ascending, their covers or stored prefix
+        rows in ``inputs``, encoded once here (with the mask token's image, for BERT4Rec)."""
         rows = self._encode(inputs, self.mask_id is not None)
         ids = [cover_ids.new_zeros(1), cover_ids]
         if self.mask_id is not None:
             ids.append(cover_ids.new_full((1,), self.mask_id))
-        self._ids = torch.cat(ids)
-        self._rows = torch.cat([rows.new_zeros(1, rows.shape[1]), rows])
+        self._ids, self._rows = torch.cat(ids), torch.cat([rows.new_zeros(1, rows.shape[1]), rows])
+        try:
+            yield self
+        finally:
+            self._ids = self._rows = None
 
-    def release(self) -> None:
-        self._ids = self._rows = None
-
-    def use_table(self, table: torch.Tensor | None) -> None:
-        """[item_num, d] every item's vector (row 0 padding); None frees it."""
-        if table is not None and self.mask_id is not None:
+    @contextmanager
+    def table_source(self, table: torch.Tensor):
+        """Within the scope, lookups index ``table`` [item_num, d], every item's vector (row 0 padding)."""
+        if self.mask_id is not None:
             table = torch.cat([table, self.visual_encoder(self.mask_image(table.device)).to(table.dtype)])
         self._table = table
+        try:
+            yield self
+        finally:
+            self._table = None
 
     @property
     def weight(self) -> torch.Tensor:
         if self._table is None:
-            raise RuntimeError("no item table: evaluation encodes every cover first (FullRankingEvaluator)")
+            raise RuntimeError("no item table: encode every cover and look items up inside "
+                               "`with model.cover_table(table):` (as FullRankingEvaluator and REC.predict do)")
         return self._table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -193,18 +207,19 @@ class PixelItems:
     def cover_items(self, config, info, d: int, mask_id: int | None) -> nn.Module:
         """The module in place of the ID table: ``CoverItems`` over the configured encoder, unless a model
         (DVBPR) brings its own; it must offer CoverItems' methods."""
-        return CoverItems(config, d, mask_id)
+        return CoverItems(config, d, mask_id, shapes_only=info.shapes_only)
 
     def forward(self, batch):
-        self.item_embedding.load_batch(batch["cover_ids"], {k: batch[k] for k in (COVERS_KEY, PREFIX_KEY) if k in batch})
+        inputs = {k: batch[k] for k in (COVERS_KEY, PREFIX_KEY) if k in batch}
         try:
-            return super().forward(batch)
+            with self.item_embedding.batch_source(batch["cover_ids"], inputs):
+                return super().forward(batch)
         except MissingCoverError as exc:  # name the batch keys that hold the id (slow path: the run stops here)
+            # a bool key (target_mask) holds no ids: its True would equal id 1
             keys = tuple(k for k, v in batch.items()
-                         if k not in ("cover_ids", COVERS_KEY, PREFIX_KEY) and (v == exc.item_id).any())
+                         if k not in ("cover_ids", COVERS_KEY, PREFIX_KEY) and v.dtype != torch.bool
+                         and (v == exc.item_id).any())
             raise MissingCoverError(exc.item_id, exc.misses, keys) from None
-        finally:
-            self.item_embedding.release()
 
     @property
     def cover_width(self) -> int:
@@ -237,5 +252,7 @@ class PixelItems:
         module = self.item_embedding
         return module if isinstance(module, CoverItems) else module.covers
 
-    def use_cover_table(self, table: torch.Tensor | None) -> None:
-        self.item_embedding.use_table(table)
+    def cover_table(self, table: torch.Tensor):
+        """``with model.cover_table(table):`` item lookups index ``table`` [item_num, d] (every item's encoded
+        cover, row 0 padding) inside the scope; evaluation and prediction rank users there."""
+        return self.item_embedding.table_source(table)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import pkgutil
 from pathlib import Path
+
+import torch
+
+from ..utils.registry import import_submodules
 
 FAMILIES = ("IDNet", "PixelNet", "ViNet")
 _REGISTRY: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
@@ -25,6 +28,10 @@ def register_model(family: str):
 
     def deco(cls):
         name = cls.__name__
+        if not hasattr(cls, "input_type") or not (cls.input_type is None or isinstance(cls.input_type, str)):
+            got = repr(cls.input_type) if hasattr(cls, "input_type") else "none"
+            raise TypeError(f"model {name} must declare input_type, the name of its training examples "
+                            f"(REC.data.training) or None when it is evaluated as built; got {got}")
         for fam, models in _REGISTRY.items():
             if name in models and models[name] is not cls:
                 raise ValueError(f"model name {name!r} is already registered in {fam}")
@@ -40,9 +47,7 @@ def register_model(family: str):
 def _import_all() -> None:
     """Import every model module once so that their decorators run (no name probing, unlike the original)."""
     for family in FAMILIES:
-        package = importlib.import_module(f"REC.model.{family}")
-        for info in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+        import_submodules(f"REC.model.{family}")
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
@@ -68,4 +73,9 @@ def model_defaults_file(name: str) -> Path | None:
 
 
 def create_model(name: str, config, dataset_info) -> "object":
-    return get_model_class(name)(config, dataset_info)
+    """The model ``name``; with ``dataset_info.shapes_only`` on the meta device (no memory, nothing read)."""
+    cls = get_model_class(name)
+    if dataset_info.shapes_only:
+        with torch.device("meta"):
+            return cls(config, dataset_info)
+    return cls(config, dataset_info)

@@ -11,7 +11,7 @@ class NextItemModel(RecModel):
     summed over positions and averaged over sequences, as the original. Subclasses own ``item_embedding`` and
     ``encode(item_seq, item_emb=None, last_only=False) -> [B, L, d]`` (``last_only`` may return [B, 1, d])."""
 
-    input_type = "SEQ"
+    input_type = "NEXT_ITEM"
 
     def encode(self, item_seq: torch.Tensor, item_emb: torch.Tensor | None = None,
                last_only: bool = False) -> torch.Tensor:
@@ -25,7 +25,7 @@ class NextItemModel(RecModel):
         hidden = self.encode(items[:, :-1], emb[:, 0, :-1])
         pos = (hidden * emb[:, 0, 1:]).sum(-1)
         neg = (hidden * emb[:, 1, 1:]).sum(-1)
-        has_target = (negatives[:, 1:] != 0).float()
+        has_target = batch["target_mask"][:, 1:].float()  # the batch says which positions are targets
         return (bpr_loss(pos, neg) * has_target).sum(-1).mean()
 
     def item_representations(self):

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed as dist
-from ..evaluator.ranking import format_buckets
+from ..evaluator.ranking import Evaluation, format_buckets
 from ..utils.memory import peak_rss_mib
 from ..utils.precision import autocast
 from . import checkpoint
@@ -49,13 +49,12 @@ class Trainer:
         """``model`` is the bare module (evaluation, checkpoints); ``train_model`` may be its DDP wrapper."""
         self.config, self.model, self.train_model = config, model, train_model
         self.evaluator, self.run_dir, self.device = evaluator, Path(run_dir), device
-        self.optimizer = build_optimizer(model, config) if model.needs_training else None
+        self.optimizer = build_optimizer(model, config) if model.input_type is not None else None
         self.precision = config["precision"]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.valid_key = config["valid_metric"].lower()
         self.state = {"epoch": -1, "best_score": -math.inf, "best_epoch": None, "best_valid": None,
                       "stale": 0, "stopped": False, "epoch_seconds": [], "eval_seconds": [], "history": []}
-        self.test_buckets: dict | None = None  # the evaluator's per-bucket figures of the test pass
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -103,7 +102,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
     def fit(self, train_batches, valid_batches) -> None:
         cfg = self.config
-        if not self.model.needs_training:
+        if self.model.input_type is None:  # no training examples: evaluated as built
             self.fit_without_training(valid_batches)
             return
         eval_step = min(cfg["eval_step"], cfg["epochs"])
@@ -121,13 +120,13 @@ class Trainer:
             stop = False
             if eval_step > 0 and (epoch + 1) % eval_step == 0:
                 t0 = time.perf_counter()
-                result = self.evaluator.evaluate(self.model, valid_batches)
+                valid = self.evaluator.evaluate(self.model, valid_batches)
                 seconds = time.perf_counter() - t0
                 self.state["eval_seconds"].append(seconds)
-                record.update(valid=result, eval_seconds=seconds)
-                stop = self.update_early_stopping(epoch, result)
+                record.update(valid=valid.metrics, eval_seconds=seconds)
+                stop = self.update_early_stopping(epoch, valid)
                 log.info("epoch %d evaluating [time: %.2fs, %s: %s]\n  valid: %s", epoch, seconds, self.valid_key,
-                         result[self.valid_key], "  ".join(f"{k}: {v}" for k, v in result.items()))
+                         valid.metrics[self.valid_key], "  ".join(f"{k}: {v}" for k, v in valid.metrics.items()))
             elif eval_step == 0:
                 self.save_best(epoch, None)
             self.state["history"].append(record)
@@ -141,12 +140,12 @@ class Trainer:
     def fit_without_training(self, valid_batches) -> None:
         """Models such as Pop are complete when built: validate once and keep them as the best model."""
         t0 = time.perf_counter()
-        result = self.evaluator.evaluate(self.model, valid_batches)
+        valid = self.evaluator.evaluate(self.model, valid_batches)
         self.state["eval_seconds"].append(time.perf_counter() - t0)
-        self.state.update(best_score=result[self.valid_key], epoch=0)
-        self.state["history"].append({"epoch": 0, "valid": result})
-        self.save_best(0, result)
-        log.info("%s needs no training; valid: %s", self.config["model"], result)
+        self.state.update(best_score=valid.metrics[self.valid_key], epoch=0)
+        self.state["history"].append({"epoch": 0, "valid": valid.metrics})
+        self.save_best(0, valid)
+        log.info("%s needs no training; valid: %s", self.config["model"], valid.metrics)
 
     def train_epoch(self, train_batches, epoch: int) -> float:
         loader = torch.utils.data.DataLoader(
@@ -184,24 +183,25 @@ class Trainer:
                 f"training loss became NaN or infinite{where} in epoch {epoch} by step {step}; {self.last_path} "
                 f"still holds the previous epoch. Try a lower learning rate, clip_grad_norm, or precision: fp32")
 
-    def update_early_stopping(self, epoch: int, result: dict) -> bool:
+    def update_early_stopping(self, epoch: int, valid: Evaluation) -> bool:
         """Ties count as improvements, as in the original; returns True when training should stop."""
-        score = result[self.valid_key]
+        score = valid.metrics[self.valid_key]
         if score >= self.state["best_score"]:
             self.state.update(best_score=score, stale=0)
-            self.save_best(epoch, result)
+            self.save_best(epoch, valid)
         else:
             self.state["stale"] += 1
         return self.state["stale"] > self.config["stopping_step"]
 
-    def save_best(self, epoch: int, result) -> None:
-        self.state.update(best_epoch=epoch, best_valid=result,
-                          best_valid_buckets=self.evaluator.last_buckets if result is not None else None)
+    def save_best(self, epoch: int, valid: Evaluation | None) -> None:
+        """``valid`` None: no validation ran (eval_step 0), the last epoch is kept as the best."""
+        self.state.update(best_epoch=epoch, best_valid=valid.metrics if valid else None,
+                          best_valid_buckets=valid.buckets if valid else None)
         if dist.is_main():
             checkpoint.save_atomic({"model": self.model.state_dict(), "epoch": epoch}, self.best_path)
 
     # ------------------------------------------------------------------------------------------ test
-    def test(self, test_batches) -> dict:
+    def test(self, test_batches) -> Evaluation:
         dist.barrier()  # rank 0 has finished writing best.pth
         has_best = self.best_path.is_file()
         dist.check_same(has_best, "whether the run directory holds best.pth", SHARED_DIR_HINT)
@@ -211,23 +211,22 @@ class Trainer:
         t0 = time.perf_counter()
         result = self.evaluator.evaluate(self.model, test_batches)
         log.info("test [time: %.2fs]: %s", time.perf_counter() - t0,
-                 "  ".join(f"{k}: {v}" for k, v in result.items()))
-        self.test_buckets = self.evaluator.last_buckets
-        for name, buckets in (("best valid", self.state.get("best_valid_buckets")), ("test", self.test_buckets)):
+                 "  ".join(f"{k}: {v}" for k, v in result.metrics.items()))
+        for name, buckets in (("best valid", self.state.get("best_valid_buckets")), ("test", result.buckets)):
             if buckets:
                 log.info("%s by target popularity (training occurrences of the target item):\n%s", name,
                          format_buckets(buckets))
         return result
 
-    def summary(self, test_result: dict) -> dict:
+    def summary(self, test: Evaluation) -> dict:
         s = self.state
         peak_rss = torch.tensor([peak_rss_mib()], device=self.device)
         dist.all_reduce_max(peak_rss)
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         return {
             "model": self.config["model"], "dataset": self.config["dataset"],
-            "best_epoch": s["best_epoch"], "best_valid": s["best_valid"], "test": test_result,
-            "best_valid_buckets": s.get("best_valid_buckets"), "test_buckets": self.test_buckets,
+            "best_epoch": s["best_epoch"], "best_valid": s["best_valid"], "test": test.metrics,
+            "best_valid_buckets": s.get("best_valid_buckets"), "test_buckets": test.buckets,
             "epochs_run": s["epoch"] + 1, "seconds_per_epoch": mean(s["epoch_seconds"]),
             "eval_seconds": mean(s["eval_seconds"]), "peak_rss_mib": round(peak_rss.item(), 1),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)

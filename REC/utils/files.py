@@ -27,3 +27,12 @@ def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_output(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
+
+
+def sidecar(path: str | Path, kind: str) -> Path:
+    """The file of ``kind`` that goes with the array ``path``: ``.npy`` replaced by ``.<kind>`` (``x.npy`` ->
+    ``x.items.txt``, ``x.json``), or ``.<kind>`` added to a path without it. One rule for every array the code
+    writes, so a reader finds what a file's rows are without knowing which tool wrote it."""
+    path = Path(path)
+    stem = path.name[:-len(".npy")] if path.suffix == ".npy" else path.name
+    return path.with_name(f"{stem}.{kind}")

@@ -1,6 +1,6 @@
 """BERT4Rec (Sun et al., CIKM 2019) with item-ID embeddings, as PixelRec trains it.
 
-Cloze training: the MASKED dataset (``REC.data.train_masked``) replaces random items of a chunk by the mask
+Cloze training: the MASKED batches (``REC.data.training.masked``) replace random items of a chunk by the mask
 token; each masked position predicts its item against one sampled negative (BPR). At evaluation the mask token
 is appended after the history and its output is the user vector.
 """
@@ -52,7 +52,7 @@ class BERT4Rec(RecModel):
         hidden = self.encode(masked_items, emb[:, 0])
         pos = (hidden * emb[:, 1]).sum(-1)
         neg = (hidden * emb[:, 2]).sum(-1)
-        is_masked = (masked_items == self.mask_token).float()
+        is_masked = batch["target_mask"].float()  # the masked positions, the only ones with a target
         # Sum over every masked position of the batch, divided by the number of sequences (the original's
         # normalisation), not by the number of masked positions.
         return (bpr_loss(pos, neg) * is_masked).sum() / items.shape[0]

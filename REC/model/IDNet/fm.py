@@ -12,15 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo
 from ..registry import register_model
+from ..target_bpr import TargetBPRModel
 
 
-class HistoryTower(RecModel):
+class HistoryTower(TargetBPRModel):
     """Shared by FM and DSSM: an xavier-normal item table (every row, as the original) and one BPR pair per
     held-out item; subclasses turn the history embeddings into the user vector."""
 
-    input_type = "LEAVE_ONE_OUT_CHUNK"
+    input_type = "HELD_OUT_ITEM"
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
@@ -31,13 +32,8 @@ class HistoryTower(RecModel):
         """[B, M, d] history embeddings and [B, M] real-item mask -> [B, d]."""
         raise NotImplementedError
 
-    def forward(self, batch):
-        items = batch["items"]
-        # one lookup for history, positive and negative (each lookup's backward fills a table-sized gradient)
-        emb = self.item_embedding(torch.cat([items, batch["target"][:, None], batch["negatives"][:, None]], 1))
-        user = self.user_vector(emb[:, :-2], items != 0)
-        pos, neg = (user * emb[:, -2]).sum(-1), (user * emb[:, -1]).sum(-1)
-        return bpr_loss(pos, neg).mean()
+    def batch_user(self, batch, context_emb, derived):
+        return self.user_vector(context_emb, batch["items"] != 0)
 
     def item_representations(self):
         return self.item_embedding.weight

@@ -1,7 +1,7 @@
 """LightSANs (Fan et al., SIGIR 2021) with item-ID embeddings, as PixelRec trains it.
 
 Low-rank self-attention: keys and values are pooled into k latent interests, and positions attend separately
-(decoupled position encoding). Each training example is a prefix (AUGSEQ); the last position's output scores
+(decoupled position encoding). Each training example is a prefix (PREFIX); the last position's output scores
 the prefix's last item against one negative.
 
 Two deliberate fixes of the original code:
@@ -22,9 +22,10 @@ import math
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo
 from ..layers import Dropout, FeedForward, check_heads_divide, init_normal_, mask_value
 from ..registry import register_model
+from ..target_bpr import TargetBPRModel
 
 
 def _masked_softmax_over_sequence(scores: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -104,8 +105,8 @@ class LightTransformerEncoder(nn.Module):
 
 
 @register_model("IDNet")
-class LightSANs(RecModel):
-    input_type = "AUGSEQ"
+class LightSANs(TargetBPRModel):
+    input_type = "PREFIX"
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
@@ -132,14 +133,8 @@ class LightSANs(RecModel):
         x = self.input_dropout(self.input_norm(item_emb))  # positions enter only through position attention
         return self.encoder(x, self.position_embedding(positions), item_seq == 0)
 
-    def forward(self, batch):
-        items = batch["items"]
-        # one lookup for inputs, positive and negative (each lookup's backward fills a table-sized gradient)
-        ids = torch.cat([items, batch["target"][:, None], batch["negatives"][:, None]], 1)
-        emb = self.item_embedding(ids)
-        hidden = self.encode(items, emb[:, :-2])[:, -1]
-        pos, neg = (hidden * emb[:, -2]).sum(-1), (hidden * emb[:, -1]).sum(-1)
-        return bpr_loss(pos, neg).mean()
+    def batch_user(self, batch, context_emb, derived):
+        return self.encode(batch["items"], context_emb)[:, -1]
 
     def item_representations(self):
         return self.item_embedding.weight

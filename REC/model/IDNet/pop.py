@@ -10,8 +10,7 @@ from ..registry import register_model
 
 @register_model("IDNet")
 class Pop(RecModel):
-    input_type = "NONE"
-    needs_training = False
+    input_type = None  # evaluated as built: no training examples, no epoch
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)

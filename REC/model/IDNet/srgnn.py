@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo
 from ..registry import register_model
+from ..target_bpr import TargetBPRModel
 
 
 def session_graphs(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,10 +72,10 @@ class GatedGNN(nn.Module):
 
 
 @register_model("IDNet")
-class SRGNN(RecModel):
+class SRGNN(TargetBPRModel):
     """The original's unused ``linear_edge_f`` is left out: a parameter without gradient breaks DDP."""
 
-    input_type = "AUGSEQ"
+    input_type = "PREFIX"
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
@@ -98,13 +99,12 @@ class SRGNN(RecModel):
         pooled = (alpha * seq * (item_seq != 0)[:, :, None]).sum(1)
         return self.transform(torch.cat([pooled, last], -1))
 
-    def forward(self, batch):
+    def context(self, batch):
         graph = session_graphs(batch["items"])
-        # one lookup for nodes, positive and negative (each lookup's backward fills a table-sized gradient)
-        emb = self.item_embedding(torch.cat([graph[0], batch["target"][:, None], batch["negatives"][:, None]], 1))
-        out = self.readout(batch["items"], graph, emb[:, :-2])
-        pos, neg = (out * emb[:, -2]).sum(-1), (out * emb[:, -1]).sum(-1)
-        return bpr_loss(pos, neg).mean()
+        return graph[0], graph  # the nodes are looked up, not the positions
+
+    def batch_user(self, batch, context_emb, derived):
+        return self.readout(batch["items"], derived, context_emb)
 
     def item_representations(self):
         return self.item_embedding.weight

@@ -66,11 +66,8 @@ class IdAndCoverItems(nn.Module):
     def weight(self) -> torch.Tensor:
         return torch.cat([self.ids.weight, self.covers.weight], -1)
 
-    def load_batch(self, cover_ids, inputs):
-        self.covers.load_batch(cover_ids, inputs)
-
-    def release(self):
-        self.covers.release()
+    def batch_source(self, cover_ids, inputs):
+        return self.covers.batch_source(cover_ids, inputs)
 
     def encode(self, covers):
         return self.covers.encode(covers)
@@ -78,8 +75,8 @@ class IdAndCoverItems(nn.Module):
     def encode_items(self, inputs):
         return self.covers.encode_items(inputs)
 
-    def use_table(self, table):
-        self.covers.use_table(table)
+    def table_source(self, table):
+        return self.covers.table_source(table)
 
 
 @register_model("PixelNet")

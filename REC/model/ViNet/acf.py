@@ -13,22 +13,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo
 from ..registry import register_model
-from .features import features_from_config
+from ..target_bpr import TargetBPRModel
+from .feature_table import feature_table_from_config
 
 CHUNK_ELEMENTS = 1 << 26  # feature values gathered at once when a large evaluation batch is encoded in pieces
 
 
 @register_model("ViNet")
-class ACF(RecModel):
-    input_type = "LEAVE_ONE_OUT_CHUNK"  # these batches carry user_id too
+class ACF(TargetBPRModel):
+    input_type = "HELD_OUT_ITEM"  # these batches carry user_id too
     needs_user_id = True
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d = config["embedding_size"]
-        self.features = features_from_config(config, info.item_num, ndim=(3, 4), on_host=config["v_feat_on_host"])
+        self.features = feature_table_from_config(config, info, ndim=(3, 4), on_host=config["v_feat_on_host"])
         table = self.features.table
         self.features.table = table.reshape(len(table), -1, table.shape[-1])  # [N, H, W, D] -> [N, R, D], a view
         self.item_embedding = nn.Embedding(info.item_num, d, padding_idx=0)
@@ -48,25 +49,24 @@ class ACF(RecModel):
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def user_vector(self, users: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
-        """[B] user ids and [B, M] profile item ids (0 = padding) -> [B, d]."""
+    def user_vector(self, users: torch.Tensor, profile: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] user ids and [B, M] profile item ids (0 = padding) -> [B, d]; ``p`` [B, M, d] is the profile's ID
+        embeddings when training has looked them up already (with the target and the negative, in one call)."""
         u = self.user_embedding(users)                                   # [B, d]
         real = profile != 0                                              # [B, M]
         x = torch.relu(self.region_projection(self.features(profile)))   # [B, M, R, d]
         beta = self.component_score(torch.relu(self.component_region(x) + self.component_user(u)[:, None, None]))
         pooled = (torch.softmax(beta, dim=2) * x).sum(2) * real[..., None]  # [B, M, d], padding zeroed
-        p = self.item_embedding(profile)
+        if p is None:
+            p = self.item_embedding(profile)
         user = self.item_user(u)
         alpha = self.item_score(torch.relu(user[:, None] + self.item_profile(p) + self.item_component(pooled)))
         alpha = torch.softmax(alpha.squeeze(-1).masked_fill(~real, -torch.inf), dim=1)
         alpha = torch.nan_to_num(alpha, nan=0.0)  # a profile of padding only: no item term, as the original
         return user + (alpha[..., None] * p).sum(1)
 
-    def forward(self, batch):
-        user = self.user_vector(batch["user_id"], batch["items"])
-        pos = (user * self.item_embedding(batch["target"])).sum(-1)
-        neg = (user * self.item_embedding(batch["negatives"])).sum(-1)
-        return bpr_loss(pos, neg).mean()
+    def batch_user(self, batch, context_emb, derived):
+        return self.user_vector(batch["user_id"], batch["items"], context_emb)
 
     def item_representations(self):
         return self.item_embedding.weight

@@ -15,14 +15,14 @@ from ..base import DatasetInfo
 from ..IDNet.sasrec import SASRec
 from ..layers import init_normal_
 from ..registry import register_model
-from .features import FrozenFeatures, features_from_config
+from .feature_table import FeatureTable, feature_table_from_config
 
 
 class FeatureItems(nn.Module):
     """Stands in for SASRec's ``nn.Embedding``: ``items(ids)`` gives [..., d] vectors and ``items.weight`` the
     whole [item_num, d] table (computed, so evaluation scores every item through the projection)."""
 
-    def __init__(self, features: FrozenFeatures, d: int, id_embedding: nn.Embedding | None = None):
+    def __init__(self, features: FeatureTable, d: int, id_embedding: nn.Embedding | None = None):
         super().__init__()
         self.features, self.id_embedding = features, id_embedding
         extra = id_embedding.embedding_dim if id_embedding is not None else 0
@@ -49,7 +49,7 @@ class FSASRec(SASRec):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d, mode = config["embedding_size"], config["feature_mode"]
-        features = features_from_config(config, info.item_num)
+        features = feature_table_from_config(config, info)
         # hybrid: an ID table as wide as the model, as the original's HYItemEncoder
         ids = nn.Embedding(info.item_num, d, padding_idx=0) if mode == "hybrid" else None
         # replaces SASRec's ID table (built by SASRec.__init__ and dropped here)
@@ -58,5 +58,5 @@ class FSASRec(SASRec):
         self.item_embedding.apply(lambda m: init_normal_(m, std))
 
     @property
-    def features(self) -> FrozenFeatures:
+    def features(self) -> FeatureTable:
         return self.item_embedding.features

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..base import DatasetInfo, RecModel, bpr_loss, config_error
 from ..registry import register_model
-from .features import features_from_config
+from .feature_table import feature_table_from_config
 
 
 @register_model("ViNet")
@@ -28,7 +28,7 @@ class VBPR(RecModel):
             raise config_error(config, "embedding_size", "an even number: VBPR splits it between the ID and the "
                                                          "visual factors")
         half = d // 2
-        self.features = features_from_config(config, info.item_num)
+        self.features = feature_table_from_config(config, info)
         self.user_embedding = nn.Embedding(info.user_num, half)         # gamma_u
         self.item_embedding = nn.Embedding(info.item_num, half)         # gamma_i
         self.user_visual_embedding = nn.Embedding(info.user_num, half)  # theta_u

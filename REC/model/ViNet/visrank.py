@@ -14,19 +14,18 @@ import torch.nn.functional as F
 
 from ..base import DatasetInfo, RecModel
 from ..registry import register_model
-from .features import features_from_config
+from .feature_table import feature_table_from_config
 
 CHUNK_ELEMENTS = 1 << 24  # similarities held at once per score call (64 MiB in fp32), whatever B and item_num
 
 
 @register_model("ViNet")
 class VisRank(RecModel):
-    input_type = "NONE"
-    needs_training = False
+    input_type = None  # evaluated as built: no training examples, no epoch
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
-        self.features = features_from_config(config, info.item_num)
+        self.features = feature_table_from_config(config, info)
         # top_num and history_limit are at least 1: declared in visrank.yaml, checked with the config
         self.method, self.top_num, self.history_limit = config["method"], config["top_num"], config["history_limit"]
 

@@ -22,7 +22,7 @@ def encoder_rows(out_dim: int = 512) -> list[tuple[str, ...]]:
                       encoder_trainable_blocks=None, encoder_head_layers=[], encoder_head_activation="relu",
                       channels_last=False, encoder_grad_checkpointing=False)
         with torch.device("meta"):
-            enc = build_item_encoder(config, out_dim)
+            enc = build_item_encoder(config, out_dim, shapes_only=True)
         layout = enc.backbone.block_layout()
         blocks = "all" if spec.trainable_blocks == -1 else str(spec.trainable_blocks)
         rows.append((name, spec.backbone, "/".join(spec.readouts), str(enc.input_size), str(enc.width),

@@ -85,15 +85,24 @@ def training_randomness(modules) -> list[str]:
     return [k if "batch statistics" in k else f"{k} p up to {p:.3g}" for k, p in sorted(found.items())]
 
 
+class NoFeatureMapError(ValueError):
+    """The backbone gives only its pooled readout, no feature map to attend over; the message says what it gave."""
+
+
 class Backbone(nn.Module):
     """A library image model reduced to one readout.
 
     ``forward(images)`` gives ``[n, width]``, or ``[n, tokens, width]`` when ``per_token`` is set (the head is
     then applied to every token and the results averaged, the original's ``mean`` readout). The library module
     is ``self.net``; ``block_layout()`` names its parts, or returns None when it cannot be partly frozen.
+
+    Frozen features (``REC.features``) read a backbone without a head: ``pooled`` for one vector per image,
+    ``feature_map`` for the regions before pooling where ``has_feature_map`` says there are any. They are the
+    backbone's own methods so that whoever reads them needs to know no backbone class.
     """
 
     per_token = False
+    has_feature_map = False
 
     def __init__(self, net: nn.Module, *, width: int, input_size: int, mean, std, is_convolutional: bool):
         super().__init__()
@@ -108,6 +117,17 @@ class Backbone(nn.Module):
         """The forward cut at the block layout's units (``Stages``), or None when it cannot be cut. A plain object,
         not a module, so whoever keeps it does not register the backbone's modules a second time."""
         return None
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """``[n, width]``: the readout as a head would receive it. The ``mean`` readout gives every token to the
+        head and averages the results; with no head in between, that is the average of the tokens."""
+        out = self(images)
+        return out.mean(dim=1) if self.per_token else out
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last feature map before any pooling: ``[n, H, W, D]`` (CNNs, Swin) or the patch tokens ``[n, R, D]``
+        without class or other prefix tokens (ViT, BEiT). Raises ``NoFeatureMapError`` where there is none."""
+        raise NoFeatureMapError(f"its backbone ({type(self).__name__}) gives no feature map, only its pooled readout")
 
 
 def set_trainable_blocks(backbone: Backbone, n: int, encoder: str, key: str = "key 'encoder_trainable_blocks'") -> None:

@@ -49,6 +49,8 @@ class ClipResNet(Backbone):
     """``cls``: the attention pool's output (the CLIP image embedding); ``pool``: global average of the last
     feature map, the attention pool removed (the original's CLIPItemEncoder)."""
 
+    has_feature_map = True
+
     def __init__(self, visual: nn.Module, readout: str):
         pool = visual.attnpool
         width = pool.c_proj.out_features if readout == "cls" else pool.c_proj.in_features
@@ -64,8 +66,15 @@ class ClipResNet(Backbone):
                            locked=("attnpool",))  # the original kept it frozen
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._finish(self._last_map(images))
+
+    def _last_map(self, images: torch.Tensor) -> torch.Tensor:
         v = self.net
-        return self._finish(v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images))))))
+        return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))  # [n, C, H, W]
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """layer4's map ``[n, H, W, C]``, before the attention pool or the average that either readout applies."""
+        return self._last_map(images).permute(0, 2, 3, 1)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.net.attnpool is None:
@@ -109,6 +118,8 @@ class ClipViT(Backbone):
     ``pool`` the post-LayerNormed token 0 (HF's ``pooler_output``). The CLIP projection ``proj`` is removed;
     ``ln_post`` too unless the readout is ``pool``, as the original."""
 
+    has_feature_map = True
+
     def __init__(self, visual: nn.Module, readout: str):
         visual.proj = None
         if readout != "pool":
@@ -124,7 +135,15 @@ class ClipViT(Backbone):
                            tail=("ln_post",))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._finish(self.net.transformer(self._stem(images)))  # [n, 1 + grid^2, width] in between
+        return self._finish(self._tokens(images))
+
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.transformer(self._stem(images))  # [n, 1 + grid^2, width]
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch tokens ``[n, grid^2, width]`` after the last block, class token dropped, before ``ln_post``
+        whatever the readout (as HF's ``last_hidden_state``, which the readouts other than ``pool`` see)."""
+        return self._tokens(images)[:, 1:]
 
     def _stem(self, images: torch.Tensor) -> torch.Tensor:
         v = self.net

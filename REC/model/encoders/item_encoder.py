@@ -149,9 +149,9 @@ def _where(config, key: str) -> str:
     return f"{source(key)}: key '{key}'" if source else f"key '{key}'"
 
 
-def build_item_encoder(config, out_dim: int) -> ItemEncoder:
-    """The item encoder named by ``config['encoder']`` with a head to ``out_dim``. Build it inside
-    ``with torch.device('meta')`` for a free shape check: no weights are read there."""
+def build_item_encoder(config, out_dim: int, shapes_only: bool = False) -> ItemEncoder:
+    """The item encoder named by ``config['encoder']`` with a head to ``out_dim``. ``shapes_only``: a free shape
+    check inside ``with torch.device('meta')``; no weights are read (a named weights file must still exist)."""
     name = config["encoder"]
     if not name:
         raise ConfigError(f"{_where(config, 'encoder')}: this model needs an image encoder; known encoders: "
@@ -166,7 +166,7 @@ def build_item_encoder(config, out_dim: int) -> ItemEncoder:
         raise ConfigError(f"{_where(config, 'encoder_readout')}: {name} supports readouts {list(spec.readouts)}, "
                           f"not {readout!r}")
     weights = Weights(bool(config["encoder_pretrained"]), config["encoder_weights"],
-                      _where(config, "encoder_weights"))
+                      _where(config, "encoder_weights"), read=not shapes_only)
     if config["encoder_weights"] and not weights.pretrained:
         log.warning("%s is set but encoder_pretrained is false: %s starts from random weights",
                     _where(config, "encoder_weights"), name)

@@ -14,7 +14,7 @@ from torch import nn
 
 from REC.config import ConfigError
 
-from .backbone import Backbone, BlockLayout, Stages
+from .backbone import Backbone, BlockLayout, NoFeatureMapError, Stages
 from .registry import EncoderSpec, UnknownEncoderError, register_encoder, register_encoder_family
 from .weights import Weights
 
@@ -48,6 +48,8 @@ class TimmBackbone(Backbone):
     """``pool``: timm's own pooled features (``num_classes=0``); ``cls``: the first output token, which for
     Swin is the top-left patch (it has no class token; the original's quirk)."""
 
+    has_feature_map = True  # whatever forward_features gives; ``feature_map`` says when it is neither map nor tokens
+
     def __init__(self, net: nn.Module, readout: str, layout: BlockLayout | None, is_convolutional: bool,
                  cut: Callable[["TimmBackbone"], Stages | None] | None = None):
         cfg = getattr(net, "pretrained_cfg", None) or {}
@@ -72,6 +74,16 @@ class TimmBackbone(Backbone):
         if self.readout == "cls":
             return features.flatten(1, -2)[:, 0]
         return self.net.forward_head(features)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """``forward_features``' output before pooling: a map made ``[n, H, W, C]`` (timm's CNNs give NCHW, Swin
+        NHWC), or tokens ``[n, R, C]`` without the class and register tokens (``num_prefix_tokens``)."""
+        out = self.net.forward_features(images)
+        if out.ndim == 4:
+            return out if getattr(self.net, "output_fmt", "NCHW") == "NHWC" else out.permute(0, 2, 3, 1)
+        if out.ndim == 3:
+            return out[:, getattr(self.net, "num_prefix_tokens", 0):]
+        raise NoFeatureMapError(f"its forward_features gives shape {list(out.shape)}, not a map or tokens")
 
 
 def _resnet_layout(net) -> BlockLayout:

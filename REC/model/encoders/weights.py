@@ -1,7 +1,8 @@
 """Where a backbone's starting weights come from: random init, a local file (``encoder_weights``) or the hub.
 
-Nothing is fetched at import time, when ``encoder_pretrained`` is false, or when the model is built on the meta
-device (the preflight shape check); a named local file is still checked there, so a typo fails before training.
+Nothing is fetched at import time, when ``encoder_pretrained`` is false, or when the model is built for a shape
+check only (the launcher's preflight, on the meta device); a named local file is still checked there, so a typo
+fails before training.
 """
 from __future__ import annotations
 
@@ -14,20 +15,17 @@ import torch
 from REC.config import ConfigError
 
 
-def on_meta_device() -> bool:
-    return torch.empty(0).device.type == "meta"
-
-
 @dataclass(frozen=True)
 class Weights:
     pretrained: bool
     path: str | None = None
     where: str = "key 'encoder_weights'"  # how errors name the setting (with its file when known)
+    read: bool = True  # False for a shape check only: the backbone keeps its (meta) random init
 
     @property
     def load(self) -> bool:
-        """Whether weights are to be read now (pretrained, and not a meta-device shape check)."""
-        return self.pretrained and not on_meta_device()
+        """Whether weights are to be read now."""
+        return self.pretrained and self.read
 
     def local_file(self) -> Path | None:
         """The local weights file, checked to exist; None means the hub."""

@@ -1,6 +1,9 @@
-"""LEAVE_ONE_OUT_CHUNK batches: each item of a chunk is predicted from the rest of its chunk (FM, DSSM, ACF).
+"""HELD_OUT_ITEM batches: each item of a chunk is predicted from the rest of its chunk (FM, DSSM, ACF, and
+MOFM, MODSSM with covers). Called LEAVE_ONE_OUT_CHUNK here before; the original's FM and DSSM declare SEQ and
+get these datasets by model name.
 
-This is the example set of the original's SampleOneTower / SampleTwoTower datasets: for position
+This is the example set of the original's SampleOneTowerTrainDataset (FM), SampleTwoTowerTrainDataset (DSSM)
+and SampleACFTrainDataset (ACF), with MOSampleOneTower / MOSampleTwoTower for PixelNet: for position
 idx of a chunk, the history is the chunk without idx (in order, so later items count too) and the positive is
 chunk[idx]. A batch is {'items': [B, M] that history, left-padded, 'target': [B], 'negatives': [B] one item
 outside the chunk, 'user_id': [B] the chunk's user (ACF's input, as the original's SampleACFTrainDataset)}.
@@ -13,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .split import Split, ragged_positions, sequence_chunk_users, sequence_chunks
-from .train_batches import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
+from ..split import Split, ragged_positions, sequence_chunk_users, sequence_chunks
+from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
 
 
-@register_train_dataset("LEAVE_ONE_OUT_CHUNK")
+@register_train_dataset("HELD_OUT_ITEM")
 class HeldOutItemBatches(EpochBatches):
     """One example per (chunk, real position), stored as (chunk row, column) and expanded per batch.
 

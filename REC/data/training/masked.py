@@ -1,21 +1,25 @@
-"""Cloze (masked-item) training batches for BERT4Rec (the original's BERT4RecTrainDataset), built whole per batch."""
+"""MASKED batches: cloze (masked-item) training for BERT4Rec and MOBERT4Rec, built whole per batch. The
+original's BERT4Rec declares SEQ and gets, by model name, its BERT4RecTrainDataset
+(MOBERT4RecTrainDataset for PixelNet)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .split import Split, sequence_chunks
-from .train_batches import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
+from ..split import Split, sequence_chunks
+from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
 
 
 @register_train_dataset("MASKED")
-class MaskedItemBatches(EpochBatches):
-    """Batch of chunks: {'masked_items', 'items', 'negatives'}, each [B, M+1] and left-padded.
+class MaskedBatches(EpochBatches):
+    """Batch of chunks: {'masked_items', 'items', 'negatives', 'target_mask'}, each [B, M+1] and left-padded.
 
     Every real item is masked independently with probability ``mask_ratio`` (the last one too; no position is
     forced, as the original). A masked position holds the mask token id ``item_num`` (the model's extra
     embedding row) in ``masked_items`` and a negative that avoids the chunk's items in ``negatives``; every
-    other position has negative 0. A chunk may come out with no masked position and then adds no loss.
+    other position has negative 0. ``target_mask`` (bool) is True exactly at the masked positions, the ones
+    that carry a target, so models need not infer it from the ids. A chunk may come out with no masked position
+    and then adds no loss.
     """
 
     item_keys = ("masked_items", "items", "negatives")  # the mask token (item_num) is no real item: it has no cover
@@ -36,4 +40,5 @@ class MaskedItemBatches(EpochBatches):
         neg = sample_negatives(rng, items, self.item_num, pool=self.pool)
         neg[~masked] = 0
         return {"masked_items": torch.from_numpy(np.where(masked, self.mask_token, items)),
-                "items": torch.from_numpy(items), "negatives": torch.from_numpy(neg)}
+                "items": torch.from_numpy(items), "negatives": torch.from_numpy(neg),
+                "target_mask": torch.from_numpy(masked)}

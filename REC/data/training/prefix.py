@@ -1,4 +1,6 @@
-"""AUGSEQ batches: every prefix of every training chunk predicts its last item (LightSANs, SRGNN).
+"""PREFIX batches: every prefix of every training chunk predicts its last item (LightSANs, SRGNN and their
+PixelNet forms). The original's AUGSEQ input type, built by its TwoTowerTrainDataset (LightSANs) and
+GraphTrainDataset (SRGNN), MOTwoTowerTrainDataset and MOGraphTrainDataset for PixelNet.
 
 A batch is {'items': [B, M] the prefix without its last item, left-padded, 'target': [B] that last item,
 'negatives': [B] one item outside the prefix}. The original builds each prefix as a Python list; here an
@@ -9,16 +11,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .split import Split, ragged_positions, sequence_chunks
-from .train_batches import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
+from ..split import Split, ragged_positions, sequence_chunks
+from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
 
 
-@register_train_dataset("AUGSEQ")
+@register_train_dataset("PREFIX")
 class PrefixBatches(EpochBatches):
     """A chunk of n items gives n-1 examples, its prefixes of length 2..n; a chunk of one item gives none.
 
     Negatives avoid only the prefix, as the original. The batch size counts prefixes (the original's dataset
-    items), so an epoch has about (mean chunk length - 1) times as many examples as a SEQ epoch.
+    items), so an epoch has about (mean chunk length - 1) times as many examples as a NEXT_ITEM epoch.
     """
 
     item_keys = ("items", "target", "negatives")

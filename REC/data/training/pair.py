@@ -1,11 +1,13 @@
-"""PAIR batches {'user_id', 'items', 'negatives'}, each [B]: one BPR pair per training event (MF, LightGCN)."""
+"""PAIR batches {'user_id', 'items', 'negatives'}, each [B]: one BPR pair per training event (MF, LightGCN,
+VBPR and, with covers, MOMF and DVBPR). The original's PAIR input type, built by its PairTrainDataset
+(MOPairTrainDataset for PixelNet)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .split import Split
-from .train_batches import EpochBatches, register_train_dataset
+from ..split import Split
+from .base import EpochBatches, draw_items, register_train_dataset
 
 
 @register_train_dataset("PAIR")
@@ -38,17 +40,12 @@ class PairBatches(EpochBatches):
         pos = np.minimum(np.searchsorted(self.history, keys), len(self.history) - 1)
         return self.history[pos] == keys
 
-    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        if self.pool is None:  # the plain draw, so runs without a protocol keep their random stream
-            return rng.integers(1, self.item_num, size=n)
-        return self.pool[rng.integers(0, len(self.pool), size=n)]
-
     def make_batch(self, indices, rng):
         rows = np.searchsorted(self.indptr, indices, side="right") - 1
-        neg = self.draw(rng, len(indices))
+        neg = draw_items(rng, self.item_num, self.pool, len(indices))
         bad = np.flatnonzero(self.in_history(rows, neg))
         while len(bad):  # redraw only the rejected cells
-            neg[bad] = self.draw(rng, len(bad))
+            neg[bad] = draw_items(rng, self.item_num, self.pool, len(bad))
             bad = bad[self.in_history(rows[bad], neg[bad])]
         return {"user_id": torch.from_numpy(self.users[rows]), "items": torch.from_numpy(self.items[indices]),
                 "negatives": torch.from_numpy(neg)}

@@ -1,16 +1,19 @@
-"""Frozen image features of every item, for the ViNet models: ``python -m REC.extract_features``.
+"""Frozen image features of every item, for the ViNet models: the library behind ``python -m REC.features``.
 
 The original shipped its feature files (``RN50.npy``, ``RN50_layer4.npy``) as downloads and no code that made
 them. Here they come from the same item encoders PixelNet trains (``REC.model.encoders``), frozen:
 
-- a feature is the backbone's readout WITHOUT the projection head (``RN50.npy`` is the 2048-d pooled ResNet
-  output), or with ``spatial`` the last feature map ``[H, W, D]`` (CNNs) or patch tokens ``[R, D]``
-  (transformers) for ACF; covers are normalised and resized exactly as PixelNet does (``CoverItems.pixels``);
-- the file is ``[item_num, ...]`` float32, row i = internal item id i, row 0 (padding) zeros, with the item
-  token of every row in ``<output>.items.txt`` and the settings in ``<output>.json``;
-- extraction writes into ``<output>.partial`` (a memory-mapped ``.npy``) and records the rows done in
-  ``<output>.partial.json`` after each flushed chunk; a rerun with the same settings continues there, and the
-  finished file is renamed into place, so ``<output>`` is never half written.
+- a feature is the backbone's readout WITHOUT the projection head (``Backbone.pooled``; ``RN50.npy`` is the
+  2048-d pooled ResNet output), or with ``spatial`` the last feature map ``[H, W, D]`` (CNNs, Swin) or patch
+  tokens ``[R, D]`` (ViT, BEiT) for ACF (``Backbone.feature_map``); covers are normalised and resized exactly
+  as PixelNet does (``CoverItems.pixels``);
+- the file ``F.npy`` is ``[item_num, ...]`` float32, row i = internal item id i, row 0 (padding) zeros, with
+  the item token of every row in ``F.items.txt`` and the settings in ``F.json`` (``REC.utils.files.sidecar``;
+  files written before that rule have ``F.npy.items.txt`` and ``F.npy.json``);
+- extraction writes into ``F.partial`` (a memory-mapped ``.npy``, named so that nothing takes it for a
+  finished feature file) and records the rows done in ``F.partial.json`` after each flushed chunk; a rerun
+  with the same settings continues there, and the finished file is renamed into place, so ``F.npy`` is never
+  half written.
 """
 from __future__ import annotations
 
@@ -27,13 +30,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .config import Config, ConfigError
-from .data import load_interactions
-from .data.cover_batches import cover_lmdb_path
-from .data.covers import CoverStore
-from .utils.precision import autocast
-from .run import build_config, check_covers
-from .utils.files import write_text_atomic
+from ..config import Config, ConfigError
+from ..configure import build_config
+from ..data import load_interactions
+from ..data.cover_batches import check_covers, cover_lmdb_path
+from ..data.covers import CoverStore
+from ..utils.files import sidecar, write_text_atomic
+from ..utils.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,10 @@ def default_output(config, spatial: bool = False) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- features
-class FrozenCoverFeatures(torch.nn.Module):
-    """uint8 covers ``[n, 3, h, w]`` -> float features ``[n, width]``, or ``[n, H, W, D]`` / ``[n, R, D]`` with
-    ``spatial``, from the configured encoder in eval mode with every parameter frozen.
+class FeatureExtractor(torch.nn.Module):
+    """The extraction side's frozen encoder: uint8 covers ``[n, 3, h, w]`` -> float features ``[n, width]``, or
+    ``[n, H, W, D]`` / ``[n, R, D]`` with ``spatial``, from the configured encoder in eval mode with every
+    parameter frozen. (The ViNet models read what it wrote through ``REC.model.ViNet.feature_table``.)
 
     Random weights (``encoder_pretrained: false``) are drawn after seeding with ``config['seed']``, so a resumed
     extraction continues with the same encoder.
@@ -71,11 +75,11 @@ class FrozenCoverFeatures(torch.nn.Module):
 
     def __init__(self, config, spatial: bool = False):
         super().__init__()
-        from .model.encoders import build_item_encoder
-        from .model.pixel import CoverItems
+        from ..model.encoders import build_item_encoder
+        from ..model.pixel import CoverItems
 
         if not config["encoder"]:
-            from .model.encoders import list_encoders
+            from ..model.encoders import list_encoders
             raise ConfigError(f"no encoder: set `encoder` in a config file (e.g. overall/RN50.yaml) or pass "
                               f"--encoder=<name>; known encoders: {list_encoders()}, or timm/<name>")
         torch.manual_seed(config["seed"])
@@ -85,8 +89,9 @@ class FrozenCoverFeatures(torch.nn.Module):
         self.backbone, self.spatial = encoder.backbone, spatial
         self.encoder_name, self.readout = encoder.name, encoder.readout
         self.channels_last = encoder.channels_last
-        if spatial:
-            self._check_spatial()
+        if spatial and not self.backbone.has_feature_map:
+            raise FeatureExtractionError(f"--spatial is not supported for encoder {self.encoder_name!r}: its "
+                                         f"backbone ({type(self.backbone).__name__}) gives no feature map")
         self.requires_grad_(False)
         self.eval()
 
@@ -94,45 +99,13 @@ class FrozenCoverFeatures(torch.nn.Module):
     def image_size(self) -> int:
         return self.items.resize_to
 
-    def _check_spatial(self) -> None:
-        from .model.encoders.clip_encoders import ClipResNet, ClipViT
-        from .model.encoders.timm_encoders import TimmBackbone
-
-        if isinstance(self.backbone, ClipViT):
-            self.backbone.per_token = True  # our own instance: forward now returns every token, before ln_post
-        elif not isinstance(self.backbone, (ClipResNet, TimmBackbone)):
-            raise FeatureExtractionError(f"--spatial is not supported for encoder {self.encoder_name!r} "
-                                         f"({type(self.backbone).__name__}); it knows the CLIP ResNets, CLIP ViT "
-                                         f"and timm backbones")
-
-    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        from .model.encoders.clip_encoders import ClipResNet, ClipViT
-
-        b = self.backbone
-        if isinstance(b, ClipResNet):  # layer4 before the attention pool or the average
-            v = b.net
-            return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x))))).permute(0, 2, 3, 1)
-        if isinstance(b, ClipViT):
-            return b(x)[:, 1:]  # the patch tokens, class token dropped
-        out = b.net.forward_features(x)  # timm: the map or tokens before pooling
-        if out.ndim == 4:
-            return out if getattr(b.net, "output_fmt", "NCHW") == "NHWC" else out.permute(0, 2, 3, 1)
-        if out.ndim == 3:
-            return out[:, getattr(b.net, "num_prefix_tokens", 0):]
-        raise FeatureExtractionError(f"--spatial is not supported for encoder {self.encoder_name!r}: its "
-                                     f"forward_features gives shape {list(out.shape)}, not a map or tokens")
-
     def forward(self, covers: torch.Tensor) -> torch.Tensor:
         x = self.items.pixels(covers)
         if self.channels_last and x.is_cuda:  # as ItemEncoder.forward: cuDNN's NHWC kernels
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.spatial:
-            return self._feature_map(x)
-        out = self.backbone(x)
-        # the ViT `mean` readout gives every token to the head and averages; without a head, average the tokens
-        return out.mean(dim=1) if self.backbone.per_token else out
+        return self.backbone.feature_map(x) if self.spatial else self.backbone.pooled(x)
 
-    def prepare(self, device: torch.device) -> FrozenCoverFeatures:
+    def prepare(self, device: torch.device) -> FeatureExtractor:
         self.to(device)
         if self.channels_last and device.type == "cuda":
             self.backbone.to(memory_format=torch.channels_last)
@@ -157,8 +130,8 @@ class _CoverRows(Dataset):
 # ----------------------------------------------------------------------------------------------- files
 def sidecars(output: Path) -> dict[str, Path]:
     """The files that go with ``output``: item tokens, settings, and the partial file with its progress."""
-    return {"items": Path(f"{output}.items.txt"), "meta": Path(f"{output}.json"),
-            "partial": Path(f"{output}.partial"), "progress": Path(f"{output}.partial.json")}
+    return {"items": sidecar(output, "items.txt"), "meta": sidecar(output, "json"),
+            "partial": sidecar(output, "partial"), "progress": sidecar(output, "partial.json")}
 
 
 def _read_progress(path: Path) -> dict | None:
@@ -239,9 +212,15 @@ def extract_features(config, output=None, *, spatial: bool = False, device: str 
     check_covers(config, inter)  # every item needs a cover: name how many lack one, and which
     item_num = inter.item_num
 
-    model = FrozenCoverFeatures(config, spatial).prepare(dev)
-    with torch.inference_mode(), autocast(dev, precision):
-        probe = model(torch.zeros(1, 3, store.height, store.width, dtype=torch.uint8, device=dev))
+    from ..model.encoders.backbone import NoFeatureMapError  # as FeatureExtractor: timm and open_clip load here
+
+    model = FeatureExtractor(config, spatial).prepare(dev)
+    try:
+        with torch.inference_mode(), autocast(dev, precision):
+            probe = model(torch.zeros(1, 3, store.height, store.width, dtype=torch.uint8, device=dev))
+    except NoFeatureMapError as exc:  # a backbone that knows only at run time (timm: forward_features' shape)
+        raise FeatureExtractionError(f"--spatial is not supported for encoder {model.encoder_name!r}: "
+                                     f"{exc}") from None
     shape = (item_num, *probe.shape[1:])
     settings = {
         "dataset": config["dataset"], "items": item_num - 1, "items_sha256": inter.item_tokens.digest(),
@@ -252,6 +231,7 @@ def extract_features(config, output=None, *, spatial: bool = False, device: str 
         "shape": list(shape), "dtype": "float32",
     }
 
+    _adopt_legacy_partial(output, files)
     rows_done = _open_partial(files, settings, restart)
     total_bytes = int(np.prod(shape)) * 4
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +298,18 @@ def _save_progress(path: Path, settings: dict, rows_done: int, batch_size: int) 
     write_text_atomic(path, json.dumps({"format": FORMAT, "version": VERSION, "settings": settings,
                                     "rows_done": rows_done, "batch_size": batch_size,
                                     "batches_done": -(-(rows_done - 1) // batch_size)}, indent=1))
+
+
+def _adopt_legacy_partial(output: Path, files: dict[str, Path]) -> None:
+    """An extraction interrupted before the sidecar rule (``F.npy.partial``, ``F.npy.partial.json``) continues
+    under the new names instead of starting afresh and leaving hours of work beside the output."""
+    old_partial, old_progress = Path(f"{output}.partial"), Path(f"{output}.partial.json")
+    if files["partial"].exists() or not old_partial.exists():
+        return
+    log.info("continuing %s as %s (the earlier name of the partial file)", old_partial, files["partial"])
+    os.replace(old_partial, files["partial"])
+    if old_progress.exists():
+        os.replace(old_progress, files["progress"])
 
 
 def _open_partial(files: dict[str, Path], settings: dict, restart: bool) -> int:

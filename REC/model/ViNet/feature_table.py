@@ -1,5 +1,6 @@
-"""Frozen item-feature tables for the ViNet models: one ``.npy`` per dataset and image encoder,
-row i = internal item id i (items numbered by first appearance in the CSV, as in the original), row 0 = padding.
+"""The model side of frozen item features: the ViNet models' table, read from one ``.npy`` per dataset and image
+encoder (written by ``python -m REC.features``), row i = internal item id i (items numbered by first appearance in
+the CSV, as in the original), row 0 = padding.
 
 Not a model (no ``@register_model``): the ViNet models share the loader and the holder below.
 """
@@ -27,12 +28,13 @@ def _describe_ndim(ndim: tuple[int, ...]) -> str:
 
 
 def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[int, ...] = (2,),
-                       expected_width: int | None = None, key: str = FEATURE_KEY) -> torch.Tensor:
+                       expected_width: int | None = None, key: str = FEATURE_KEY,
+                       shapes_only: bool = False) -> torch.Tensor:
     """The float32 table ``[item_num, ..., D]`` of ``path``, checked against the dataset and the model.
 
     ``ndim``: the numbers of dimensions the model accepts; ``expected_width``: the last dimension D the model was
-    configured for (None: any). Under ``torch.device("meta")`` (the launcher's preflight) only the header is read
-    and a meta tensor of the right shape comes back, so a bad file fails before any process starts at no cost.
+    configured for (None: any). ``shapes_only`` (the launcher's preflight): only the header is read and a meta
+    tensor of the right shape comes back, so a bad file fails before any process starts at no cost.
     A float32 file is memory-mapped copy-on-write, not read: pages load as rows are used, and several processes
     on one machine share them through the page cache.
     """
@@ -62,14 +64,14 @@ def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[in
         raise FeatureFileError(f"{where} has feature width {array.shape[-1]} (shape {list(array.shape)}), but the "
                                f"model is configured for width {expected_width} (v_feat_dim); extract the features "
                                f"with the matching encoder or change v_feat_dim")
-    if torch.empty(0).device.type == "meta":
-        return torch.empty(array.shape, dtype=torch.float32)
+    if shapes_only:
+        return torch.empty(array.shape, dtype=torch.float32, device="meta")
     if array.dtype == np.float32 and array.flags.c_contiguous:
         return torch.from_numpy(array)
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-class FrozenFeatures(nn.Module):
+class FeatureTable(nn.Module):
     """A frozen feature table that moves with the model (``.to(device)``) but is neither a parameter nor a buffer:
     checkpoints stay small (the file is the source of truth), and DDP does not broadcast the table from rank 0 at
     every forward, which it does for all buffers, non-persistent ones included (each rank reads the same file).
@@ -101,12 +103,12 @@ class FrozenFeatures(nn.Module):
         return f"shape={list(self.table.shape)}, device={self.table.device}"
 
 
-def features_from_config(config, item_num: int, *, ndim: tuple[int, ...] = (2,),
-                         on_host: bool = False) -> FrozenFeatures:
-    """The model's ``v_feat_path`` table, checked against ``v_feat_dim`` when that is set; an error starts with
-    where ``v_feat_path`` was set."""
+def feature_table_from_config(config, info, *, ndim: tuple[int, ...] = (2,), on_host: bool = False) -> FeatureTable:
+    """The model's ``v_feat_path`` table for the dataset ``info`` (``DatasetInfo``), checked against ``v_feat_dim``
+    when that is set; an error starts with where ``v_feat_path`` was set."""
     try:
-        table = load_item_features(config[FEATURE_KEY], item_num, ndim=ndim, expected_width=config["v_feat_dim"])
+        table = load_item_features(config[FEATURE_KEY], info.item_num, ndim=ndim, expected_width=config["v_feat_dim"],
+                                   shapes_only=info.shapes_only)
     except FeatureFileError as exc:
         raise FeatureFileError(f"{key_source(config, FEATURE_KEY)}: {exc}") from None
-    return FrozenFeatures(table, on_host=on_host)
+    return FeatureTable(table, on_host=on_host)

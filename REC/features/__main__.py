@@ -1,24 +1,24 @@
 """Extract frozen image features for the ViNet models:
 
-    python -m REC.extract_features --config_file overall/ResNet50.yaml --data_path=dataset/ --dataset=Pixel200K \
+    python -m REC.features --config_file overall/ResNet50.yaml --data_path=dataset/ --dataset=Pixel200K \
         --device cuda --precision bf16
 
-The logic lives in ``REC/features.py``; this module only parses arguments and reports errors in one line.
+The logic lives in ``extract.py``; this module only parses arguments and reports errors in one line.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .config import ConfigError
-from .data import DataError
-from .features import FeatureExtractionError, extract_features, feature_config
-from .utils.logging import setup_logging
+from ..config import ConfigError
+from ..data import DataError
+from ..utils.logging import setup_logging
+from .extract import FeatureExtractionError, extract_features, feature_config
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="python -m REC.extract_features", allow_abbrev=False,  # an abbreviation must not eat a --key=value
+        prog="python -m REC.features", allow_abbrev=False,  # an abbreviation must not eat a --key=value
         description="Encode every item's cover with a frozen image encoder (no projection head) into one .npy "
                     "[item_num, width] float32 (row i = internal item id i, row 0 padding zeros) for the ViNet "
                     "models' v_feat_path; --spatial writes feature maps for ACF. Interrupted runs continue where "

@@ -1,4 +1,5 @@
-"""Training batches, built whole and vectorised: one ``__getitem__`` is one batch.
+"""What every training-batch type shares: the per-epoch shuffle and sharding (``EpochBatches``), the registry
+that maps a model's ``input_type`` to its type, and negative sampling with its checks.
 
 Why batches instead of samples: the original builds every sample in Python (a negative per position by
 rejection, one random call at a time), which costs more than the model on CPU. Here a batch is a few numpy
@@ -7,29 +8,47 @@ whatever the number of loader workers, and a resumed run replays exactly what an
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .split import Split, sequence_chunk_users, sequence_chunks
+from ..split import Split, sequence_chunk_users
 
 TRAIN_DATASETS: dict[str, Callable[..., "EpochBatches"]] = {}
 
+_INPUT_TYPE = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")
+
+
+def names_for(input_type: str) -> tuple[str, str]:
+    """(module, class) names a training-example type must have: ``HELD_OUT_ITEM`` -> (``held_out_item``,
+    ``HeldOutItemBatches``). One spelling in three places, so finding any one of them finds the others."""
+    return input_type.lower(), "".join(w.capitalize() for w in input_type.split("_")) + "Batches"
+
 
 def register_train_dataset(input_type: str):
-    """Map a model's ``input_type`` (SEQ, PAIR, AUGSEQ, ...) to the class that builds its training batches.
+    """Map a model's ``input_type`` (NEXT_ITEM, PAIR, PREFIX, ...) to the class that builds its training batches.
 
     The class must declare ``item_keys`` (see ``EpochBatches``): PixelNet fetches covers for those keys only.
+    Its module and class must be named after the type (``names_for``): the check runs here, at import, so the
+    names cannot drift apart again as SEQ / train_batches.py / NextItemBatches once did.
     """
     def deco(cls):
-        if input_type in TRAIN_DATASETS:
-            raise ValueError(f"input type {input_type!r} is already registered to {TRAIN_DATASETS[input_type]}")
         keys = getattr(cls, "item_keys", None)
         if not isinstance(keys, tuple) or not keys or not all(isinstance(k, str) for k in keys):
             raise TypeError(f"{cls.__name__} (input type {input_type!r}) must declare item_keys, the non-empty "
                             f"tuple of its batch keys whose values are item ids; got {keys!r}")
+        if not isinstance(input_type, str) or not _INPUT_TYPE.fullmatch(input_type):
+            raise ValueError(f"input type {input_type!r} of {cls.__name__} must be UPPER_SNAKE_CASE, e.g. NEXT_ITEM")
+        module, name = names_for(input_type)
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        if cls.__module__.rsplit(".", 1)[-1] != module or cls.__qualname__ != name:
+            raise ValueError(f"input type {input_type!r} must be built by class {name} in a module {module}.py "
+                             f"(the type's name in snake_case, and in CamelCase + 'Batches'); got {where}")
+        if input_type in TRAIN_DATASETS:
+            raise ValueError(f"input type {input_type!r} is already registered to {TRAIN_DATASETS[input_type]}")
         TRAIN_DATASETS[input_type] = cls
         return cls
     return deco
@@ -53,7 +72,8 @@ class EpochBatches(Dataset):
 
     # The batch keys whose values are item ids (padding 0 and BERT4Rec's mask token included), declared by every
     # registered dataset. PixelNet reads the covers of exactly the items under these keys
-    # (``REC.data.cover_batches``), so a key left out would have no cover and its lookup would fail.
+    # (``REC.data.cover_batches``), so a key left out would have no cover and its lookup would fail. Other keys
+    # (user ids, the bool ``target_mask``) are no items and pass through untouched.
     item_keys: tuple[str, ...]
 
     def __init__(self, n_examples: int, batch_size: int, seed: int, rank: int, world_size: int):
@@ -89,6 +109,15 @@ class EpochBatches(Dataset):
 MAX_REDRAW_ROUNDS = 10_000
 
 
+def draw_items(rng: np.random.Generator, item_num: int, pool: np.ndarray | None, size) -> np.ndarray:
+    """``size`` items drawn uniformly from 1..item_num-1, or from ``pool`` (sorted item ids,
+    ``Split.negative_pool()``). Every negative of every batch type comes from here, so they share one rule; with
+    no pool this is the plain draw, so runs without a protocol keep the random stream they always had."""
+    if pool is None:
+        return rng.integers(1, item_num, size=size)
+    return pool[rng.integers(0, len(pool), size=size)]
+
+
 def allowed_count(item_num: int, pool: np.ndarray | None) -> int:
     """How many items a negative may be: 1..item_num-1, or the pool."""
     return item_num - 1 if pool is None else len(pool)
@@ -112,8 +141,9 @@ def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int,
 
     ``per_row`` defaults to L (one negative per cell). ``pool`` (sorted item ids, ``Split.negative_pool()``)
     restricts the draw to those items, e.g. every item but the held-out ones of the cold_items protocol; None
-    keeps the plain draw, so the random stream, and every run without a protocol, is unchanged. Vectorised
-    rejection sampling: redraw only the cells that hit their row, until none does (the original redrew per sample).
+    keeps the plain draw (``draw_items``), so the random stream, and every run without a protocol, is unchanged.
+    Vectorised rejection sampling: redraw only the cells that hit their row, until none does (the original redrew
+    per sample).
 
     A row that holds every allowed item has no negative, and rejection would never end (the original hangs):
     that raises a ValueError before any draw. The redraw rounds are bounded too (``MAX_REDRAW_ROUNDS``), so no
@@ -128,10 +158,7 @@ def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int,
                          f"one of the {n_allowed} items a negative may be ({allowed}); e.g. row {r} holds "
                          f"{sorted(set(avoid[r].tolist()) - {0})[:20]}")
 
-    def draw(size):
-        return rng.integers(1, item_num, size=size) if pool is None else pool[rng.integers(0, len(pool), size=size)]
-
-    neg = draw((len(avoid), avoid.shape[1] if per_row is None else per_row))
+    neg = draw_items(rng, item_num, pool, (len(avoid), avoid.shape[1] if per_row is None else per_row))
     bad = (neg[:, :, None] == avoid[:, None, :]).any(-1)
     rounds = 0
     while bad.any():
@@ -143,7 +170,7 @@ def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int,
                              f"is too small")
         rounds += 1
         rows, cols = np.nonzero(bad)
-        neg[rows, cols] = draw(len(rows))
+        neg[rows, cols] = draw_items(rng, item_num, pool, len(rows))
         bad[rows, cols] = (neg[rows, cols][:, None] == avoid[rows]).any(-1)
     return neg
 
@@ -178,28 +205,3 @@ def check_negatives_possible(input_type: str, split: Split, config) -> None:
     lengths = np.diff(split.train_indptr)
     if len(lengths) and lengths.max() >= allowed_count(split.item_num, split.negative_pool()):
         build_train_batches(input_type, split, config)
-
-
-@register_train_dataset("SEQ")
-class NextItemBatches(EpochBatches):
-    """Batch of chunks: {'items': [B, M+1], 'negatives': [B, M+1]}; negatives[:, t] is the negative for items[:, t].
-
-    Only positions whose item and predecessor are both real carry a target (as the original's SEQTrainDataset);
-    elsewhere the negative is 0.
-    """
-
-    item_keys = ("items", "negatives")
-
-    def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
-        self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
-        check_negatives_exist(split, self.chunks, config["MAX_ITEM_LIST_LENGTH"])
-        self.item_num, self.pool = split.item_num, split.negative_pool()
-        super().__init__(len(self.chunks), config["train_batch_size"], config["seed"], rank, world_size)
-
-    def make_batch(self, indices, rng):
-        items = self.chunks[indices]
-        neg = sample_negatives(rng, items, self.item_num, pool=self.pool)
-        has_target = np.zeros_like(items, dtype=bool)
-        has_target[:, 1:] = (items[:, 1:] != 0) & (items[:, :-1] != 0)
-        neg[~has_target] = 0
-        return {"items": torch.from_numpy(items), "negatives": torch.from_numpy(neg)}

@@ -39,7 +39,7 @@ def test_session_graphs_match_hand_computed_matrices():
 
 
 def reference_graph(seq):
-    """Spec 3.5's per-sequence construction over the real items, written as plainly as possible."""
+    """The original's per-sequence graph construction over the real items, written as plainly as possible."""
     items = [int(x) for x in seq if x != 0]
     node = sorted(set(items))
     n = len(seq)

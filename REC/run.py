@@ -27,6 +27,7 @@ from .trainer import Trainer
 from .trainer.checkpoint import load as load_checkpoint
 from .trainer.checkpoint import write_json_atomic
 from .trainer.trainer import SHARED_DIR_HINT
+from .trainer.live_log import check_live_log
 from .trainer.transfer import check_init_from, initialise_from
 from .utils.logging import setup_logging
 from .utils.precision import use_tf32
@@ -41,6 +42,7 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
     whether ``init_from`` fits them (not on resume: a resumed run continues from its own weights).
     ``resume_dir`` (a resumed run): the data is read through the run's vocabulary and must be the CSV it started
     with, since continuing on other interactions would mix two datasets in one set of weights."""
+    check_live_log(config)  # a missing tensorboard/wandb stops here, not after the data and model are built
     for m in config["metrics"]:
         try:
             get_metric(m)

@@ -32,6 +32,7 @@ from ..utils.memory import peak_rss_mib
 from ..utils.precision import autocast
 from . import checkpoint
 from .optim import build_optimizer
+from .live_log import open_live_log
 from .prefetch import on_device
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Trainer:
         self.valid_key = config["valid_metric"].lower()
         self.state = {"epoch": -1, "best_score": -math.inf, "best_epoch": None, "best_valid": None,
                       "stale": 0, "stopped": False, "epoch_seconds": [], "eval_seconds": [], "history": []}
+        self.live = open_live_log(config, self.run_dir)  # TensorBoard / W&B when on; does nothing otherwise
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -130,6 +132,7 @@ class Trainer:
             elif eval_step == 0:
                 self.save_best(epoch, None)
             self.state["history"].append(record)
+            self.live.log_epoch(epoch, record)
             self.state.update(epoch=epoch, stopped=stop)
             self.save_last()
             if stop:
@@ -216,6 +219,8 @@ class Trainer:
             if buckets:
                 log.info("%s by target popularity (training occurrences of the target item):\n%s", name,
                          format_buckets(buckets))
+        self.live.log_test(result.metrics, max(self.state["epoch"], 0))
+        self.live.close()
         return result
 
     def summary(self, test: Evaluation) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -25,9 +24,9 @@ from .distributed import DeviceSpec, DisagreementError, select_gpus
 from .run import create_run, load_run_config, preflight, worker
 from .trainer.checkpoint import CheckpointError, saved_world_size
 from .utils.logging import setup_logging
+from .utils.run_dir_line import run_dir_line
 
 log = logging.getLogger(__name__)
-RUN_DIR_PREFIX = "run_dir="  # main.py's last line of stdout: run_dir=<absolute path>
 
 
 def add_launch_args(p: argparse.ArgumentParser) -> None:
@@ -183,5 +182,5 @@ def main(argv=None) -> int:
     if args.nnodes > 1 and result is not None:  # rank 0 logs the run; every node says what it saw
         log.info("node %d of %d finished; test: %s", args.node_rank, args.nnodes, json.dumps(result["test"]))
     if args.node_rank == 0:  # the last line of stdout, for scripts: node 0's launcher, once the run succeeded
-        print(f"{RUN_DIR_PREFIX}{os.path.abspath(run_dir)}", flush=True)
+        print(run_dir_line(run_dir), flush=True)
     return 0

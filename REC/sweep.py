@@ -23,8 +23,8 @@ from pathlib import Path
 from .config import ConfigError
 from .config.config import ConfigLayer, parse_overrides, parse_yaml_text
 from .configure import build_config
-from .launch import RUN_DIR_PREFIX
 from .utils.files import write_text_atomic
+from .utils.run_dir_line import RUN_DIR_PREFIX
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.csv"

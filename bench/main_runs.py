@@ -10,21 +10,13 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from REC.utils.run_dir_line import RUN_DIR_PREFIX, run_dir_from
+
 ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR_PREFIX = "run_dir="
 
 
 class MainFailed(RuntimeError):
     """main.py ended with a non-zero status, or finished without naming its run directory."""
-
-
-def run_dir_from(stdout: str) -> Path | None:
-    """The run directory named by the last line of ``stdout``, ``run_dir=<absolute path>``; None when the last line
-    is not that (a run that failed, or a node other than node 0 of a multi-node run, which prints none)."""
-    lines = stdout.rstrip("\n").splitlines()
-    if lines and lines[-1].startswith(RUN_DIR_PREFIX):
-        return Path(lines[-1][len(RUN_DIR_PREFIX):])
-    return None
 
 
 class MainRun(NamedTuple):

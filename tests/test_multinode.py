@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench.main_runs import run_dir_from
+from REC.utils.run_dir_line import run_dir_from
 
 from .conftest import ROOT, sasrec_args
 

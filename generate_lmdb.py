@@ -1,7 +1,9 @@
 """Pack item covers into the LMDB that PixelNet and ViNet read: python generate_lmdb.py --data_path dataset/
 
 Reads the distinct item_id values of <data_path>/<dataset>.csv, finds <covers_dir>/<item_id>.jpg (or .jpeg,
-.png, .webp), resizes each to size x size and stores it under its item_id. A rerun skips what is stored.
+.png, .webp), resizes each to size x size and stores it under its item_id. A rerun skips what is stored while
+its file is unchanged (same name, size and modification time), repacks covers whose file changed, and says how
+many of each in its summary.
 Exit status: 0 every item has a cover; 1 some items have no usable image (listed in <output>/report.json);
 2 bad arguments, CSV, folder or output.
 """

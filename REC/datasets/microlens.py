@@ -8,13 +8,29 @@ items by timestamp. Writing a user's k-th item (k from 0) with timestamp k makes
 Covers are linked (or copied) into ``<out>/cover/``, the folder ``generate_lmdb.py`` reads by default, so the
 packer needs no extra option and the images are not duplicated.
 
+Files it did not make are never overwritten, replaced or deleted. ``<out>`` is often a folder shared with other
+datasets (the README's ``--out dataset/``), whose covers are also ``<item_id>.jpg`` with numeric ids, so ids
+collide. Before anything is written, every item's cover path is checked: a free path gets a link (or a copy); a
+link to the same source file (this importer's, from an earlier run) is kept, or with ``--copy`` replaced by a copy
+of the file it points at, which loses nothing; a file with the same bytes as the source is left as it is (and
+counted in the summary); any other file there, or another cover file of the same item (``10.png`` beside
+``10.jpg``: ``generate_lmdb.py`` would pack only one of them), is a collision: exit 2 naming the paths, and nothing
+is written. Likewise ``<out>/<name>.csv`` is replaced only when ``<out>/<name>_missing_covers.txt`` beside it
+shows that an earlier import wrote it.
+
+The pairs file is read as UTF-8; a leading byte-order mark (Windows editors write one) is dropped, not read as
+part of the first user id.
+
 Exit status: 0 every item of the CSV has a cover; 1 some items have none (listed in
 ``<out>/<name>_missing_covers.txt``; the CSV is written with their interactions; ``--drop_missing`` removes them);
-2 bad arguments or an unreadable pairs file, covers folder or output.
+2 bad arguments, an unreadable pairs file, covers folder or output, or a collision with a file this importer did
+not make (nothing is written then).
 """
 from __future__ import annotations
 
 import argparse
+import codecs
+import filecmp
 import os
 import re
 import shutil
@@ -47,14 +63,21 @@ def read_pairs(path, header: str = "auto") -> tuple[pd.DataFrame, bool]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"pairs file {path} does not exist") from None
     except IsADirectoryError:
         raise DataError(f"pairs file {path} is a folder; expected the MicroLens *_pairs.tsv file") from None
+    # Kept, a byte-order mark would start the first user id, making that user two users. Stripped here rather than
+    # by "utf-8-sig", whose error offsets would not count the mark's 3 bytes.
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = text_line_of(path, exc.start)
-        raise DataError(f"{path}: not UTF-8 (byte {exc.start}, line {line})") from None
+        byte = bom + exc.start
+        line = data[:byte].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 (byte {byte}, line {line})") from None
+    del data
     # split on "\n" only, so that line numbers are the ones an editor shows
     lines = pd.Series(text.split("\n"), dtype=object).str.rstrip("\r")
     del text
@@ -91,11 +114,6 @@ def read_pairs(path, header: str = "auto") -> tuple[pd.DataFrame, bool]:
     return frame[["user_id", "item_id"]], skipped_header
 
 
-def text_line_of(path: Path, byte: int) -> int:
-    with open(path, "rb") as f:
-        return f.read(byte).count(b"\n") + 1
-
-
 def with_timestamps(frame: pd.DataFrame) -> pd.DataFrame:
     """PixelRec's CSV: a user's k-th interaction in file order (k from 0) has timestamp k. A user on several
     lines continues counting, so the lines read as one sequence in file order."""
@@ -108,17 +126,17 @@ def with_timestamps(frame: pd.DataFrame) -> pd.DataFrame:
 @dataclass
 class CoverResult:
     linked: int = 0                                  # links or copies made by this run
-    kept: int = 0                                    # already in place from an earlier run
+    kept: int = 0                                    # already in place: this importer's link, or the same bytes
+    foreign: int = 0                                 # ... of which files it did not make (same bytes), left alone
     missing: list = field(default_factory=list)      # item ids with no image in the covers folder
     in_place: bool = False                           # --covers is <out>/cover itself: nothing to link
+    todo: list = field(default_factory=list)         # (source, target) still to make; see place_covers
 
 
-def place_covers(items, covers_dir, cover_out, copy: bool = False) -> CoverResult:
-    """Make ``cover_out/<item>.<ext>`` for every item with an image in ``covers_dir``; the rest are ``missing``.
-
-    A rerun keeps what is already right and replaces the rest through a temporary name, so an interrupted run
-    never leaves a half-copied image under a cover's name.
-    """
+def plan_covers(items, covers_dir, cover_out, copy: bool = False) -> CoverResult:
+    """What ``place_covers`` will do for each item with an image in ``covers_dir`` (the rest are ``missing``),
+    found before anything is written; a DataError naming every collision (module docstring) when a cover path
+    holds a file this importer must not replace."""
     images = find_images(covers_dir, EXTENSIONS)
     result = CoverResult()
     have = pd.Index(items).isin(list(images))
@@ -128,36 +146,92 @@ def place_covers(items, covers_dir, cover_out, copy: bool = False) -> CoverResul
         # linking a folder onto itself would replace every image with a link to itself
         result.in_place, result.kept = True, int(have.sum())
         return result
+    present = _cover_names(cover_out)
+    collisions = []
+    for item in pd.Index(items)[have]:
+        source = os.path.abspath(images[item])
+        target = cover_out / os.path.basename(source)
+        names = present.get(item, [])
+        others = [n for n in names if n != target.name]
+        if others:
+            collisions.append(f"{cover_out / others[0]} is another cover of item {item}")
+        elif not names:
+            result.todo.append((source, target))
+        elif _links_to(target, source):
+            if copy:  # the link only points at the bytes about to be copied: nothing is lost
+                result.todo.append((source, target))
+            else:
+                result.kept += 1
+        elif target.is_file() and filecmp.cmp(source, target, shallow=False):
+            result.kept += 1
+            result.foreign += target.is_symlink() or not copy  # in copy mode a plain file may be an earlier copy
+        else:
+            collisions.append(f"{target} is not {source} (a different file, or a link to one)")
+    if collisions:
+        shown = "; ".join(collisions[:SHOW]) + ("; ..." if len(collisions) > SHOW else "")
+        files = f"{len(collisions):,} file{'s' if len(collisions) > 1 else ''}"
+        raise DataError(f"{cover_out} already holds {files} that this importer did not make, and it never replaces "
+                        f"one: {shown}. Nothing was written; import into another folder (--out), or move those files "
+                        f"away")
+    return result
+
+
+def _links_to(target: Path, source: str) -> bool:
+    return target.is_symlink() and os.path.realpath(target) == os.path.realpath(source)
+
+
+def _cover_names(folder: Path) -> dict[str, list[str]]:
+    """``{item: [names]}`` of what ``generate_lmdb.py`` would take for a cover in ``folder`` (any type of entry,
+    a dangling link included, since a name taken is a name taken)."""
+    extensions = {e.lower() for e in EXTENSIONS}
+    names: dict[str, list[str]] = {}
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                stem, dot, ext = entry.name.rpartition(".")
+                if dot and ext.lower() in extensions:
+                    names.setdefault(stem, []).append(entry.name)
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:
+        raise DataError(f"{folder} is a file; the covers go into a folder of that name") from None
+    return names
+
+
+def place_covers(plan: CoverResult, cover_out, copy: bool = False) -> CoverResult:
+    """Make the links (or copies) ``plan_covers`` found missing. Each goes through a temporary name, so an
+    interrupted run never leaves a half-copied image under a cover's name."""
+    if not plan.todo:
+        return plan
+    cover_out = Path(cover_out)
     try:
         cover_out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the cover folder {cover_out}: {exc}") from None
-    for item in pd.Index(items)[have]:
-        source = os.path.abspath(images[item])
-        target = cover_out / os.path.basename(source)
-        if _already_placed(source, target, copy):
-            result.kept += 1
-            continue
+    for source, target in plan.todo:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            if copy:
-                shutil.copyfile(source, tmp)
+            if not copy:  # the path was free: symlink() refuses, where a rename would replace, what came since
+                os.symlink(source, target)
             else:
-                os.symlink(source, tmp)
-            os.replace(tmp, target)
+                shutil.copyfile(source, tmp)
+                if os.path.lexists(target) and not _links_to(target, source):
+                    raise FileExistsError(f"{target} appeared during the import; it is left as it is")
+                os.replace(tmp, target)
         except OSError as exc:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
             raise DataError(f"cannot {'copy' if copy else 'link'} {source} to {target}: {exc}") from None
-        result.linked += 1
-    return result
+        plan.linked += 1
+    plan.todo = []
+    return plan
 
 
-def _already_placed(source: str, target: Path, copy: bool) -> bool:
-    if copy:
-        return (target.is_file() and not target.is_symlink()
-                and target.stat().st_size == os.stat(source).st_size)
-    return target.is_symlink() and os.readlink(target) == source
+def check_csv_is_ours(csv_file: Path, missing_file: Path) -> None:
+    """Every import writes ``missing_file`` with the CSV; a CSV without it was written by someone else."""
+    if os.path.lexists(csv_file) and not os.path.lexists(missing_file):
+        raise DataError(f"{csv_file} already exists and was not written by this importer (no {missing_file.name} "
+                        f"beside it), and it never replaces it; nothing was written. Choose another --name or --out")
 
 
 # ------------------------------------------------------------------------------------------------ command
@@ -182,20 +256,26 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    csv_file, missing_file = out / f"{args.name}.csv", out / f"{args.name}_missing_covers.txt"
     try:
         frame, skipped_header = read_pairs(args.pairs, args.header)
         items = pd.unique(frame["item_id"]).tolist()
-        covers = place_covers(  # creates <out>/cover, so <out>, only once the covers folder has been read
-            items, args.covers, out / COVER_DIR, copy=args.copy)
+        covers = plan_covers(items, args.covers, out / COVER_DIR, copy=args.copy)
+        check_csv_is_ours(csv_file, missing_file)
+        # everything is checked: only now is anything written (<out>/cover, hence <out>, first)
+        place_covers(covers, out / COVER_DIR, copy=args.copy)
         n_read, users_read = len(frame), frame["user_id"].nunique()
         if args.drop_missing and covers.missing:
             frame = frame[~frame["item_id"].isin(covers.missing)]
         table = with_timestamps(frame)
-        csv_file = out / f"{args.name}.csv"
+        try:
+            out.mkdir(parents=True, exist_ok=True)  # place_covers made it, unless there was nothing to link
+        except OSError as exc:
+            raise DataError(f"cannot create the output folder {out}: {exc}") from None
+        # the list before the CSV: a kill between them must not leave a CSV that a rerun takes for someone else's
+        write_text_atomic(missing_file, "".join(f"{t}\n" for t in covers.missing))
         with atomic_output(csv_file, "w", encoding="utf-8", newline="") as f:
             table.to_csv(f, index=False)
-        missing_file = out / f"{args.name}_missing_covers.txt"
-        write_text_atomic(missing_file, "".join(f"{t}\n" for t in covers.missing))
     except DataError as exc:
         print(f"microlens: error: {exc}", file=sys.stderr)
         return 2
@@ -210,6 +290,9 @@ def main(argv=None) -> int:
     verb = "copied" if args.copy else "linked"
     place = f"already in {args.covers}" if covers.in_place else f"{verb} now {covers.linked:,}, already there " \
                                                                 f"{covers.kept:,}"
+    if covers.foreign:
+        place += (f"; {covers.foreign:,} of these are files this importer did not make, with the same bytes as the "
+                  f"source, left as they are")
     print(f"  covers in {out / COVER_DIR}: {covers.linked + covers.kept:,} ({place})")
     shown = ", ".join(covers.missing[:SHOW]) + (", ..." if len(covers.missing) > SHOW else "")
     print(f"  missing covers: {len(covers.missing):,}" + (f" ({shown}; all in {missing_file})" if shown else ""))

@@ -42,6 +42,15 @@ class DeviceSpec:
     def backend(self) -> str:
         return "nccl" if self.kind == "cuda" else "gloo"
 
+    def check_cores(self) -> None:
+        """``cpu:N`` with more processes than this process may use cores: every process holds its own model,
+        optimizer and data, so memory grows with N while the cores (divided between the processes) do not;
+        an N beyond them is a typo or a misunderstanding, not a speed-up."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.kind == "cpu" and self.nproc > cores:
+            raise ValueError(f"--device cpu:{self.nproc}: this machine gives the job {cores} CPU core(s), and each "
+                             f"process needs at least one; ask for at most cpu:{cores}")
+
 
 class DisagreementError(RuntimeError):
     """The processes of one job do not see the same input (run directory, checkpoint, weights). Every rank raises

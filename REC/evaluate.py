@@ -19,7 +19,7 @@ from .data import DataError
 from .data.vocabulary import load_run_interactions
 from .launch import add_launch_args, check_launch_args, launch
 from .run import eval_worker, load_run_config
-from .trainer.checkpoint import load as load_checkpoint
+from .trainer.checkpoint import check_belongs, load as load_checkpoint
 
 
 def check_run(run_dir: str, checkpoint: str, allow_changed_data: bool):
@@ -29,8 +29,10 @@ def check_run(run_dir: str, checkpoint: str, allow_changed_data: bool):
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; --checkpoint names a file of the run directory (best.pth is "
                           f"written at the first validation, last.pth after every epoch)")
-    if "model" not in load_checkpoint(path, mmap=True):  # mapped, not read: the workers load the weights
+    ckpt = load_checkpoint(path, mmap=True)  # mapped, not read: the workers load the weights
+    if "model" not in ckpt:
         raise ConfigError(f"{path}: a checkpoint without model weights; expected best.pth or last.pth of a run")
+    check_belongs(ckpt, path, Path(run_dir))
     _, check = load_run_interactions(config, run_dir)  # the split is the workers' to build
     if check.changed and not allow_changed_data:
         raise DataError(f"{check.describe(run_dir)}; its figures would not be the run's. Restore that file, or "

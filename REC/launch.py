@@ -17,7 +17,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, split_config_files
 from .configure import build_config
 from .data import DataError
 from .distributed import DeviceSpec, DisagreementError, select_gpus
@@ -51,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     add_launch_args(p)
     args, overrides = p.parse_known_args(argv)
+    args.config_file, overrides = split_config_files(args.config_file, overrides)
     if args.resume and (args.config_file or overrides):
         p.error("--resume takes the config saved in the run directory; drop --config_file and overrides")
     if not args.resume and not args.config_file:
@@ -72,6 +73,7 @@ def check_launch_args(p: argparse.ArgumentParser, args) -> None:
                 "the same on every machine, so that all machines meet")
     try:
         args.spec = DeviceSpec.parse(args.device)
+        args.spec.check_cores()
     except ValueError as exc:
         p.error(str(exc))
     if args.spec.kind == "cuda":

@@ -39,7 +39,7 @@ from .model import create_model
 from .utils.files import atomic_output, sidecar
 from .model.base import DatasetInfo
 from .run import load_run_config
-from .trainer.checkpoint import load as load_checkpoint
+from .trainer.checkpoint import load_weights
 
 SHOWN = 5  # unknown ids quoted in an error message
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Recommender:
         if check.changed or check.trained_on is None:
             log.warning("%s", check.describe(run_dir))
         model = create_model(config["model"], config, DatasetInfo.from_split(split))
-        model.load_state_dict(load_checkpoint(path)["model"])
+        load_weights(model, path, Path(run_dir))
         model = model.to(device)
         if model.item_source == "covers" and device.type == "cuda" and config["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
@@ -314,6 +314,9 @@ def read_user_file(path: str | Path) -> list[str]:
 def check_writable_folder(option: str, path: str | Path) -> None:
     """The folder ``path`` will be written into must exist and take files: checked before any scoring, which may
     take hours, rather than at the rename that ends it."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{option} {str(path)!r} is a folder; name the file to write, e.g. "
+                                f"{os.path.join(str(path), 'recs.csv')!r}")
     folder = Path(path).resolve().parent
     if not folder.is_dir():
         raise FileNotFoundError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist; create it first")

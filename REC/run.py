@@ -24,7 +24,7 @@ from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model
 from .model.base import DatasetInfo
 from .trainer import Trainer
-from .trainer.checkpoint import load as load_checkpoint
+from .trainer.checkpoint import load_weights, new_run_id
 from .trainer.checkpoint import write_json_atomic
 from .trainer.trainer import SHARED_DIR_HINT
 from .trainer.live_log import check_live_log
@@ -102,6 +102,7 @@ def create_run(config_files, overrides=()) -> tuple[Config, Path]:
     config = build_config(config_files, overrides)
     inter, split = preflight(config)
     run_dir = new_run_dir(config)
+    new_run_id(run_dir)
     (run_dir / CONFIG_NAME).write_text(config.dump_yaml())
     save_run_vocabulary(inter, config, run_dir)  # predict, evaluate and resume read the data through these ids
     save_protocol(split, inter.item_tokens, run_dir)  # cold_items.txt and protocol.json, when a protocol is on
@@ -196,7 +197,7 @@ def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, ch
     path = run_dir / checkpoint_name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
-    model.load_state_dict(load_checkpoint(path)["model"])
+    load_weights(model, path, run_dir)
     if store is not None:
         attach_prefix_store(config, model, inter, split, device, store, item_covers=evaluator.item_covers)
     results = {}

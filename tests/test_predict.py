@@ -224,3 +224,70 @@ def test_pixelnet_item_representations_round_trip(vis_data, tmp_path):  # noqa: 
     np.save(tmp_path / "items.npy", table[:-1])
     with pytest.raises(ValueError, match="the run's dataset has"):
         Recommender.from_run(run_dir, item_representations=tmp_path / "items.npy")
+
+
+# ---------------------------------------------------------------------------------------------- run identity
+def copied_run(run_dir, tmp_path, name: str):
+    import shutil
+    copy = tmp_path / name
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err[-3000:]
+    return lines[-1]
+
+
+def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_predict(run, tmp_path, capsys):
+    """Two runs of one config have checkpoints of the same shapes: only the run id inside tells them apart."""
+    from REC.evaluate import main as evaluate_main
+    from REC.trainer.checkpoint import RUN_ID_FILE, new_run_id, read_run_id
+
+    from .conftest import call_main
+    original = read_run_id(run[0])
+    assert original and torch.load(run[0] / "best.pth", weights_only=True)["run_id"] == original
+    assert torch.load(run[0] / "last.pth", weights_only=True)["run_id"] == original
+    other = copied_run(run[0], tmp_path, "other")
+    new_run_id(other)  # another run, holding this run's best.pth (a copy, or a --checkpoint from elsewhere)
+    for command, argv in ((evaluate_main, [other]), (main, [other, "--output", tmp_path / "recs.csv"])):
+        status, out, err = call_main(command, argv, capsys)
+        line = one_error_line(err)
+        assert status == 2 and "does not belong to run directory" in line and original in line, line
+        assert (other / RUN_ID_FILE).read_text().strip() in line
+    assert not (tmp_path / "recs.csv").exists()
+
+
+def test_weights_that_do_not_fit_the_runs_config_are_one_line(run, tmp_path, capsys):
+    from REC.evaluate import main as evaluate_main
+
+    from .conftest import call_main
+    edited = copied_run(run[0], tmp_path, "edited")
+    config = edited / CONFIG_NAME
+    config.write_text(config.read_text().replace("embedding_size: 32", "embedding_size: 16", 1))
+    for command, argv in ((evaluate_main, [edited]), (main, [edited, "--output", tmp_path / "recs.csv"])):
+        status, _, err = call_main(command, argv, capsys)
+        line = one_error_line(err)
+        assert status == 2 and "its weights do not fit the model built from the run's config.yaml" in line, line
+        assert "checkpoint [" in line and ", 32], model [" in line and ", 16]" in line, line
+
+
+def test_an_output_that_is_a_folder_is_refused_before_scoring(run, tmp_path, capsys):
+    from .conftest import call_main
+    folder = tmp_path / "out"
+    folder.mkdir()
+    status, _, err = call_main(main, [run[0], "--output", folder], capsys)
+    assert status == 2 and f"--output {str(folder)!r} is a folder" in one_error_line(err)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_run_from_before_run_ids_still_loads(run, tmp_path):
+    from REC.trainer.checkpoint import RUN_ID_FILE
+    old = copied_run(run[0], tmp_path, "old")
+    (old / RUN_ID_FILE).unlink()
+    ckpt = torch.load(old / "best.pth", weights_only=True)
+    del ckpt["run_id"]
+    save_atomic(ckpt, old / "best.pth")
+    rec = Recommender.from_run(old)
+    assert rec.recommend(rec.inter.item_tokens.to_list()[1:4], k=3)

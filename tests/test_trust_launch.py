@@ -134,7 +134,7 @@ def _two_ranks(rank: int, store: str, run_dir: str, out: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     seen = {}
     try:
-        trainer = SimpleNamespace(device=torch.device("cpu"), last_path=Path("run/last.pth"))
+        trainer = SimpleNamespace(device=torch.device("cpu"), last_path=Path("run/last.pth"), state={"epoch": 2})
         for case, total in (("finite", 1.0), ("nan_on_rank_1", float("nan") if rank == 1 else 2.0)):
             try:
                 Trainer.check_finite(trainer, torch.tensor(total), 3, 50)
@@ -169,9 +169,19 @@ def test_every_rank_stops_together_with_one_message(tmp_path):
     assert seen[0] == {**seen[1], "shared": seen[0]["shared"]}  # the same outcome and message on both ranks
     assert seen[0]["finite"] == "ok"
     assert seen[0]["nan_on_rank_1"] == (
-        "training loss became NaN or infinite on rank(s) 1 in epoch 3 by step 50; run/last.pth still holds the "
-        "previous epoch. Try a lower learning rate, clip_grad_norm, or precision: fp32")
+        "training loss became NaN or infinite on rank(s) 1 in epoch 3 by step 50; run/last.pth still holds epoch "
+        "2. Try a lower learning rate, clip_grad_norm, or precision: fp32")
     assert seen[1]["shared"] == str(run)  # a rank given no run directory takes rank 0's
     assert seen[0]["not_shared"].startswith("the run's config.yaml differs between rank 0 on ")
     assert f"({run}-not-mounted/config.yaml: no such file)" in seen[0]["not_shared"]
     assert "needs output_dir on a filesystem shared by all nodes" in seen[0]["not_shared"]
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_names_none():
+    from REC.trainer.trainer import NonFiniteLossError, Trainer
+    trainer = SimpleNamespace(device=torch.device("cpu"), last_path=Path("run/last.pth"), state={"epoch": -1})
+    with pytest.raises(NonFiniteLossError) as exc:
+        Trainer.check_finite(trainer, torch.tensor(float("nan")), 0, 50)
+    assert str(exc.value) == ("training loss became NaN or infinite in epoch 0 by step 50; no checkpoint was written "
+                              "(it happened before the first epoch ended). Try a lower learning rate, clip_grad_norm, "
+                              "or precision: fp32")

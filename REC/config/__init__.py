@@ -1,3 +1,5 @@
-from .config import Config, ConfigError, ConfigLayer, ModelCatalog, load_config, parse_overrides
+from .config import (Config, ConfigError, ConfigLayer, ModelCatalog, load_config, parse_overrides,
+                     split_config_files)
 
-__all__ = ["Config", "ConfigError", "ConfigLayer", "ModelCatalog", "load_config", "parse_overrides"]
+__all__ = ["Config", "ConfigError", "ConfigLayer", "ModelCatalog", "load_config", "parse_overrides",
+           "split_config_files"]

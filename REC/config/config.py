@@ -8,7 +8,9 @@ defaults, and every error names the file, the key and what was expected.
 """
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import math
 import os
 import re
@@ -27,10 +29,36 @@ class ConfigError(ValueError):
     """A configuration problem found before any training starts."""
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice: plain YAML keeps the last value without a word, so a second
+    ``learning_rate:`` further down a file would silently win (or a sweep grid would shrink to one trial)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` (no dot) as a float, like the original's resolver."""
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, like the original's resolver; refuses a key given
+    twice in one mapping; and reads ``2024-01-01`` as the string it was typed as (no config value is a date, and a
+    ``datetime.date`` cannot travel through JSON to a sweep's trial)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:  # the mapping's own keys: a merged (<<) one may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        where = f"on line {line}" if seen[key] == line else f"on lines {seen[key]} and {line}"
+                        raise DuplicateKeyError(f"key {key!r} is given twice, {where}; keep one")
+                    seen[key] = line
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error names it
+        return super().construct_mapping(node, deep=deep)
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -41,6 +69,8 @@ _Loader.add_implicit_resolver(
 def parse_yaml_text(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
 
@@ -167,8 +197,18 @@ def _is_number(v: Any) -> bool:
 
 
 def read_defaults(path: str | Path) -> tuple[dict, dict[str, KeySpec]]:
-    """Values and documented types of a defaults file (every top-level key must carry `# type: meaning`)."""
+    """Values and documented types of a defaults file (every top-level key must carry `# type: meaning`).
+    Parsed once per version of the file (YAML parsing is most of a config build, which a sweep does per trial);
+    the caller gets its own copy of the values to change."""
     path = Path(path)
+    stat = path.stat()
+    values, specs = _parsed_defaults(str(path), stat.st_mtime_ns, stat.st_size)
+    return copy.deepcopy(values), dict(specs)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_defaults(name: str, mtime_ns: int, size: int) -> tuple[dict, dict[str, KeySpec]]:
+    path = Path(name)
     text = path.read_text()
     values = parse_yaml_text(text, str(path)) or {}
     specs: dict[str, KeySpec] = {}
@@ -274,6 +314,14 @@ def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
         key, raw = body.split("=", 1)
         pairs.append((key, parse_yaml_text(raw, f"command line --{key}") if raw != "" else None))
     return pairs
+
+
+def split_config_files(files: Iterable[str], overrides: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``--config_file``'s list as argparse left it, and the overrides: argparse reads an argument that contains
+    a space (``"--optim_args={learning_rate: 1e-3}"``, or a sweep trial's list value) as a positional, so it lands
+    in the ``nargs='+'`` file list; every ``--`` entry there is an override, in its place before the others."""
+    files = list(files)
+    return [f for f in files if not f.startswith("--")], [f for f in files if f.startswith("--")] + list(overrides)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError
+from ..config import ConfigError, split_config_files
 from ..data import DataError
 from ..utils.logging import setup_logging
 from .extract import FeatureExtractionError, extract_features, feature_config
@@ -48,7 +48,9 @@ def parse_args(argv=None):
                         "settings changed)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output file (only once the new one is complete)")
-    return p.parse_known_args(argv)
+    args, overrides = p.parse_known_args(argv)
+    args.config_file, overrides = split_config_files(args.config_file, overrides)
+    return args, overrides
 
 
 def main(argv=None) -> int:

@@ -57,6 +57,7 @@ class Trainer:
         self.state = {"epoch": -1, "best_score": -math.inf, "best_epoch": None, "best_valid": None,
                       "stale": 0, "stopped": False, "epoch_seconds": [], "eval_seconds": [], "history": []}
         self.live = open_live_log(config, self.run_dir)  # TensorBoard / W&B when on; does nothing otherwise
+        self.run_id = checkpoint.read_run_id(self.run_dir)  # every checkpoint carries it (evaluate, predict check)
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -76,17 +77,18 @@ class Trainer:
                 # no RNG state: fit() reseeds torch (CPU and every GPU) from (seed, epoch, rank) before each epoch
                 # and the data order comes from (seed, epoch), so the state at an epoch's end is never used again;
                 # a per-GPU list would also tie the file to this machine's GPU count
-                "world_size": dist.world_size(),
+                "world_size": dist.world_size(), "run_id": self.run_id,
             }, self.last_path)
 
     def resume(self) -> None:
         ckpt = checkpoint.load(self.last_path)
+        checkpoint.check_belongs(ckpt, self.last_path, self.run_dir)
         saved = ckpt.get("world_size")  # the launcher checks this first; here for callers that bypass it
         if saved is not None and saved != dist.world_size():
             raise checkpoint.CheckpointError(
                 f"{self.last_path} was written by {saved} processes and this run has {dist.world_size()}: data "
                 f"sharding and per-rank seeds depend on the world size; resume with {saved} processes")
-        self.model.load_state_dict(ckpt["model"])
+        checkpoint.fit_state(self.model, ckpt["model"], self.last_path)
         if self.optimizer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -182,9 +184,11 @@ class Trainer:
         bad = dist.ranks_where(not bool(torch.isfinite(total)), self.device)
         if bad:
             where = f" on rank(s) {', '.join(map(str, bad))}" if dist.world_size() > 1 else ""
+            kept = (f"{self.last_path} still holds epoch {self.state['epoch']}" if self.state["epoch"] >= 0
+                    else "no checkpoint was written (it happened before the first epoch ended)")
             raise NonFiniteLossError(
-                f"training loss became NaN or infinite{where} in epoch {epoch} by step {step}; {self.last_path} "
-                f"still holds the previous epoch. Try a lower learning rate, clip_grad_norm, or precision: fp32")
+                f"training loss became NaN or infinite{where} in epoch {epoch} by step {step}; {kept}. Try a lower "
+                f"learning rate, clip_grad_norm, or precision: fp32")
 
     def update_early_stopping(self, epoch: int, valid: Evaluation) -> bool:
         """Ties count as improvements, as in the original; returns True when training should stop."""
@@ -201,7 +205,8 @@ class Trainer:
         self.state.update(best_epoch=epoch, best_valid=valid.metrics if valid else None,
                           best_valid_buckets=valid.buckets if valid else None)
         if dist.is_main():
-            checkpoint.save_atomic({"model": self.model.state_dict(), "epoch": epoch}, self.best_path)
+            checkpoint.save_atomic({"model": self.model.state_dict(), "epoch": epoch, "run_id": self.run_id},
+                                   self.best_path)
 
     # ------------------------------------------------------------------------------------------ test
     def test(self, test_batches) -> Evaluation:
@@ -209,7 +214,7 @@ class Trainer:
         has_best = self.best_path.is_file()
         dist.check_same(has_best, "whether the run directory holds best.pth", SHARED_DIR_HINT)
         if has_best:
-            self.model.load_state_dict(checkpoint.load(self.best_path)["model"])
+            checkpoint.load_weights(self.model, self.best_path, self.run_dir)
         self.check_same_weights("the weights tested", self.best_path)
         t0 = time.perf_counter()
         result = self.evaluator.evaluate(self.model, test_batches)

@@ -113,28 +113,40 @@ def attach_prefix_store(config, model, inter, split, device, covers, train_batch
     items = model.cover_items_module
     store = PrefixCache(store_dir(config), config["dataset"], describe_store(config, items, inter), split.item_num,
                         prefix_shape(items, device), store_dtype(config), config["cover_batch_size"])
-    fill_store(store, items, covers, device, config["precision"], config["show_progress"], config["num_workers"])
+    fill_store(store, items, covers, device, config["precision"], config["show_progress"], config["num_workers"],
+               batch_size=config["cover_batch_size"])
     for batches in (train_batches, item_covers):
         if batches is not None:
             batches.prefix = store
     return store
 
 
-def fill_store(store: PrefixCache, items, covers, device, precision: str, show_progress: bool, workers: int) -> None:
+def fill_store(store: PrefixCache, items, covers, device, precision: str, show_progress: bool, workers: int,
+               batch_size: int | None = None) -> None:
     """Rank 0 creates the files (or finds them complete, or partly built by a killed run); every rank then
-    encodes its share of the chunks still missing; rank 0 marks the store complete."""
+    encodes its share of the chunks still missing, ``batch_size`` covers per forward (None: a chunk at a time);
+    rank 0 marks the store complete. A store found on disk keeps its chunks (``PrefixCache.create``), so the
+    forward size is this run's ``cover_batch_size`` whatever the store's chunk."""
     state = None
     if dist.rank() == 0:
         try:
-            state = store.create()
+            state = (store.create(), store.chunk)
         except (PrefixCacheError, OSError) as exc:
-            state = f"error: {exc}"
-    state = dist.broadcast_object(state)
+            state = (f"error: {exc}", None)
+    state, chunk = dist.broadcast_object(state)
     if state.startswith("error: "):
         raise PrefixCacheError(state[len("error: "):])
     if state == "complete":
         log.info("encoder_cache: reusing %s (%s)", store.path, human_bytes(store.nbytes))
         return
+    store.chunk = chunk  # every rank splits the work by the store's own chunks
+    try:
+        _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size)
+    finally:
+        store.release()  # rank 0's lock, on an error too: a later build (or resume) must not wait for it
+
+
+def _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size) -> None:
     pending = store.pending()
     mine = pending[dist.rank()::dist.world_size()]
     log.info("encoder_cache: %s %s: %d of %d chunks of %d items to encode (%d on this rank)",
@@ -149,8 +161,9 @@ def fill_store(store: PrefixCache, items, covers, device, precision: str, show_p
         for c, chunk_covers in tqdm(loader, total=len(mine), desc="encoder cache", unit="chunk",
                                     disable=not (show_progress and dist.is_main())):
             with torch.no_grad(), autocast(device, precision):
-                rows = items.prefix_of_covers(chunk_covers.to(device, non_blocking=True))
-            store.write(c, rows)
+                rows = [items.prefix_of_covers(part.to(device, non_blocking=True))
+                        for part in chunk_covers.split(batch_size or len(chunk_covers))]
+            store.write(c, torch.cat(rows) if len(rows) > 1 else rows[0])
     finally:
         items.train(was_training)
     dist.barrier()
@@ -158,7 +171,7 @@ def fill_store(store: PrefixCache, items, covers, device, precision: str, show_p
     if dist.rank() == 0:
         try:
             store.finish()
-        except PrefixCacheError as exc:
+        except (PrefixCacheError, OSError) as exc:
             error = str(exc)
     error = dist.broadcast_object(error)
     if error:

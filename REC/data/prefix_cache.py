@@ -14,12 +14,23 @@ dtype, the covers database, the run's item ids, library versions):
 - ``prefix-<dataset>-<key>.done``: one byte per chunk of ``chunk`` items, 1 once its rows are on disk, so a
   killed build resumes where it stopped;
 - ``prefix-<dataset>-<key>.json``: the description, shape, dtype, chunk and ``complete``.
+
+A store is built in ``prefix-<dataset>-<key>.npy.part`` and renamed over the ``.npy`` (``os.replace``) once every
+chunk is on disk, so a reader only ever maps a complete file, and a rebuild never writes into a file that another
+run has mapped: that run keeps reading the old file (its inode) until it closes it. The rows of a build in progress
+are written with ``pwrite`` into space reserved at creation (``posix_fallocate``), never through a memory map, so
+a disk that fills up during the build is an error naming ``encoder_cache_dir``, not a SIGBUS. One process builds
+a store at a time: rank 0 of the building run holds the ``.lock`` file until the store is complete (a killed
+build's lock goes with its process), and a run that wants the same store meanwhile waits for it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -30,7 +41,10 @@ import torch
 from ..utils.files import write_text_atomic
 from .interactions import DataError
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota on it
 DTYPES = {"float32": (np.float32, torch.float32), "bfloat16": (np.uint16, torch.bfloat16)}
 
 
@@ -63,7 +77,10 @@ def files_digest(path: Path) -> str:
 
 class PrefixCache:
     """One store (see the module docstring). Rank 0 ``create``s it; every rank ``write``s the chunks it is given;
-    readers (training loader workers, evaluation) call ``rows``. Picklable: each process maps the file itself."""
+    readers (training loader workers, evaluation) call ``rows``. Picklable: each process maps the file itself.
+
+    ``chunk`` (the run's ``cover_batch_size``) is how many items a done mark covers in a NEW store; a store found on
+    disk keeps its own (``create`` adopts it), since it only says how the build was split, not what the rows are."""
 
     batch_key = "cover_prefix"
 
@@ -75,7 +92,9 @@ class PrefixCache:
         self.item_num, self.shape, self.dtype, self.chunk = int(item_num), tuple(int(s) for s in shape), dtype, int(chunk)
         base = Path(folder) / f"prefix-{dataset}-{self.key}"
         self.path, self.done_path, self.meta_path = (base.with_suffix(s) for s in (".npy", ".done", ".json"))
-        self._rows = None
+        self.part_path = base.with_suffix(".npy.part")  # the file being built; renamed to ``path`` when complete
+        self._new_chunk = self.chunk
+        self._rows = self._lock = self._offset = None
 
     # ------------------------------------------------------------------------------------------- size
     @property
@@ -100,18 +119,32 @@ class PrefixCache:
     def check_room(self) -> None:
         """PrefixCacheError when the disk of the store's folder (or of its nearest existing parent, before the
         folder is made) has less free space than the rows need."""
-        folder = self.path.parent
-        while not folder.exists():
-            folder = folder.parent
-        free = shutil.disk_usage(folder).free
+        free = self._free()
         if free < self.nbytes:
             raise PrefixCacheError(self._no_room_message(free))
 
-    def _no_room_message(self, free: int) -> str:
-        return (f"the encoder's frozen-prefix store needs {human_bytes(self.nbytes)} ({self.item_num - 1} items x "
-                f"{' x '.join(map(str, self.shape))} x {self.itemsize} bytes) and "
+    def _free(self) -> int:
+        folder = self.path.parent
+        while not folder.exists():
+            folder = folder.parent
+        return shutil.disk_usage(folder).free
+
+    def _no_room_message(self, free: int, during: str = "") -> str:
+        return (f"the encoder's frozen-prefix store {during}needs {human_bytes(self.nbytes)} ({self.item_num - 1} "
+                f"items x {' x '.join(map(str, self.shape))} x {self.itemsize} bytes) and "
                 f"{self.path.parent} has {human_bytes(free)} free; set key 'encoder_cache_dir' to a folder on a "
                 f"larger disk, or encoder_cache: off to encode every cover at every step instead")
+
+    @contextlib.contextmanager
+    def _full_disk_is_an_error(self, during: str):
+        """ENOSPC / EDQUOT inside the block -> the one-line PrefixCacheError of ``check_room``, said ``during``
+        (space that others took after the check at creation)."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
+                raise
+            raise PrefixCacheError(self._no_room_message(self._free(), during)) from None
 
     # ------------------------------------------------------------------------------------------- state
     @staticmethod
@@ -137,48 +170,118 @@ class PrefixCache:
         return np.flatnonzero(done == 0).tolist()
 
     def create(self) -> str:
-        """Make the files unless a usable store (complete, or partly built with the same layout) is there;
-        returns what was found: 'complete', 'partial' or 'new'. Refuses when the disk cannot hold the rows.
-        Two runs that start together on one store take turns here, so neither truncates the other's rows."""
+        """Find the store or start building it; returns what was found: 'complete', 'partial' (a killed build,
+        resumed) or 'new'. Unless 'complete', this process then holds the store's lock until ``finish`` or
+        ``release``: another run that wants the same store waits here meanwhile, so two builds never write one
+        file. Refuses when the disk cannot hold the rows."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._create()
+        lock = open(self.path.with_suffix(".lock"), "w")
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("encoder_cache: another process is building %s; waiting for it", self.path)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._create()
+        except BaseException:
+            lock.close()
+            raise
+        if state == "complete":
+            lock.close()
+        else:
+            self._lock = lock
+        return state
+
+    def release(self) -> None:
+        """Let another process build (or resume) the store; ``finish`` releases too."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _create(self) -> str:
         meta = self.read_meta()
-        same = meta is not None and meta.get("key") == self.key and meta.get("shape") == list(self.shape) \
-            and meta.get("dtype") == self.dtype and meta.get("chunk") == self.chunk and self.path.is_file() \
-            and self.done_path.is_file() and self.path.stat().st_size >= self.nbytes
-        if same:
-            return "complete" if meta.get("complete") else "partial"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if meta is not None and meta.get("key") == self.key and meta.get("shape") == list(self.shape) \
+                and meta.get("dtype") == self.dtype and meta.get("item_num") == self.item_num:
+            self.chunk = int(meta["chunk"])  # the store's split into done marks, not this run's cover_batch_size
+            if meta.get("complete") and self._holds_rows(self.path):
+                return "complete"
+            done = self.done_path.stat().st_size if self.done_path.is_file() else -1
+            if not meta.get("complete") and self._holds_rows(self.part_path) and done == self.n_chunks:
+                return "partial"
+        # A new build, in a new file beside the current one (if any): a run that maps that one keeps reading it.
+        # An earlier .part is an abandoned build's: no reader opens it, and no writer is left (we hold the lock).
+        self.chunk = self._new_chunk
+        self.part_path.unlink(missing_ok=True)
         self.check_room()
-        rows = np.lib.format.open_memmap(self.path, mode="w+", dtype=DTYPES[self.dtype][0],
-                                         shape=(self.item_num, *self.shape))
-        del rows  # the file is sparse until rows are written; row 0 reads as zeros
-        np.zeros(self.n_chunks, np.uint8).tofile(self.done_path)
-        self._write_meta(complete=False)
+        try:
+            with self._full_disk_is_an_error("could not reserve its room: it "):
+                rows = np.lib.format.open_memmap(self.part_path, mode="w+", dtype=DTYPES[self.dtype][0],
+                                                 shape=(self.item_num, *self.shape))
+                self._offset, size = rows.offset, rows.offset + rows.nbytes
+                del rows  # sparse so far; never written through a map (see the module docstring)
+                with open(self.part_path, "r+b") as f:
+                    try:
+                        os.posix_fallocate(f.fileno(), 0, size)  # the disk's blocks, reserved now; row 0 reads 0
+                    except OSError as exc:
+                        if exc.errno in NO_ROOM:
+                            raise
+                        # EOPNOTSUPP / EINVAL: a filesystem that cannot reserve; a full disk is then an error at
+                        # the write that meets it (``write``)
+                np.zeros(self.n_chunks, np.uint8).tofile(self.done_path)
+                self._write_meta(complete=False)
+        except BaseException:
+            self.part_path.unlink(missing_ok=True)  # nothing half-made stays behind
+            raise
         return "new"
 
+    def _holds_rows(self, path: Path) -> bool:
+        return path.is_file() and path.stat().st_size >= self.nbytes
+
+    def _data_offset(self) -> int:
+        """Where row 0 starts in the .npy file (after numpy's header)."""
+        if self._offset is None:
+            header = np.load(self.part_path, mmap_mode="r")  # a read-only map of the header's file: never a SIGBUS
+            self._offset = header.offset
+            del header
+        return self._offset
+
     def write(self, c: int, rows: torch.Tensor) -> None:
-        """Rows of chunk ``c`` (``chunk_items(c)`` in order), flushed before the chunk is marked done."""
+        """Rows of chunk ``c`` (``chunk_items(c)`` in order), on disk before the chunk is marked done."""
         items = self.chunk_items(c)  # consecutive ids
-        out = np.load(self.path, mmap_mode="r+")
-        out[items[0]:items[-1] + 1] = self._to_numpy(rows)
-        out.flush()
-        del out
-        with open(self.done_path, "r+b") as f:
-            f.seek(c)
-            f.write(b"\x01")
-            f.flush()
-            os.fsync(f.fileno())
+        data = np.ascontiguousarray(self._to_numpy(rows))
+        if data.shape != (len(items), *self.shape):
+            raise ValueError(f"chunk {c} of {self.path.name}: rows of shape {list(data.shape)}, expected "
+                             f"{[len(items), *self.shape]}")
+        pos = self._data_offset() + int(items[0]) * self.row_bytes
+        left = memoryview(data.reshape(-1).view(np.uint8))
+        with self._full_disk_is_an_error("ran out of room while being built: it "):
+            fd = os.open(self.part_path, os.O_WRONLY)
+            try:
+                while left:
+                    n = os.pwrite(fd, left, pos)
+                    left, pos = left[n:], pos + n
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with open(self.done_path, "r+b") as f:
+                f.seek(c)
+                f.write(b"\x01")
+                f.flush()
+                os.fsync(f.fileno())
 
     def finish(self) -> None:
-        left = self.pending()
-        if left:
-            raise PrefixCacheError(f"{self.path}: chunks {left[:10]} of {self.n_chunks} were never written")
-        self._write_meta(complete=True)
+        """Once every chunk is written: the built file replaces the store's ``.npy`` in one rename, then the
+        description says complete, and the lock is released."""
+        try:
+            left = self.pending()
+            if left:
+                raise PrefixCacheError(f"{self.part_path}: chunks {left[:10]} of {self.n_chunks} were never written")
+            if self.part_path.is_file():  # else finished already: a second call changes nothing
+                with self._full_disk_is_an_error("ran out of room while being completed: it "):
+                    os.replace(self.part_path, self.path)  # a reader of the old file keeps its inode
+                    self._write_meta(complete=True)
+        finally:
+            self.release()
 
     def _write_meta(self, complete: bool) -> None:
         meta = dict(key=self.key, describe=self.describe, item_num=self.item_num, shape=list(self.shape),
@@ -198,4 +301,5 @@ class PrefixCache:
         return out.view(torch.bfloat16) if self.dtype == "bfloat16" else out
 
     def __getstate__(self):
-        return {**self.__dict__, "_rows": None}  # a memory map is reopened by each process, never pickled
+        # a memory map is reopened by each process, never pickled; the lock stays with the process that took it
+        return {**self.__dict__, "_rows": None, "_lock": None}

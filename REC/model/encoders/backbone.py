@@ -113,6 +113,12 @@ class Backbone(nn.Module):
     def block_layout(self) -> BlockLayout | None:
         return None
 
+    def refuse_size(self, side: int) -> str | None:
+        """None when covers resized to ``side`` px fit the backbone; else which sides it takes and why, for the
+        error that refuses ``image_size`` before a run starts (a forward at the wrong side fails deep inside the
+        library with a shape error). The default: any side (convolutions and a global pool)."""
+        return None
+
     def stages(self) -> Stages | None:
         """The forward cut at the block layout's units (``Stages``), or None when it cannot be cut. A plain object,
         not a module, so whoever keeps it does not register the backbone's modules a second time."""

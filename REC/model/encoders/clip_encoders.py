@@ -45,6 +45,9 @@ def create_clip_visual(arch: str, weights: Weights, encoder: str) -> nn.Module:
     return visual
 
 
+MIN_RESNET_SIDE = 31
+
+
 class ClipResNet(Backbone):
     """``cls``: the attention pool's output (the CLIP image embedding); ``pool``: global average of the last
     feature map, the attention pool removed (the original's CLIPItemEncoder)."""
@@ -58,6 +61,14 @@ class ClipResNet(Backbone):
             visual.attnpool = None
         super().__init__(visual, width=width, input_size=visual.image_size, mean=open_clip.OPENAI_DATASET_MEAN,
                          std=open_clip.OPENAI_DATASET_STD, is_convolutional=True)
+
+    def refuse_size(self, side: int) -> str | None:
+        # a stride-2 stem convolution, then 4 halvings (the stem's average pool and layer2-4's): the side after the
+        # convolution, (side - 1) // 2 + 1, must be at least 16 for the last map to keep 1 x 1
+        if side < MIN_RESNET_SIDE:
+            return (f"it takes covers of at least {MIN_RESNET_SIDE} px (its stem and stages divide the side by 32, "
+                    f"and a smaller side leaves no feature map)")
+        return None
 
     def block_layout(self) -> BlockLayout:
         stages = [f"layer{i}" for i in range(1, 5)]
@@ -128,6 +139,16 @@ class ClipViT(Backbone):
                          mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD,
                          is_convolutional=False)
         self.readout, self.per_token = readout, readout == "mean"
+
+    def refuse_size(self, side: int) -> str | None:
+        # The position embeddings hold one row per patch of the pretraining grid (7 x 7 at 224 px); another side
+        # gives another number of patches, which they cannot be added to. Interpolating them (as the CLIP ResNets'
+        # attention pool does) would run, but would feed pretrained blocks positions they never saw.
+        grid, patch = self.net.grid_size, self.net.patch_size
+        if side != self.input_size:
+            return (f"it takes {self.input_size} px covers only (its position embeddings are fixed for a {grid[0]} x "
+                    f"{grid[1]} grid of {patch[0]} px patches)")
+        return None
 
     def block_layout(self) -> BlockLayout:
         return BlockLayout(stem=("conv1", "class_embedding", "positional_embedding", "ln_pre"),

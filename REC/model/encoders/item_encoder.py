@@ -149,6 +149,16 @@ def _where(config, key: str) -> str:
     return f"{source(key)}: key '{key}'" if source else f"key '{key}'"
 
 
+def _check_image_size(config, backbone: Backbone, name: str) -> None:
+    """A cover side the backbone cannot take is a ConfigError here, while the model is built in preflight (on the
+    meta device), not a shape error at its first forward, after the run directory is made."""
+    side = config.get("image_size")  # absent from the plain dicts that build encoders alone
+    why = None if side is None else backbone.refuse_size(int(side))
+    if why:
+        raise ConfigError(f"{_where(config, 'image_size')} = {side}; encoder {name}: {why}; set image_size to a "
+                          f"side it takes, or null for its native {backbone.input_size} px")
+
+
 def build_item_encoder(config, out_dim: int, shapes_only: bool = False) -> ItemEncoder:
     """The item encoder named by ``config['encoder']`` with a head to ``out_dim``. ``shapes_only``: a free shape
     check inside ``with torch.device('meta')``; no weights are read (a named weights file must still exist)."""
@@ -171,6 +181,7 @@ def build_item_encoder(config, out_dim: int, shapes_only: bool = False) -> ItemE
         log.warning("%s is set but encoder_pretrained is false: %s starts from random weights",
                     _where(config, "encoder_weights"), name)
     backbone = spec.build(readout, weights)
+    _check_image_size(config, backbone, name)
 
     blocks = config["encoder_trainable_blocks"]
     n = spec.trainable_blocks if blocks is None else int(blocks)

@@ -62,6 +62,22 @@ class TimmBackbone(Backbone):
     def block_layout(self) -> BlockLayout | None:
         return self._layout
 
+    def refuse_size(self, side: int) -> str | None:
+        """timm's transformers (ViT, DeiT, BEiT, Swin, ...) embed patches at one image size unless built with
+        ``dynamic_img_size``: their patch embedding asserts it, and their position tables (Swin's attention
+        windows too) are made for its grid. A dynamic one still asserts whole patches unless it pads."""
+        embed = getattr(self.net, "patch_embed", None)
+        size, patch = getattr(embed, "img_size", None), getattr(embed, "patch_size", None)
+        if size is None or patch is None:  # a CNN: any side
+            return None
+        if getattr(embed, "strict_img_size", False) and (side, side) != tuple(size):
+            grid = embed.grid_size
+            return (f"it takes {size[0]} x {size[1]} px covers only (timm builds its patch embedding for a {grid[0]} "
+                    f"x {grid[1]} grid of {patch[0]} x {patch[1]} px patches)")
+        if not getattr(embed, "dynamic_img_pad", False) and (side % patch[0] or side % patch[1]):
+            return f"it takes sides that are multiples of its {patch[0]} x {patch[1]} px patches"
+        return None
+
     def stages(self) -> Stages | None:
         return self._cut(self) if self._cut is not None else None
 

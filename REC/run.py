@@ -23,6 +23,8 @@ from .encoder_cache import attach_prefix_store, log_plan
 from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model
 from .model.base import DatasetInfo
+from .model import get_model_class
+from .model.objectives import check_supported, describe_objective
 from .trainer import Trainer
 from .trainer.checkpoint import load_weights, new_run_id
 from .trainer.checkpoint import write_json_atomic
@@ -43,6 +45,10 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
     ``resume_dir`` (a resumed run): the data is read through the run's vocabulary and must be the CSV it started
     with, since continuing on other interactions would mix two datasets in one set of weights."""
     check_live_log(config)  # a missing tensorboard/wandb stops here, not after the data and model are built
+    try:  # a loss the model cannot take, before the data is read
+        check_supported(config["loss"], get_model_class(config["model"]))
+    except ValueError as exc:
+        raise ConfigError(f"{config.source_of('loss')}: {exc}") from None
     for m in config["metrics"]:
         try:
             get_metric(m)
@@ -216,6 +222,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
+    log.info("%s", describe_objective(config, model, dist.world_size()))
     train_batches = (build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
                      if model.input_type is not None else None)
     if store is not None and train_batches is not None:

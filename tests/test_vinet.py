@@ -278,3 +278,19 @@ def test_two_process_vbpr_and_its_checkpoint_reload_the_features(vis_data, tmp_p
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert '"ndcg@10": ' + str(result["test"]["ndcg@10"]) in ev.stdout
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sampled_softmax"])
+@pytest.mark.parametrize("config_file", TRAINED)
+def test_many_negative_losses_train_vinet_models(config_file, loss, vis_data):
+    """ViNet models expose their rows like the ID models: the same objectives apply (REC/model/objectives.py)."""
+    cfg, split, model = build(config_file, vis_data, f"--loss={loss}", "--num_negatives=16")
+    batch = build_train_batches(model.input_type, split, cfg)[0]
+    model.eval()
+    with torch.no_grad():
+        rows = model.target_rows(batch)
+        some = rows.targets[:5]
+        assert torch.allclose(rows.item_vectors(some), model.item_representations()[some], atol=1e-5)
+    model.train()
+    losses = train_steps(model, batch, steps=15, lr=3e-3)
+    assert losses[-1] < losses[0], losses

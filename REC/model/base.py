@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -46,6 +49,20 @@ class DatasetInfo:
         return np.repeat(users, np.diff(indptr))
 
 
+@dataclass
+class TargetRows:
+    """A training batch as a many-negative objective sees it (``REC.model.objectives``).
+
+    ``users`` [N, d]: one user vector per training target; ``targets`` [N]: their item ids; ``item_vectors(ids)``:
+    item vectors in the space the users are scored in (rows of ``item_representations()``); ``all_items()``: that
+    whole table, indexed by item id (row 0, padding, is never a candidate)."""
+
+    users: torch.Tensor
+    targets: torch.Tensor
+    item_vectors: Callable[[torch.Tensor], torch.Tensor]
+    all_items: Callable[[], torch.Tensor]
+
+
 class RecModel(nn.Module):
     """Base of every recommender.
 
@@ -69,13 +86,31 @@ class RecModel(nn.Module):
     def __init__(self, config, info: DatasetInfo):
         super().__init__()
         self.item_num, self.user_num = info.item_num, info.user_num
+        self.objective: nn.Module | None = None  # set by create_model for loss != paper (REC.model.objectives)
 
     def item_table(self, num: int, d: int, **kwargs) -> nn.Module:
         """The item table of an ID model; PixelNet replaces it by cover encodings (``REC.model.pixel``)."""
         return nn.Embedding(num, d, **kwargs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch: the model's own (``paper_loss``, the paper's), or the configured
+        objective over the model's ``target_rows``."""
+        if self.objective is None:
+            return self.paper_loss(batch)
+        return self.objective(self.target_rows(batch))
+
+    def paper_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def target_rows(self, batch: dict[str, torch.Tensor]) -> TargetRows:
+        """Where this model's user vectors and training targets are; a model that does not say takes only the
+        paper's loss."""
+        raise NotImplementedError
+
+    @property
+    def objective_items(self) -> int:
+        """Rows of ``item_representations()`` that are items or padding (BERT4Rec's mask token is neither)."""
+        return self.item_num
 
     def item_representations(self) -> torch.Tensor:
         raise NotImplementedError
@@ -84,7 +119,10 @@ class RecModel(nn.Module):
         raise NotImplementedError
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[B, item_num] scores of every item for every user (dot product unless a model says otherwise)."""
+        """[B, item_num] scores of every item for every user (dot product unless a model says otherwise; cosine
+        when the objective was trained with ``similarity: cosine``)."""
+        if self.objective is not None and self.objective.similarity == "cosine":
+            users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         return users @ items.T
 
 

@@ -9,6 +9,7 @@ import fnmatch
 import importlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..utils.registry import import_submodules
@@ -73,9 +74,32 @@ def model_defaults_file(name: str) -> Path | None:
 
 
 def create_model(name: str, config, dataset_info) -> "object":
-    """The model ``name``; with ``dataset_info.shapes_only`` on the meta device (no memory, nothing read)."""
+    """The model ``name`` with the training objective ``config['loss']`` names (none for the paper's loss); with
+    ``dataset_info.shapes_only`` on the meta device (no memory, nothing read)."""
     cls = get_model_class(name)
     if dataset_info.shapes_only:
         with torch.device("meta"):
-            return cls(config, dataset_info)
-    return cls(config, dataset_info)
+            return _with_objective(cls(config, dataset_info), config, dataset_info)
+    return _with_objective(cls(config, dataset_info), config, dataset_info)
+
+
+def _with_objective(model, config, info):
+    from .objectives import build_objective
+    loss = config["loss"] if "loss" in config else "paper"  # models built from a plain dict (tests) train as the paper
+    counts = None
+    if info.train_items is not None and not info.shapes_only:
+        counts = np.bincount(np.asarray(info.train_items), minlength=model.objective_items)
+    objective = build_objective({**{k: config[k] for k in OBJECTIVE_KEYS if k in config}, "loss": loss}, model,
+                                counts, source=_source(config, "loss"))
+    if objective is not None:
+        model.objective = objective
+    return model
+
+
+OBJECTIVE_KEYS = ("loss", "num_negatives", "negative_sampling", "temperature", "learn_temperature", "similarity",
+                  "seed")
+
+
+def _source(config, key: str) -> str:
+    source_of = getattr(config, "source_of", None)
+    return source_of(key) if source_of is not None else "config"

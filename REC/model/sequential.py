@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RecModel, bpr_loss
+from .base import RecModel, TargetRows, bpr_loss
 
 
 class NextItemModel(RecModel):
@@ -17,7 +17,7 @@ class NextItemModel(RecModel):
                last_only: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, batch):
+    def paper_loss(self, batch):
         items, negatives = batch["items"], batch["negatives"]
         # One lookup for inputs, positives and negatives: each lookup's backward materialises a dense
         # [item_num, d] gradient, so three lookups cost three table-sized fills per step.
@@ -27,6 +27,14 @@ class NextItemModel(RecModel):
         neg = (hidden * emb[:, 1, 1:]).sum(-1)
         has_target = batch["target_mask"][:, 1:].float()  # the batch says which positions are targets
         return (bpr_loss(pos, neg) * has_target).sum(-1).mean()
+
+    def target_rows(self, batch):
+        """Every position of a chunk that has a next item: its hidden state and that item."""
+        items = batch["items"]
+        hidden = self.encode(items[:, :-1])
+        has_target = batch["target_mask"][:, 1:]
+        return TargetRows(hidden[has_target], items[:, 1:][has_target], self.item_embedding,
+                          self.item_representations)
 
     def item_representations(self):
         return self.item_embedding.weight

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RecModel, bpr_loss
+from .base import RecModel, TargetRows, bpr_loss
 
 
 class TargetBPRModel(RecModel):
@@ -28,7 +28,13 @@ class TargetBPRModel(RecModel):
         """[B, d] user vectors from the batch and ``context_emb`` [B, L, d], the embeddings of ``context``'s ids."""
         raise NotImplementedError
 
-    def forward(self, batch):
+    def target_rows(self, batch):
+        """One row per example: its user vector and its target."""
+        ids, derived = self.context(batch)
+        user = self.batch_user(batch, self.item_embedding(ids), derived)
+        return TargetRows(user, batch["target"], self.item_embedding, self.item_representations)
+
+    def paper_loss(self, batch):
         ids, derived = self.context(batch)
         emb = self.item_embedding(torch.cat([ids, batch["target"][:, None], batch["negatives"][:, None]], 1))
         user = self.batch_user(batch, emb[:, :-2], derived)

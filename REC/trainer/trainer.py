@@ -242,4 +242,15 @@ class Trainer:
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)
             if self.device.type == "cuda" else None,
             "world_size": dist.world_size(), "precision": self.precision, "history": s["history"],
+            **self.objective_record(),
         }
+
+    def objective_record(self) -> dict:
+        """What the run trained with, so that two results never differ for a reason the reader cannot see: the
+        loss, the candidates each target row was scored against (on average, as trained), the global batch."""
+        objective = self.model.objective
+        if self.model.input_type is None:
+            return {"loss": None, "candidates_per_row": None, "global_batch_size": None}
+        per_row = objective.candidates_per_row if objective is not None else 2  # the target and one negative
+        return {"loss": self.config["loss"], "candidates_per_row": per_row,
+                "global_batch_size": self.config["train_batch_size"] * dist.world_size()}

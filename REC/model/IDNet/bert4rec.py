@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss
 from ..layers import Dropout, TransformerEncoder, init_normal_
 from ..registry import register_model
 
@@ -46,7 +46,7 @@ class BERT4Rec(RecModel):
         x = self.input_dropout(self.input_norm(item_emb + self.position_embedding(positions)))
         return self.encoder(x, key_padding_mask(ids), last_only)
 
-    def forward(self, batch):
+    def paper_loss(self, batch):
         masked_items, items, negatives = batch["masked_items"], batch["items"], batch["negatives"]
         emb = self.item_embedding(torch.stack([masked_items, items, negatives], 1))  # one lookup, one table gradient
         hidden = self.encode(masked_items, emb[:, 0])
@@ -56,6 +56,13 @@ class BERT4Rec(RecModel):
         # Sum over every masked position of the batch, divided by the number of sequences (the original's
         # normalisation), not by the number of masked positions.
         return (bpr_loss(pos, neg) * is_masked).sum() / items.shape[0]
+
+    def target_rows(self, batch):
+        """The masked positions: their hidden states and the items they hid."""
+        hidden = self.encode(batch["masked_items"])
+        is_masked = batch["target_mask"]
+        return TargetRows(hidden[is_masked], batch["items"][is_masked], self.item_embedding,
+                          self.item_representations)
 
     def item_representations(self):
         return self.item_embedding.weight[:self.item_num]

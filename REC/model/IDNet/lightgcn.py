@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss
 from ..registry import register_model
 
 
@@ -104,13 +104,18 @@ class LightGCN(RecModel):
                 total = total + x
         return (total / (self.n_layers + 1)).split([self.user_num, self.item_num])
 
-    def forward(self, batch):
+    def paper_loss(self, batch):
         # The full propagation runs at every step, as the original.
         users, items = self.propagate()
         u = users[batch["user_id"]]
         pos = (u * items[batch["items"]]).sum(-1)
         neg = (u * items[batch["negatives"]]).sum(-1)
         return bpr_loss(pos, neg).mean()  # the original's -mean(1e-8 + log sigmoid) differs by the constant 1e-8
+
+    def target_rows(self, batch):
+        """One row per training interaction, from one propagation of the whole graph (as the paper's loss)."""
+        users, items = self.propagate()
+        return TargetRows(users[batch["user_id"]], batch["items"], lambda ids: items[ids], lambda: items)
 
     def item_representations(self):
         """Propagates once per evaluation; the user half is kept for the user_representations calls that follow."""

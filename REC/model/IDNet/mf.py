@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss
+from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss
 from ..layers import mlp_layers
 from ..registry import register_model
 
@@ -28,7 +28,7 @@ class MF(RecModel):
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def forward(self, batch):
+    def paper_loss(self, batch):
         users = self.user_tower(self.user_embedding(batch["user_id"]))
         # Positives and negatives go through the item tower as one [2B, d] batch (one embedding lookup, one set
         # of BatchNorm statistics); that layout is this package's own choice.
@@ -36,6 +36,12 @@ class MF(RecModel):
         pos, neg = (items.view(2, *users.shape) * users).sum(-1)
         # The original's -mean(1e-8 + log sigmoid) differs by the constant 1e-8 only.
         return bpr_loss(pos, neg).mean()
+
+    def target_rows(self, batch):
+        """One row per training interaction: the user's vector and the item."""
+        users = self.user_tower(self.user_embedding(batch["user_id"]))
+        return TargetRows(users, batch["items"], lambda ids: self.item_tower(self.item_embedding(ids)),
+                          self.item_representations)
 
     def item_representations(self):
         return self.item_tower(self.item_embedding.weight)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import DatasetInfo, RecModel, bpr_loss, config_error
+from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss, config_error
 from ..registry import register_model
 from .feature_table import feature_table_from_config
 
@@ -48,11 +48,16 @@ class VBPR(RecModel):
         gamma, theta = self.user_embedding(users), self.user_visual_embedding(users)
         return torch.cat([gamma, theta, torch.ones_like(gamma[..., :1])], -1)
 
-    def forward(self, batch):
+    def paper_loss(self, batch):
         user = self.user_vectors(batch["user_id"])
         items = self.item_vectors(torch.stack([batch["items"], batch["negatives"]]))  # [2, B, d + 1]
         pos, neg = (items * user).sum(-1)
         return bpr_loss(pos, neg).mean()
+
+    def target_rows(self, batch):
+        """One row per training interaction: the user's [gamma, theta, 1] and the item."""
+        return TargetRows(self.user_vectors(batch["user_id"]), batch["items"], self.item_vectors,
+                          self.item_representations)
 
     def item_representations(self):
         f = self.features.table  # whole table: no gathered copy

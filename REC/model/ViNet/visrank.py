@@ -29,7 +29,7 @@ class VisRank(RecModel):
         # top_num and history_limit are at least 1: declared in visrank.yaml, checked with the config
         self.method, self.top_num, self.history_limit = config["method"], config["top_num"], config["history_limit"]
 
-    def forward(self, batch):
+    def paper_loss(self, batch):
         raise RuntimeError("VisRank is not trained")
 
     def item_representations(self):

@@ -1,0 +1,256 @@
+"""Training objectives beside each model's own (the paper's) loss, chosen by the config key ``loss``.
+
+The paper trains every model with one sampled negative per target (BPR). Later work shows that many negatives per
+target matter more than the item encoder (HLLM, arXiv 2409.12740, Table 7), so two objectives score the same
+user vectors against many items:
+
+- ``softmax``: cross-entropy of each target over every item of the catalogue (exact; the table is scored at every
+  step, so its cost grows with the catalogue).
+- ``sampled_softmax``: each target against the step's other targets (in-batch, gathered from every process with
+  their gradients) and ``num_negatives`` items drawn once per step and shared by every row of every process.
+  Every candidate's logit is corrected by the log of how often it is expected among the candidates
+  (``log(N p_target(i) + K q(i))``: N target rows whose items follow the training popularity, K shared draws from
+  q), so that the sampled loss estimates the full softmax instead of over-punishing popular items. A candidate
+  equal to the row's own target is masked (it is not a negative).
+
+A model offers them by implementing ``target_rows(batch) -> TargetRows``: where its user vectors and targets are
+(every target position of a sequence, BERT4Rec's masked positions, each (user, item) example). ``paper`` calls the
+model's own ``paper_loss`` and changes nothing. Under DDP the loss of each process is scaled so that the
+gradient DDP averages equals that of one process holding the whole global batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import RecModel, TargetRows
+
+PAPER = "paper"
+OBJECTIVES: dict[str, type] = {}  # loss name -> Objective class, filled by @register_objective
+
+
+def register_objective(name: str):
+    def add(cls):
+        cls.name = name
+        OBJECTIVES[name] = cls
+        return cls
+    return add
+MAX_TEMPERATURE, MIN_TEMPERATURE = 1.0, 0.01
+
+
+def _global_count(n: int, device) -> int:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return n
+    t = torch.tensor([n], device=device, dtype=torch.long)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
+def _world() -> int:
+    ok = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if ok else 1
+
+
+def _row_counts(n: int, device) -> list[int]:
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(_world())]
+    torch.distributed.all_gather(counts, torch.tensor([n], device=device))
+    return [int(c.item()) for c in counts]
+
+
+class _GatherRows(torch.autograd.Function):
+    """All processes' [longest, ...] row blocks stacked in rank order; backward sums every process's gradient of
+    the stack and hands each process the part of its own rows."""
+
+    @staticmethod
+    def forward(ctx, padded: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(padded) for _ in range(_world())]
+        torch.distributed.all_gather(parts, padded.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)
+        return grad[torch.distributed.get_rank()]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``x`` in rank order, differentiable: the gradient of each gathered row flows back
+    to the process that computed it, summed over the processes whose losses used it. Rows may differ in number
+    between processes (sequence batches do): they are padded to the longest and cut again."""
+    if _world() == 1:
+        return x
+    counts = _row_counts(x.shape[0], x.device)
+    padded = F.pad(x, (0,) * (2 * (x.dim() - 1)) + (0, max(counts) - x.shape[0]))
+    stacked = _GatherRows.apply(padded)
+    return torch.cat([part[:n] for part, n in zip(stacked, counts)])
+
+
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Every process's ``ids`` in rank order (no gradient)."""
+    if _world() == 1:
+        return ids
+    counts = _row_counts(ids.shape[0], ids.device)
+    padded = F.pad(ids, (0, max(counts) - ids.shape[0]))
+    parts = [torch.zeros_like(padded) for _ in counts]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
+class Objective(nn.Module):
+    """A loss over a model's ``TargetRows``. A module so that a learned temperature is a parameter of the model
+    (the rec optimizer group, the checkpoint)."""
+
+    name: str
+
+    def __init__(self, config, item_counts: np.ndarray, n_items: int):
+        super().__init__()
+        self.similarity = config["similarity"]
+        start = float(config["temperature"])
+        log_t = torch.tensor(np.log(start), dtype=torch.float32)
+        if config["learn_temperature"]:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t, persistent=False)
+        self.n_items = n_items  # ids 1 .. n_items - 1 are items
+        self.candidates_seen = self.rows_seen = 0  # for the run's record: candidates per row, as trained
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.clamp(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)).exp()
+
+    def vectors(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
+
+    def global_mean(self, per_row: torch.Tensor) -> torch.Tensor:
+        """The mean over every process's rows, as this process's share: DDP averages the processes' gradients,
+        so each returns sum(local) * world / rows(global), and the average is the one-process mean."""
+        total = _global_count(per_row.shape[0], per_row.device)
+        return per_row.sum() * _world() / max(total, 1)
+
+    def record(self, rows: int, candidates_per_row: float) -> None:
+        self.rows_seen += rows
+        self.candidates_seen += rows * candidates_per_row
+
+    @property
+    def candidates_per_row(self) -> float | None:
+        return self.candidates_seen / self.rows_seen if self.rows_seen else None
+
+    def forward(self, rows: TargetRows) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_objective("softmax")
+class FullSoftmax(Objective):
+    """Cross-entropy of each target over every item (ID models)."""
+
+    def forward(self, rows: TargetRows) -> torch.Tensor:
+        items = self.vectors(rows.all_items())[:self.n_items]
+        logits = self.vectors(rows.users) @ items.T / self.temperature
+        logits[:, 0] = -torch.inf  # padding is not an item
+        self.record(len(rows.targets), self.n_items - 1)
+        return self.global_mean(F.cross_entropy(logits, rows.targets, reduction="none"))
+
+
+@register_objective("sampled_softmax")
+class SampledSoftmax(Objective):
+    """In-batch targets of every process plus ``num_negatives`` shared draws, log-probability corrected."""
+
+    def __init__(self, config, item_counts: np.ndarray, n_items: int):
+        super().__init__(config, item_counts, n_items)
+        self.num_negatives = int(config["num_negatives"])
+        counts = torch.as_tensor(np.asarray(item_counts[:n_items], dtype=np.float64))
+        counts[0] = 0.0
+        # targets follow the training popularity (every training interaction is a target somewhere)
+        self.register_buffer("target_p", (counts / counts.sum().clamp(min=1)).float(), persistent=False)
+        if config["negative_sampling"] == "popularity":
+            q = counts.clone()
+        else:
+            q = torch.ones(n_items, dtype=torch.float64)
+            q[0] = 0.0
+        self.register_buffer("draw_q", (q / q.sum()).float(), persistent=False)
+        self.seed = int(config["seed"])
+        self.steps = 0  # every process takes the same steps, so they all draw the same shared items
+
+    def shared_negatives(self, device) -> torch.Tensor:
+        """``num_negatives`` ids drawn once per step, the same on every process (and in one process holding the
+        whole global batch), from a generator seeded by (seed, step)."""
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.steps]).generate_state(1)[0]))
+        self.steps += 1
+        if self.num_negatives == 0:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        return torch.multinomial(self.draw_q.cpu(), self.num_negatives, replacement=True, generator=g).to(device)
+
+    def forward(self, rows: TargetRows) -> torch.Tensor:
+        users = self.vectors(rows.users)
+        targets = rows.targets
+        own = self.vectors(rows.item_vectors(targets))                        # [n, d]
+        in_batch_ids, in_batch = gather_ids(targets), gather_with_grad(own)  # [N, d] over every process
+        negative_ids = self.shared_negatives(users.device)
+        negatives = self.vectors(rows.item_vectors(negative_ids)) if len(negative_ids) else own[:0]
+        candidate_ids = torch.cat([in_batch_ids, negative_ids])
+        candidates = torch.cat([in_batch, negatives])
+        # log of the expected number of times each candidate is among a step's candidates
+        expected = len(in_batch_ids) * self.target_p + self.num_negatives * self.draw_q
+        log_q = torch.log(expected.clamp(min=1e-12))
+        t = self.temperature
+        pos = (users * own).sum(-1, keepdim=True) / t - log_q[targets][:, None]   # [n, 1]
+        other = users @ candidates.T / t - log_q[candidate_ids][None, :]          # [n, C]
+        other = other.masked_fill(candidate_ids[None, :] == targets[:, None], -torch.inf)
+        logits = torch.cat([pos, other], 1)
+        self.record(len(targets), 1 + len(candidate_ids)
+                    - (candidate_ids[None, :] == targets[:, None]).sum(1).float().mean().item())
+        return self.global_mean(torch.logsumexp(logits, 1) - logits[:, 0])
+
+
+def build_objective(config, model, item_counts: np.ndarray | None, source: str = "config") -> Objective | None:
+    """The objective ``config['loss']`` names for ``model`` (None for ``paper``: the model's own loss)."""
+    name = config["loss"]
+    if name == PAPER:
+        return None
+    try:
+        check_supported(name, model)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    counts = item_counts if item_counts is not None else np.ones(model.objective_items, dtype=np.int64)
+    return OBJECTIVES[name](config, counts, model.objective_items)
+
+
+def describe_objective(config, model, world: int) -> str:
+    """The launch line saying what a step scores: which loss, how many candidates per target row."""
+    batch = config["train_batch_size"] * world
+    if model.input_type is None:
+        return "loss: none (the model is not trained)"
+    name = config["loss"]
+    if name == PAPER:
+        return f"loss: paper (the model's own: each target against 1 sampled negative); global batch {batch}"
+    t = f"temperature {config['temperature']}{' (learned)' if config['learn_temperature'] else ''}"
+    if name == "softmax":
+        return (f"loss: softmax over all {model.objective_items - 1} items, {config['similarity']} similarity, {t}; "
+                f"global batch {batch}")
+    return (f"loss: sampled_softmax: each target row against the other target rows of the global batch of {batch} "
+            f"(every target position of a sequence is a row) plus {config['num_negatives']} shared "
+            f"{config['negative_sampling']} negatives per step, log-probability corrected; "
+            f"{config['similarity']} similarity, {t}")
+
+
+def check_supported(name: str, model) -> None:
+    """Refuse a loss a model (or model class) cannot take, naming both; preflight asks before reading any data."""
+    if name == PAPER:
+        return
+    model = model if isinstance(model, type) else type(model)
+    cls = model.__name__
+    if model.input_type is None:
+        raise ValueError(f"key 'loss' = {name!r}: model {cls} is not trained (it is complete when built); use "
+                         f"loss: paper")
+    if model.target_rows is RecModel.target_rows:
+        raise ValueError(f"key 'loss' = {name!r}: model {cls} does not expose its user vectors and targets to a "
+                         f"many-negative objective yet; use loss: paper")
+    if model.item_source == "covers":
+        why = {"softmax": "softmax would encode every cover at every step; sampled_softmax is the many-negative "
+                          "loss meant for covers, but"}.get(name, "")
+        raise ValueError(f"key 'loss' = {name!r}: model {cls} encodes its items from covers; {why} PixelNet "
+                         f"models do not yet add shared negatives to the covers a step encodes; use loss: paper")

@@ -49,6 +49,12 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
         check_supported(config["loss"], get_model_class(config["model"]))
     except ValueError as exc:
         raise ConfigError(f"{config.source_of('loss')}: {exc}") from None
+    if config["loss"] != "paper" and (config["cold_item_ratio"] > 0 or config["cold_item_file"]):
+        # the held-out items must get no training signal at all; shared or full-catalogue negatives would push
+        # them down (their draws are not yet restricted to the training items)
+        raise ConfigError(f"{config.source_of('loss')}: key 'loss' = {config['loss']!r} with the cold_items protocol "
+                          f"(cold_item_ratio / cold_item_file): its negatives would include the held-out items; "
+                          f"use loss: paper for cold-start runs")
     for m in config["metrics"]:
         try:
             get_metric(m)

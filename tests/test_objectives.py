@@ -53,7 +53,7 @@ def test_sampled_softmax_in_batch_with_correction_and_false_negative_mask():
     s = lambda u, i: sum(a * b for a, b in zip(users[u], TABLE[i]))  # noqa: E731
     by_row = []
     for r, target in enumerate([1, 2, 1]):
-        pos = s(r, target) - log_q[target]
+        pos = s(r, target)  # the row's own target, present once: not corrected
         others = [s(r, c) - log_q[c] for c in [1, 2, 1] if c != target]  # equal to the target: masked
         by_row.append(math.log(math.exp(pos) + sum(math.exp(o) for o in others)) - pos)
     assert loss.item() == pytest.approx(sum(by_row) / 3, rel=1e-6)
@@ -69,7 +69,7 @@ def test_shared_negatives_popularity_draw_and_its_correction():
     assert share[1].item() == pytest.approx(0.9, abs=0.03)
     again = SampledSoftmax({**BASE, "num_negatives": 2000, "negative_sampling": "popularity"}, counts, 5)
     assert torch.equal(again.shared_negatives(torch.device("cpu")), draws)  # seeded by (seed, step)
-    assert not torch.equal(objective.shared_negatives(torch.device("cpu")), draws)  # the next step draws anew
+    assert not torch.equal(objective.shared_negatives(torch.device("cpu"), step=1), draws)  # another step, anew
     uniform = SampledSoftmax({**BASE, "num_negatives": 4000}, counts, 5)
     share = torch.bincount(uniform.shared_negatives(torch.device("cpu")), minlength=5).float() / 4000
     assert share[0] == 0 and all(abs(share[i].item() - 0.25) < 0.03 for i in range(1, 5))
@@ -77,12 +77,11 @@ def test_shared_negatives_popularity_draw_and_its_correction():
     small = SampledSoftmax({**BASE, "num_negatives": 2, "negative_sampling": "popularity"}, counts, 5)
     table = torch.eye(5)[:, :4] * 0 + torch.arange(5.0)[:, None] * 0.1
     users = torch.ones(1, 4)
-    negatives = small.shared_negatives(torch.device("cpu"))
-    small.steps = 0  # the same draw again inside the loss
+    negatives = small.shared_negatives(torch.device("cpu"), step=1)  # what the loss's first step draws
     loss = small(TargetRows(users, torch.tensor([1]), lambda ids: table[ids], lambda: table))
     expected_count = {1: 1 * 0.9 + 2 * 0.9, 2: 1 * 0.1 + 2 * 0.1}
     score = lambda i: 0.4 * i  # noqa: E731  (table row i is 0.1 * i in 4 dims)
-    pos = score(1) - math.log(expected_count[1])
+    pos = score(1)  # the row's own target is not corrected
     others = [score(int(n)) - math.log(expected_count[int(n)]) for n in negatives if int(n) != 1]
     assert loss.item() == pytest.approx(math.log(math.exp(pos) + sum(map(math.exp, others))) - pos, rel=1e-5)
 
@@ -256,3 +255,14 @@ def test_the_shipped_sweep_and_settings_build(capsys):
     assert len(out.strip().splitlines()) == 5
     config = build_config(["IDNet/sasrec.yaml", "overall/ID.yaml", "overall/sampled_softmax.yaml"])
     assert config["loss"] == "sampled_softmax" and config.source_of("loss").endswith("sampled_softmax.yaml")
+
+
+def test_a_many_negative_loss_with_the_cold_items_protocol_is_refused(seq_data, tmp_path, capsys):
+    from REC.launch import main as launch_main
+
+    from .conftest import call_main
+    status, _, err = call_main(launch_main, ["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml",
+                                             f"--data_path={seq_data}", "--dataset=Seq", "--loss=sampled_softmax",
+                                             "--cold_item_ratio=0.1", f"--output_dir={tmp_path / 'runs'}"], capsys)
+    assert status == 2 and "with the cold_items protocol" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists()

@@ -8,10 +8,11 @@ user vectors against many items:
   step, so its cost grows with the catalogue).
 - ``sampled_softmax``: each target against the step's other targets (in-batch, gathered from every process with
   their gradients) and ``num_negatives`` items drawn once per step and shared by every row of every process.
-  Every candidate's logit is corrected by the log of how often it is expected among the candidates
+  Every sampled candidate's logit is corrected by the log of how often it is expected among the candidates
   (``log(N p_target(i) + K q(i))``: N target rows whose items follow the training popularity, K shared draws from
-  q), so that the sampled loss estimates the full softmax instead of over-punishing popular items. A candidate
-  equal to the row's own target is masked (it is not a negative).
+  q), so that the sampled sum estimates the full softmax's instead of over-punishing popular items; the row's own
+  target, present once, is not corrected. A candidate equal to the row's own target is masked (it is not a
+  negative).
 
 A model offers them by implementing ``target_rows(batch) -> TargetRows``: where its user vectors and targets are
 (every target position of a sequence, BERT4Rec's masked positions, each (user, item) example). ``paper`` calls the
@@ -101,7 +102,8 @@ def gather_ids(ids: torch.Tensor) -> torch.Tensor:
 
 class Objective(nn.Module):
     """A loss over a model's ``TargetRows``. A module so that a learned temperature is a parameter of the model
-    (the rec optimizer group, the checkpoint)."""
+    (the rec optimizer group, the checkpoint). Logits are computed in fp32 whatever the autocast precision: a
+    softmax over thousands of candidates needs it, and fp16 dot products of wide vectors overflow."""
 
     name: str
 
@@ -109,16 +111,20 @@ class Objective(nn.Module):
         super().__init__()
         self.similarity = config["similarity"]
         start = float(config["temperature"])
+        self.learned = bool(config["learn_temperature"])
         log_t = torch.tensor(np.log(start), dtype=torch.float32)
-        if config["learn_temperature"]:
+        if self.learned:
             self.log_temperature = nn.Parameter(log_t)
         else:
             self.register_buffer("log_temperature", log_t, persistent=False)
         self.n_items = n_items  # ids 1 .. n_items - 1 are items
-        self.candidates_seen = self.rows_seen = 0  # for the run's record: candidates per row, as trained
+        self.steps = 0  # training steps taken, in the trainer's checkpoint (progress()) so a resume continues it
+        self.candidates_seen = self.rows_seen = 0.0  # for the run's record: candidates per row, as trained
 
     @property
     def temperature(self) -> torch.Tensor:
+        if not self.learned:
+            return self.log_temperature.exp()
         return self.log_temperature.clamp(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)).exp()
 
     def vectors(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,15 +137,31 @@ class Objective(nn.Module):
         total = _global_count(per_row.shape[0], per_row.device)
         return per_row.sum() * _world() / max(total, 1)
 
-    def record(self, rows: int, candidates_per_row: float) -> None:
-        self.rows_seen += rows
-        self.candidates_seen += rows * candidates_per_row
+    def record(self, rows: int, candidates_per_row: torch.Tensor | float) -> None:
+        """Accumulated without a host sync per step (``candidates_per_row`` may be a device tensor)."""
+        if rows:
+            self.rows_seen += rows
+            self.candidates_seen = self.candidates_seen + rows * candidates_per_row
 
     @property
     def candidates_per_row(self) -> float | None:
-        return self.candidates_seen / self.rows_seen if self.rows_seen else None
+        return float(self.candidates_seen) / self.rows_seen if self.rows_seen else None
+
+    def progress(self) -> dict:
+        """What a checkpoint keeps of the objective, so that a resumed run draws what an uninterrupted one would
+        and records the same candidates per row."""
+        return {"steps": self.steps, "rows_seen": self.rows_seen, "candidates_seen": float(self.candidates_seen)}
+
+    def restore(self, progress: dict) -> None:
+        self.steps = int(progress["steps"])
+        self.rows_seen, self.candidates_seen = float(progress["rows_seen"]), float(progress["candidates_seen"])
 
     def forward(self, rows: TargetRows) -> torch.Tensor:
+        self.steps += 1
+        with torch.autocast(rows.users.device.type, enabled=False):
+            return self.loss(rows)
+
+    def loss(self, rows: TargetRows) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -147,7 +169,7 @@ class Objective(nn.Module):
 class FullSoftmax(Objective):
     """Cross-entropy of each target over every item (ID models)."""
 
-    def forward(self, rows: TargetRows) -> torch.Tensor:
+    def loss(self, rows: TargetRows) -> torch.Tensor:
         items = self.vectors(rows.all_items())[:self.n_items]
         logits = self.vectors(rows.users) @ items.T / self.temperature
         logits[:, 0] = -torch.inf  # padding is not an item
@@ -162,47 +184,59 @@ class SampledSoftmax(Objective):
     def __init__(self, config, item_counts: np.ndarray, n_items: int):
         super().__init__(config, item_counts, n_items)
         self.num_negatives = int(config["num_negatives"])
-        counts = torch.as_tensor(np.asarray(item_counts[:n_items], dtype=np.float64))
+        counts = np.zeros(n_items, dtype=np.float64)
+        given = np.asarray(item_counts, dtype=np.float64)[:n_items]
+        counts[:len(given)] = given
         counts[0] = 0.0
-        # targets follow the training popularity (every training interaction is a target somewhere)
-        self.register_buffer("target_p", (counts / counts.sum().clamp(min=1)).float(), persistent=False)
+        counts = torch.as_tensor(counts)
         if config["negative_sampling"] == "popularity":
             q = counts.clone()
         else:
             q = torch.ones(n_items, dtype=torch.float64)
             q[0] = 0.0
-        self.register_buffer("draw_q", (q / q.sum()).float(), persistent=False)
+        # plain tensors, not buffers: DDP would broadcast every buffer from rank 0 before each forward; moved to
+        # the batch's device on first use
+        self.target_p = (counts / counts.sum().clamp(min=1)).float()  # targets follow the training popularity
+        self.draw_q = (q / q.sum()).float()
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.seed = int(config["seed"])
-        self.steps = 0  # every process takes the same steps, so they all draw the same shared items
 
-    def shared_negatives(self, device) -> torch.Tensor:
+    def distributions(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on:
+            self._on[device] = (self.target_p.to(device), self.draw_q.to(device))
+        return self._on[device]
+
+    def shared_negatives(self, device, step: int | None = None) -> torch.Tensor:
         """``num_negatives`` ids drawn once per step, the same on every process (and in one process holding the
         whole global batch), from a generator seeded by (seed, step)."""
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.steps]).generate_state(1)[0]))
-        self.steps += 1
+        step = self.steps if step is None else step
         if self.num_negatives == 0:
             return torch.zeros(0, dtype=torch.long, device=device)
-        return torch.multinomial(self.draw_q.cpu(), self.num_negatives, replacement=True, generator=g).to(device)
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0]))
+        return torch.multinomial(self.draw_q, self.num_negatives, replacement=True, generator=g).to(device)
 
-    def forward(self, rows: TargetRows) -> torch.Tensor:
-        users = self.vectors(rows.users)
-        targets = rows.targets
-        own = self.vectors(rows.item_vectors(targets))                        # [n, d]
-        in_batch_ids, in_batch = gather_ids(targets), gather_with_grad(own)  # [N, d] over every process
+    def loss(self, rows: TargetRows) -> torch.Tensor:
+        users, targets = self.vectors(rows.users), rows.targets
         negative_ids = self.shared_negatives(users.device)
-        negatives = self.vectors(rows.item_vectors(negative_ids)) if len(negative_ids) else own[:0]
+        # targets and shared negatives in one item batch: one embedding lookup (one table-sized gradient fill),
+        # one set of batch statistics for models with item towers
+        vectors = self.vectors(rows.item_vectors(torch.cat([targets, negative_ids])))
+        own, negatives = vectors[:len(targets)], vectors[len(targets):]
+        in_batch_ids, in_batch = gather_ids(targets), gather_with_grad(own)  # [N, d] over every process
         candidate_ids = torch.cat([in_batch_ids, negative_ids])
         candidates = torch.cat([in_batch, negatives])
-        # log of the expected number of times each candidate is among a step's candidates
-        expected = len(in_batch_ids) * self.target_p + self.num_negatives * self.draw_q
-        log_q = torch.log(expected.clamp(min=1e-12))
+        # log of the expected number of times each candidate is among a step's candidates: the sum over sampled
+        # candidates then estimates the sum over every item. The positive is the row's own column, present once,
+        # so it is not corrected (correcting it too would weigh it by 1/Q and under-train rare targets)
+        target_p, draw_q = self.distributions(users.device)
+        log_q = torch.log((len(in_batch_ids) * target_p + self.num_negatives * draw_q).clamp(min=1e-12))
         t = self.temperature
-        pos = (users * own).sum(-1, keepdim=True) / t - log_q[targets][:, None]   # [n, 1]
+        pos = (users * own).sum(-1, keepdim=True) / t                            # [n, 1]
         other = users @ candidates.T / t - log_q[candidate_ids][None, :]          # [n, C]
-        other = other.masked_fill(candidate_ids[None, :] == targets[:, None], -torch.inf)
-        logits = torch.cat([pos, other], 1)
-        self.record(len(targets), 1 + len(candidate_ids)
-                    - (candidate_ids[None, :] == targets[:, None]).sum(1).float().mean().item())
+        same = candidate_ids[None, :] == targets[:, None]
+        logits = torch.cat([pos, other.masked_fill(same, -torch.inf)], 1)
+        if len(targets):
+            self.record(len(targets), 1 + len(candidate_ids) - same.sum(1).float().mean().detach())
         return self.global_mean(torch.logsumexp(logits, 1) - logits[:, 0])
 
 

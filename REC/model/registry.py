@@ -87,7 +87,7 @@ def _with_objective(model, config, info):
     from .objectives import build_objective
     loss = config["loss"] if "loss" in config else "paper"  # models built from a plain dict (tests) train as the paper
     counts = None
-    if info.train_items is not None and not info.shapes_only:
+    if loss != "paper" and info.train_items is not None and not info.shapes_only:
         counts = np.bincount(np.asarray(info.train_items), minlength=model.objective_items)
     objective = build_objective({**{k: config[k] for k in OBJECTIVE_KEYS if k in config}, "loss": loss}, model,
                                 counts, source=_source(config, "loss"))

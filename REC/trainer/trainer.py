@@ -78,6 +78,8 @@ class Trainer:
                 # and the data order comes from (seed, epoch), so the state at an epoch's end is never used again;
                 # a per-GPU list would also tie the file to this machine's GPU count
                 "world_size": dist.world_size(), "run_id": self.run_id,
+                # a many-negative objective's step count seeds its shared negatives: a resume continues it
+                "objective": self.model.objective.progress() if self.model.objective is not None else None,
             }, self.last_path)
 
     def resume(self) -> None:
@@ -92,6 +94,8 @@ class Trainer:
         if self.optimizer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.model.objective is not None and ckpt.get("objective"):
+            self.model.objective.restore(ckpt["objective"])
         self.state = ckpt["trainer"]
         self.check_same_weights("the checkpoint resumed from", self.last_path, (self.state["epoch"],))
         log.info("resumed from %s after epoch %d (best %s=%s at epoch %s)", self.last_path, self.state["epoch"],

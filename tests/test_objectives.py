@@ -218,7 +218,7 @@ def _steps(rank: int, world: int, store: str, out: str, loss: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["sampled_softmax", "softmax", "paper"])
+@pytest.mark.parametrize("loss", ["sampled_softmax", "softmax"])
 def test_two_processes_train_exactly_like_one_with_the_global_batch(tmp_path, loss):
     _steps(0, 1, "", str(tmp_path), loss)
     mp.start_processes(_steps, args=(2, str(tmp_path / "store"), str(tmp_path), loss), nprocs=2, join=True,

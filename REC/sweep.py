@@ -215,11 +215,11 @@ class SweepLock:
     by its running trial, so that neither a second sweep nor a rerun beside a trial orphaned by ``kill -9`` can
     start the same trials again (the kernel releases it when the last holder exits, however it ends)."""
 
-    def __init__(self, sweep_dir: Path, wait_s: float = LOCK_WAIT_S):
+    def __init__(self, sweep_dir: Path, wait_s: float | None = None):
         import fcntl
         self.path = sweep_dir / LOCK_FILE
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -27,10 +27,14 @@ def shipped(folder: str) -> list[str]:
     return [str(p.relative_to(ROOT)) for p in sorted((ROOT / folder).glob("*.yaml"))]
 
 
-ENCODER_FILES = [f for f in shipped("overall") if f != "overall/ID.yaml"]
+# layered after a run's shared file (its own recipe decides which models take it: the trained IDNet ones)
+OBJECTIVE_FILES = ["overall/sampled_softmax.yaml"]
+ENCODER_FILES = [f for f in shipped("overall") if f != "overall/ID.yaml" and f not in OBJECTIVE_FILES]
+TRAINED_ID = [r for r in shipped("IDNet") if r != "IDNet/pop.yaml"]
 CASES = ([(recipe, "overall/ID.yaml") for recipe in shipped("IDNet")]
          + [(recipe, overall) for recipe in shipped("PixelNet") for overall in ENCODER_FILES]
-         + [(recipe, "overall/ID.yaml") for recipe in shipped("ViNet")])
+         + [(recipe, "overall/ID.yaml") for recipe in shipped("ViNet")]
+         + [(recipe, "overall/ID.yaml", extra) for recipe in TRAINED_ID for extra in OBJECTIVE_FILES])
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +86,7 @@ def test_shipped_combination_builds_on_the_meta_device(files, data):
     assert all(p.device.type == "meta" for p in params)  # shapes only: nothing materialised
     if model.input_type is not None:  # a model that trains has something to train
         assert sum(p.numel() for p in params if p.requires_grad) > 0
+    assert (model.objective is not None) == (config["loss"] != "paper")
 
 
 @pytest.mark.parametrize("files", [("IDNet/sasrec.yaml", "overall/ID.yaml"), ("ViNet/vbpr.yaml", "overall/ID.yaml")],
@@ -104,7 +109,8 @@ def test_every_shipped_file_is_covered():
     """Each recipe and each overall/ file appears in some case, so a new shipped file is checked too."""
     named = {f for case in CASES for f in case}
     assert named == set(shipped("IDNet") + shipped("PixelNet") + shipped("ViNet") + shipped("overall"))
-    assert len(CASES) == len(shipped("IDNet")) + len(shipped("PixelNet")) * len(ENCODER_FILES) + len(shipped("ViNet"))
+    assert len(CASES) == (len(shipped("IDNet")) + len(shipped("PixelNet")) * len(ENCODER_FILES) + len(shipped("ViNet"))
+                          + len(TRAINED_ID) * len(OBJECTIVE_FILES))
 
 
 def test_a_shapes_only_build_reads_no_encoder_weights(data, monkeypatch):

@@ -281,7 +281,7 @@ def test_two_process_vbpr_and_its_checkpoint_reload_the_features(vis_data, tmp_p
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sampled_softmax"])
-@pytest.mark.parametrize("config_file", TRAINED)
+@pytest.mark.parametrize("config_file", [f for f in TRAINED if f != "ViNet/sasrec_vid.yaml"])  # one per model
 def test_many_negative_losses_train_vinet_models(config_file, loss, vis_data):
     """ViNet models expose their rows like the ID models: the same objectives apply (REC/model/objectives.py)."""
     cfg, split, model = build(config_file, vis_data, f"--loss={loss}", "--num_negatives=16")
@@ -292,5 +292,5 @@ def test_many_negative_losses_train_vinet_models(config_file, loss, vis_data):
         some = rows.targets[:5]
         assert torch.allclose(rows.item_vectors(some), model.item_representations()[some], atol=1e-5)
     model.train()
-    losses = train_steps(model, batch, steps=15, lr=3e-3)
+    losses = train_steps(model, batch, steps=6, lr=3e-3)
     assert losses[-1] < losses[0], losses

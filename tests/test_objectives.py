@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from REC.configure import build_config
-from REC.model import create_model, list_models
+from REC.model import create_model
 from REC.model.base import DatasetInfo, TargetRows
 from REC.model.objectives import FullSoftmax, SampledSoftmax
 
@@ -177,7 +177,6 @@ def test_the_paper_loss_is_the_models_own():
 
 # ------------------------------------------------------------------------------------------------ DDP
 def _steps(rank: int, world: int, store: str, out: str, loss: str) -> None:
-    from REC import distributed as dist
     torch.set_num_threads(1)
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -185,7 +184,6 @@ def _steps(rank: int, world: int, store: str, out: str, loss: str) -> None:
                           [*SMALL["SASRec"], f"--loss={loss}", "--num_negatives=8", "--hidden_dropout_prob=0", "--temperature=0.07",
                            "--attn_dropout_prob=0"])
     torch.manual_seed(0)
-    counts = np.arange(40) % 7 + 1
     model = create_model("SASRec", config, DatasetInfo.from_pairs(40, 5, np.repeat(np.arange(1, 5), 10),
                                                                   np.arange(40) % 39 + 1))
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -206,7 +204,6 @@ def _steps(rank: int, world: int, store: str, out: str, loss: str) -> None:
         value.backward()
         opt.step()
         losses.append(value.item())
-    del counts
     if world > 1:
         reduced = torch.tensor(losses)
         torch.distributed.all_reduce(reduced)
@@ -214,7 +211,6 @@ def _steps(rank: int, world: int, store: str, out: str, loss: str) -> None:
         torch.distributed.destroy_process_group()
     if rank == 0:
         torch.save({"losses": losses, "state": model.state_dict()}, Path(out) / f"world{world}.pt")
-    del dist
 
 
 @pytest.mark.slow

@@ -193,17 +193,56 @@ def check_same(value, what: str, hint: str, shown=None) -> None:
                                 f"({shown_r}){more}: {hint}")
 
 
+def row_counts(n: int, device: torch.device) -> list[int]:
+    """Every rank's number of rows ``n``, in rank order (the ``counts`` of ``all_gather_rows``)."""
+    if not is_initialized():
+        return [n]
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(c.item()) for c in counts]
+
+
+def _padded(t: torch.Tensor, width: int) -> torch.Tensor:
+    padded = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[:len(t)] = t  # differentiable: the copy into the slice passes its gradient back to t
+    return padded
+
+
 def all_gather_rows(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """Concatenate every rank's rows in rank order; ``counts[r]`` is rank r's row count (they may differ, so
     each rank pads to the largest share before the collective and the padding is cut afterwards)."""
     if not is_initialized():
         return t
-    width = max(counts)
-    padded = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[:len(t)] = t
+    padded = _padded(t, max(counts))
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
     return torch.cat([p[:n] for p, n in zip(parts, counts)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Every rank's padded row block, stacked in rank order; backward sums every rank's gradient of the stack and
+    hands each rank the part of its own rows."""
+
+    @staticmethod
+    def forward(ctx, padded: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(padded) for _ in range(world_size())]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[rank()]
+
+
+def all_gather_rows_with_grad(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """``all_gather_rows``, differentiable: the gradient of each gathered row flows back to the rank that computed
+    it, summed over the ranks whose losses used it (in-batch candidates of a many-negative loss)."""
+    if not is_initialized():
+        return t
+    stacked = _GatherWithGrad.apply(_padded(t, max(counts)))
+    return torch.cat([part[:n] for part, n in zip(stacked, counts)])
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as dist
 from .base import RecModel, TargetRows
 
 PAPER = "paper"
@@ -38,66 +39,9 @@ def register_objective(name: str):
         OBJECTIVES[name] = cls
         return cls
     return add
+
+
 MAX_TEMPERATURE, MIN_TEMPERATURE = 1.0, 0.01
-
-
-def _global_count(n: int, device) -> int:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return n
-    t = torch.tensor([n], device=device, dtype=torch.long)
-    torch.distributed.all_reduce(t)
-    return int(t.item())
-
-
-def _world() -> int:
-    ok = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return torch.distributed.get_world_size() if ok else 1
-
-
-def _row_counts(n: int, device) -> list[int]:
-    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(_world())]
-    torch.distributed.all_gather(counts, torch.tensor([n], device=device))
-    return [int(c.item()) for c in counts]
-
-
-class _GatherRows(torch.autograd.Function):
-    """All processes' [longest, ...] row blocks stacked in rank order; backward sums every process's gradient of
-    the stack and hands each process the part of its own rows."""
-
-    @staticmethod
-    def forward(ctx, padded: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(padded) for _ in range(_world())]
-        torch.distributed.all_gather(parts, padded.contiguous())
-        return torch.stack(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        torch.distributed.all_reduce(grad)
-        return grad[torch.distributed.get_rank()]
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Every process's rows of ``x`` in rank order, differentiable: the gradient of each gathered row flows back
-    to the process that computed it, summed over the processes whose losses used it. Rows may differ in number
-    between processes (sequence batches do): they are padded to the longest and cut again."""
-    if _world() == 1:
-        return x
-    counts = _row_counts(x.shape[0], x.device)
-    padded = F.pad(x, (0,) * (2 * (x.dim() - 1)) + (0, max(counts) - x.shape[0]))
-    stacked = _GatherRows.apply(padded)
-    return torch.cat([part[:n] for part, n in zip(stacked, counts)])
-
-
-def gather_ids(ids: torch.Tensor) -> torch.Tensor:
-    """Every process's ``ids`` in rank order (no gradient)."""
-    if _world() == 1:
-        return ids
-    counts = _row_counts(ids.shape[0], ids.device)
-    padded = F.pad(ids, (0, max(counts) - ids.shape[0]))
-    parts = [torch.zeros_like(padded) for _ in counts]
-    torch.distributed.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
 
 class Objective(nn.Module):
@@ -131,11 +75,12 @@ class Objective(nn.Module):
         x = x.float()
         return F.normalize(x, dim=-1) if self.similarity == "cosine" else x
 
-    def global_mean(self, per_row: torch.Tensor) -> torch.Tensor:
-        """The mean over every process's rows, as this process's share: DDP averages the processes' gradients,
-        so each returns sum(local) * world / rows(global), and the average is the one-process mean."""
-        total = _global_count(per_row.shape[0], per_row.device)
-        return per_row.sum() * _world() / max(total, 1)
+    @staticmethod
+    def global_mean(per_row: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The mean over every process's rows (``counts``, from ``dist.row_counts``), as this process's share: DDP
+        averages the processes' gradients, so each returns sum(local) * world / rows(global), and the average is
+        the one-process mean."""
+        return per_row.sum() * dist.world_size() / max(sum(counts), 1)
 
     def record(self, rows: int, candidates_per_row: torch.Tensor | float) -> None:
         """Accumulated without a host sync per step (``candidates_per_row`` may be a device tensor)."""
@@ -174,7 +119,8 @@ class FullSoftmax(Objective):
         logits = self.vectors(rows.users) @ items.T / self.temperature
         logits[:, 0] = -torch.inf  # padding is not an item
         self.record(len(rows.targets), self.n_items - 1)
-        return self.global_mean(F.cross_entropy(logits, rows.targets, reduction="none"))
+        counts = dist.row_counts(len(rows.targets), logits.device)
+        return self.global_mean(F.cross_entropy(logits, rows.targets, reduction="none"), counts)
 
 
 @register_objective("sampled_softmax")
@@ -222,7 +168,9 @@ class SampledSoftmax(Objective):
         # one set of batch statistics for models with item towers
         vectors = self.vectors(rows.item_vectors(torch.cat([targets, negative_ids])))
         own, negatives = vectors[:len(targets)], vectors[len(targets):]
-        in_batch_ids, in_batch = gather_ids(targets), gather_with_grad(own)  # [N, d] over every process
+        counts = dist.row_counts(len(targets), users.device)  # one collective serves both gathers and the mean
+        in_batch_ids = dist.all_gather_rows(targets, counts)
+        in_batch = dist.all_gather_rows_with_grad(own, counts)  # [N, d] over every process
         candidate_ids = torch.cat([in_batch_ids, negative_ids])
         candidates = torch.cat([in_batch, negatives])
         # log of the expected number of times each candidate is among a step's candidates: the sum over sampled
@@ -237,7 +185,7 @@ class SampledSoftmax(Objective):
         logits = torch.cat([pos, other.masked_fill(same, -torch.inf)], 1)
         if len(targets):
             self.record(len(targets), 1 + len(candidate_ids) - same.sum(1).float().mean().detach())
-        return self.global_mean(torch.logsumexp(logits, 1) - logits[:, 0])
+        return self.global_mean(torch.logsumexp(logits, 1) - logits[:, 0], counts)
 
 
 def build_objective(config, model, item_counts: np.ndarray | None, source: str = "config") -> Objective | None:

@@ -84,13 +84,14 @@ def create_model(name: str, config, dataset_info) -> "object":
 
 
 def _with_objective(model, config, info):
+    from .base import key_source
     from .objectives import build_objective
     loss = config["loss"] if "loss" in config else "paper"  # models built from a plain dict (tests) train as the paper
     counts = None
     if loss != "paper" and info.train_items is not None and not info.shapes_only:
         counts = np.bincount(np.asarray(info.train_items), minlength=model.objective_items)
     objective = build_objective({**{k: config[k] for k in OBJECTIVE_KEYS if k in config}, "loss": loss}, model,
-                                counts, source=_source(config, "loss"))
+                                counts, source=key_source(config, "loss"))
     if objective is not None:
         model.objective = objective
     return model
@@ -99,7 +100,3 @@ def _with_objective(model, config, info):
 OBJECTIVE_KEYS = ("loss", "num_negatives", "negative_sampling", "temperature", "learn_temperature", "similarity",
                   "seed")
 
-
-def _source(config, key: str) -> str:
-    source_of = getattr(config, "source_of", None)
-    return source_of(key) if source_of is not None else "config"

@@ -22,7 +22,8 @@ from .data.covers import CoverStore
 from .encoder_cache import attach_prefix_store, log_plan
 from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model
-from .model.base import DatasetInfo
+from .data.shared_negatives import SharedNegativeBatches
+from .model.base import SHARED_NEGATIVES_KEY, DatasetInfo
 from .model import get_model_class
 from .model.objectives import check_supported, describe_objective
 from .trainer import Trainer
@@ -49,12 +50,6 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
         check_supported(config["loss"], get_model_class(config["model"]))
     except ValueError as exc:
         raise ConfigError(f"{config.source_of('loss')}: {exc}") from None
-    if config["loss"] != "paper" and (config["cold_item_ratio"] > 0 or config["cold_item_file"]):
-        # the held-out items must get no training signal at all; shared or full-catalogue negatives would push
-        # them down (their draws are not yet restricted to the training items)
-        raise ConfigError(f"{config.source_of('loss')}: key 'loss' = {config['loss']!r} with the cold_items protocol "
-                          f"(cold_item_ratio / cold_item_file): its negatives would include the held-out items; "
-                          f"use loss: paper for cold-start runs")
     for m in config["metrics"]:
         try:
             get_metric(m)
@@ -204,6 +199,22 @@ def _build(config: Config, run_dir: Path, device: torch.device):
     return inter, split, model, evals, evaluator, store
 
 
+def training_batches(model, split: Split, config, store=None, rank: int = 0, world: int = 1):
+    """The model's training batches for this rank: its examples (``input_type``), then the shared negatives its
+    objective draws, then (PixelNet) the covers of every item a batch names, shared negatives included. None
+    for a model that does not train."""
+    if model.input_type is None:
+        return None
+    batches = build_train_batches(model.input_type, split, config, rank, world)
+    q = model.objective.draw_distribution if model.objective is not None else None
+    if q is not None:
+        batches = SharedNegativeBatches(batches, q, config["num_negatives"], config["seed"], SHARED_NEGATIVES_KEY)
+    if store is not None:
+        batches = BatchesWithCovers(batches, store, split.item_num)
+        log.info("%s", batches.describe_step(SHARED_NEGATIVES_KEY if q is not None else None))
+    return batches
+
+
 def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, checkpoint_name: str) -> dict:
     inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
     path = run_dir / checkpoint_name
@@ -229,10 +240,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s): %d trainable parameters", config["model"], model.family, n_params)
     log.info("%s", describe_objective(config, model, dist.world_size()))
-    train_batches = (build_train_batches(model.input_type, split, config, dist.rank(), dist.world_size())
-                     if model.input_type is not None else None)
-    if store is not None and train_batches is not None:
-        train_batches = BatchesWithCovers(train_batches, store, split.item_num)
+    train_batches = training_batches(model, split, config, store, dist.rank(), dist.world_size())
     valid_batches, test_batches = evals["valid"], evals["test"]
     has_last = resume and (run_dir / "last.pth").is_file()
     dist.check_same(has_last, "whether the run directory holds last.pth", SHARED_DIR_HINT)  # else ranks start apart

@@ -341,6 +341,43 @@ def test_no_room_is_refused_before_anything_is_written(log, tmp_path, monkeypatc
     assert not list(tmp_path.rglob("*.npy")) and not (tmp_path / "runs").exists()
 
 
+def test_sampled_softmax_encodes_its_shared_negatives_with_the_batch_alike_with_and_without_the_store(vit, log):
+    """PixelNet with loss: sampled_softmax: the shared negatives are more items of the step's distinct set (their
+    covers, or their stored rows), and the two routes train to the same losses in fp32."""
+    from REC.model.objectives import build_objective
+    from REC.run import training_batches
+    cfg = vit_config(vit.data, log.store_dir, "--loss=sampled_softmax", "--num_negatives=6", "--temperature=0.5")
+    model = vit.model
+    counts = np.bincount(vit.split.train_items, minlength=vit.split.item_num)
+    model.objective = build_objective(cfg, model, counts)
+    try:
+        batches = training_batches(model, vit.split, cfg, vit.covers)
+        plain = batches[0]
+        shared = plain["shared_negatives"]
+        assert shared.shape == (6,) and (shared > 0).all()
+        own = batches.distinct_items(plain, ("items", "negatives"))
+        assert set(shared.tolist()) | set(own.tolist()) == set(plain["cover_ids"].tolist())
+        assert len(plain["cover_ids"]) > len(own)  # the draw added covers the batch did not name
+        assert plain["covers"].shape[0] == len(plain["cover_ids"])
+        line = batches.describe_step("shared_negatives")
+        assert (f"{len(plain['cover_ids'])} in the first batch ({len(own)} named by the batch, "
+                f"{len(plain['cover_ids']) - len(own)} more from its 6 shared negatives)") in line, line
+        batches.prefix = vit.store
+        cached = batches[0]
+        assert torch.equal(cached["shared_negatives"], shared) and "covers" not in cached
+        losses = []
+        for batch in (plain, cached):
+            restore(vit)
+            torch.manual_seed(7)
+            losses.append(train_steps(model, batch, steps=3, lr=1e-4))
+        assert losses[0][-1] < losses[0][0], losses
+        assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
+        assert model.objective.candidates_per_row > 1
+    finally:
+        model.objective = None
+        restore(vit)
+
+
 # ------------------------------------------------------------------------------------------------ the config
 def test_on_and_off_are_strings_from_the_command_line_and_yaml(tmp_path):
     base = ["PixelNet/sasrec.yaml", "overall/ViT.yaml"]

@@ -60,30 +60,72 @@ def test_sampled_softmax_in_batch_with_correction_and_false_negative_mask():
     assert objective.candidates_per_row == pytest.approx(1 + 3 - (2 + 1 + 2) / 3)
 
 
+class Epochs:
+    """The least a training-batch dataset offers: an epoch, batches by index, its item keys."""
+    item_keys = ("items",)
+
+    def __init__(self, n: int = 3):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, b):
+        return {"items": torch.tensor([[1, 2]])}
+
+
 def test_shared_negatives_popularity_draw_and_its_correction():
+    from REC.data.shared_negatives import SharedNegativeBatches
     counts = np.array([0, 90, 10, 0, 0])
     objective = SampledSoftmax({**BASE, "num_negatives": 2000, "negative_sampling": "popularity"}, counts, 5)
-    draws = objective.shared_negatives(torch.device("cpu"))
+    batches = SharedNegativeBatches(Epochs(), objective.draw_distribution, 2000, 0, "shared")
+    assert batches.item_keys == ("items", "shared")  # PixelNet fetches their covers too
+    draws = batches[0]["shared"]
     share = torch.bincount(draws, minlength=5).float() / len(draws)
     assert share[0] == 0 and share[3] == 0 and share[4] == 0  # never padding, never an unseen item
     assert share[1].item() == pytest.approx(0.9, abs=0.03)
-    again = SampledSoftmax({**BASE, "num_negatives": 2000, "negative_sampling": "popularity"}, counts, 5)
-    assert torch.equal(again.shared_negatives(torch.device("cpu")), draws)  # seeded by (seed, step)
-    assert not torch.equal(objective.shared_negatives(torch.device("cpu"), step=1), draws)  # another step, anew
+    again = SharedNegativeBatches(Epochs(), objective.draw_distribution, 2000, 0, "shared")
+    assert torch.equal(again[0]["shared"], draws)  # seeded by (seed, epoch, batch): not by rank or history
+    assert not torch.equal(batches[1]["shared"], draws)  # another batch, anew
+    batches.set_epoch(1)
+    assert not torch.equal(batches[0]["shared"], draws)  # another epoch, anew
     uniform = SampledSoftmax({**BASE, "num_negatives": 4000}, counts, 5)
-    share = torch.bincount(uniform.shared_negatives(torch.device("cpu")), minlength=5).float() / 4000
+    share = torch.bincount(SharedNegativeBatches(Epochs(), uniform.draw_distribution, 4000, 0, "s")[0]["s"],
+                           minlength=5).float() / 4000
     assert share[0] == 0 and all(abs(share[i].item() - 0.25) < 0.03 for i in range(1, 5))
     # with one row of target 1 and K = 2 popularity draws, every column is corrected by log(1 * p + 2 * q)
     small = SampledSoftmax({**BASE, "num_negatives": 2, "negative_sampling": "popularity"}, counts, 5)
     table = torch.eye(5)[:, :4] * 0 + torch.arange(5.0)[:, None] * 0.1
     users = torch.ones(1, 4)
-    negatives = small.shared_negatives(torch.device("cpu"), step=1)  # what the loss's first step draws
-    loss = small(TargetRows(users, torch.tensor([1]), lambda ids: table[ids], lambda: table))
+    negatives = torch.tensor([2, 1])
+    loss = small(TargetRows(users, torch.tensor([1]), lambda ids: table[ids], lambda: table), negatives)
     expected_count = {1: 1 * 0.9 + 2 * 0.9, 2: 1 * 0.1 + 2 * 0.1}
     score = lambda i: 0.4 * i  # noqa: E731  (table row i is 0.1 * i in 4 dims)
-    pos = score(1)  # the row's own target is not corrected
+    pos = score(1)  # the row's own target is not corrected; the shared draw equal to it is masked
     others = [score(int(n)) - math.log(expected_count[int(n)]) for n in negatives if int(n) != 1]
     assert loss.item() == pytest.approx(math.log(math.exp(pos) + sum(map(math.exp, others))) - pos, rel=1e-5)
+    assert small.candidates_per_row == 2  # the target and item 2
+    with pytest.raises(KeyError, match="the training batch has no 'shared_negatives'"):
+        small(TargetRows(users, torch.tensor([1]), lambda ids: table[ids], lambda: table))
+
+
+def test_held_out_items_are_never_candidates():
+    """Under a cold-start protocol the held-out items get no training signal: never drawn, never in the full
+    softmax's denominator."""
+    from REC.data.shared_negatives import SharedNegativeBatches
+    allowed = np.array([1, 2])  # item 3 held out
+    full = FullSoftmax(BASE, np.ones(4), 4, allowed)
+    loss = full(rows(USERS, [1, 2], TABLE))
+    expected = ((math.log(math.exp(2) + math.exp(0)) - 2) + (math.log(math.exp(0) + math.exp(1)) - 1)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and full.candidates_per_row == 2
+    for how in ("uniform", "popularity"):
+        sampled = SampledSoftmax({**BASE, "num_negatives": 500, "negative_sampling": how}, np.array([0, 5, 5, 0]),
+                                 4, allowed)
+        draws = SharedNegativeBatches(Epochs(), sampled.draw_distribution, 500, 0, "s")[0]["s"]
+        assert set(draws.tolist()) == {1, 2}, how
 
 
 def test_cosine_similarity_and_a_learned_temperature():
@@ -118,13 +160,13 @@ def seq_split(seq_data):
 @pytest.mark.parametrize("name", sorted(ID_FILES))
 @pytest.mark.parametrize("loss", ["softmax", "sampled_softmax"])
 def test_every_id_model_trains_with_each_loss(name, loss, seq_split):
-    from REC.data import build_train_batches
+    from REC.run import training_batches
     split, data = seq_split
     config = model_config(name, loss, f"--data_path={data}", "--dataset=Seq", "--train_batch_size=32")
     torch.manual_seed(0)
     model = create_model(name, config, DatasetInfo.from_split(split))
     assert type(model.objective).__name__ == {"softmax": "FullSoftmax", "sampled_softmax": "SampledSoftmax"}[loss]
-    batches = build_train_batches(model.input_type, split, config, 0, 1)
+    batches = training_batches(model, split, config)
     batches.set_epoch(0)
     batch = next(iter(batches))
     rows_ = model.target_rows(batch)
@@ -149,13 +191,10 @@ def test_every_id_model_trains_with_each_loss(name, loss, seq_split):
 def test_models_that_cannot_take_a_loss_refuse_it_naming_both():
     with pytest.raises(ValueError, match=r"command line: key 'loss' = 'softmax': model Pop is not trained"):
         build_and_create("IDNet/pop.yaml", "overall/ID.yaml", "--loss=softmax")
-    with pytest.raises(ValueError, match=r"key 'loss' = 'softmax': model MOSASRec encodes its items from covers; "
-                                         r"softmax would encode every cover at every step; sampled_softmax"):
+    with pytest.raises(ValueError, match=r"key 'loss' = 'softmax': model MOSASRec encodes its items from covers, "
+                                         r"and softmax would encode every cover at every step; use loss: "
+                                         r"sampled_softmax"):
         build_and_create("PixelNet/sasrec.yaml", "overall/ViT.yaml", "--loss=softmax", "--encoder_pretrained=false")
-    with pytest.raises(ValueError, match=r"key 'loss' = 'sampled_softmax': model MOGRU4Rec encodes its items from "
-                                         r"covers;  PixelNet models do not yet add shared negatives"):
-        build_and_create("PixelNet/gru4rec.yaml", "overall/ResNet50.yaml", "--loss=sampled_softmax",
-                         "--encoder_pretrained=false")
 
 
 def build_and_create(*args):
@@ -199,6 +238,7 @@ def _steps(rank: int, world: int, store: str, out: str, loss: str) -> None:
         batch = {"items": items, "negatives": torch.randint(1, 40, (8, 6), generator=g), "target_mask": mask}
         if world > 1:  # this rank's half of the global batch
             batch = {k: v[rank * 4:(rank + 1) * 4] for k, v in batch.items()}
+        batch["shared_negatives"] = torch.randint(1, 40, (8,), generator=g)  # every rank draws the same
         opt.zero_grad()
         value = wrapped(batch)
         value.backward()
@@ -253,12 +293,16 @@ def test_the_shipped_sweep_and_settings_build(capsys):
     assert config["loss"] == "sampled_softmax" and config.source_of("loss").endswith("sampled_softmax.yaml")
 
 
-def test_a_many_negative_loss_with_the_cold_items_protocol_is_refused(seq_data, tmp_path, capsys):
-    from REC.launch import main as launch_main
-
-    from .conftest import call_main
-    status, _, err = call_main(launch_main, ["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml",
-                                             f"--data_path={seq_data}", "--dataset=Seq", "--loss=sampled_softmax",
-                                             "--cold_item_ratio=0.1", f"--output_dir={tmp_path / 'runs'}"], capsys)
-    assert status == 2 and "with the cold_items protocol" in err.strip().splitlines()[-1]
-    assert not (tmp_path / "runs").exists()
+def test_the_cold_items_protocols_held_out_items_reach_the_objective_and_are_never_drawn(seq_data):
+    from REC.data import prepare_split
+    from REC.run import training_batches
+    config = build_config(["IDNet/sasrec.yaml", "overall/ID.yaml"],
+                          [f"--data_path={seq_data}", "--dataset=Seq", "--loss=sampled_softmax", "--num_negatives=64",
+                           "--cold_item_ratio=0.2", *SMALL["SASRec"]])
+    split = prepare_split(config)[1]
+    assert len(split.cold_items) > 0
+    model = create_model("SASRec", config, DatasetInfo.from_split(split))
+    assert not model.objective.allowed[split.cold_items].any() and model.objective.allowed[split.negative_pool()].all()
+    batches = training_batches(model, split, config)
+    drawn = torch.cat([batches[b]["shared_negatives"] for b in range(len(batches))])
+    assert not np.isin(drawn.numpy(), split.cold_items).any() and len(drawn) == 64 * len(batches)

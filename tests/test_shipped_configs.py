@@ -27,14 +27,15 @@ def shipped(folder: str) -> list[str]:
     return [str(p.relative_to(ROOT)) for p in sorted((ROOT / folder).glob("*.yaml"))]
 
 
-# layered after a run's shared file (its own recipe decides which models take it: the trained IDNet ones)
+# layered after a run's shared file: every trained IDNet recipe and every PixelNet one takes it
 OBJECTIVE_FILES = ["overall/sampled_softmax.yaml"]
 ENCODER_FILES = [f for f in shipped("overall") if f != "overall/ID.yaml" and f not in OBJECTIVE_FILES]
 TRAINED_ID = [r for r in shipped("IDNet") if r != "IDNet/pop.yaml"]
 CASES = ([(recipe, "overall/ID.yaml") for recipe in shipped("IDNet")]
          + [(recipe, overall) for recipe in shipped("PixelNet") for overall in ENCODER_FILES]
          + [(recipe, "overall/ID.yaml") for recipe in shipped("ViNet")]
-         + [(recipe, "overall/ID.yaml", extra) for recipe in TRAINED_ID for extra in OBJECTIVE_FILES])
+         + [(recipe, "overall/ID.yaml", extra) for recipe in TRAINED_ID for extra in OBJECTIVE_FILES]
+         + [(recipe, "overall/ViT.yaml", extra) for recipe in shipped("PixelNet") for extra in OBJECTIVE_FILES])
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_every_shipped_file_is_covered():
     named = {f for case in CASES for f in case}
     assert named == set(shipped("IDNet") + shipped("PixelNet") + shipped("ViNet") + shipped("overall"))
     assert len(CASES) == (len(shipped("IDNet")) + len(shipped("PixelNet")) * len(ENCODER_FILES) + len(shipped("ViNet"))
-                          + len(TRAINED_ID) * len(OBJECTIVE_FILES))
+                          + (len(TRAINED_ID) + len(shipped("PixelNet"))) * len(OBJECTIVE_FILES))
 
 
 def test_a_shapes_only_build_reads_no_encoder_weights(data, monkeypatch):

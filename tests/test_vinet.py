@@ -284,8 +284,9 @@ def test_two_process_vbpr_and_its_checkpoint_reload_the_features(vis_data, tmp_p
 @pytest.mark.parametrize("config_file", [f for f in TRAINED if f != "ViNet/sasrec_vid.yaml"])  # one per model
 def test_many_negative_losses_train_vinet_models(config_file, loss, vis_data):
     """ViNet models expose their rows like the ID models: the same objectives apply (REC/model/objectives.py)."""
+    from REC.run import training_batches
     cfg, split, model = build(config_file, vis_data, f"--loss={loss}", "--num_negatives=16")
-    batch = build_train_batches(model.input_type, split, cfg)[0]
+    batch = training_batches(model, split, cfg)[0]
     model.eval()
     with torch.no_grad():
         rows = model.target_rows(batch)

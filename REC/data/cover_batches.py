@@ -61,14 +61,33 @@ class BatchesWithCovers(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
-        batch = self.batches[b]
-        absent = [k for k in self.item_keys if k not in batch]
+    def distinct_items(self, batch: dict[str, torch.Tensor], keys: tuple[str, ...] | None = None) -> torch.Tensor:
+        """The real item ids under ``keys`` (default: every item key) of ``batch``, distinct and ascending."""
+        keys = self.item_keys if keys is None else keys
+        absent = [k for k in keys if k not in batch]
         if absent:
             raise KeyError(f"{type(self.batches).__name__} declares item_keys {self.item_keys}, but its batch has "
                            f"no {absent} (its keys: {sorted(batch)})")
-        ids = torch.cat([batch[k].reshape(-1) for k in self.item_keys]).unique()
-        ids = ids[(ids > 0) & (ids < self.item_num)]
+        ids = torch.cat([batch[k].reshape(-1) for k in keys]).unique()
+        return ids[(ids > 0) & (ids < self.item_num)]
+
+    def describe_step(self, shared_key: str | None = None) -> str:
+        """The launch line saying how many covers a training step encodes, counted on the first batch (ids only,
+        no cover read); with ``shared_key``, how many of them the shared negatives add."""
+        if len(self) == 0:
+            return "PixelNet: no training batch"
+        batch = self.batches[0]
+        total = len(self.distinct_items(batch))
+        line = f"PixelNet: a training step encodes the cover of each distinct item it names once: {total:,} in the first batch"
+        if shared_key is not None:
+            own = len(self.distinct_items(batch, tuple(k for k in self.item_keys if k != shared_key)))
+            line += (f" ({own:,} named by the batch, {total - own:,} more from its {batch[shared_key].numel():,} "
+                     f"shared negatives)")
+        return line
+
+    def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
+        batch = self.batches[b]
+        ids = self.distinct_items(batch)
         batch["cover_ids"] = ids
         if self.prefix is not None:
             batch[self.prefix.batch_key] = self.prefix.rows(ids.numpy())

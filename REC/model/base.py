@@ -19,17 +19,22 @@ class DatasetInfo:
     (``create_model`` enters that device), so it must read no pretrained weights and no feature file contents."""
 
     def __init__(self, item_num: int, user_num: int, train_items: np.ndarray | None = None,
-                 train_groups: tuple[np.ndarray, np.ndarray] | None = None, shapes_only: bool = False):
+                 train_groups: tuple[np.ndarray, np.ndarray] | None = None, shapes_only: bool = False,
+                 negative_pool: np.ndarray | None = None):
         """``train_items`` [n] grouped by user, ``train_groups`` (users [u], offsets [u + 1]) saying whose they are:
-        the split's own compact form (``Split.train_users`` / ``train_indptr``)."""
+        the split's own compact form (``Split.train_users`` / ``train_indptr``). ``negative_pool``: the items a
+        training negative may be (``Split.negative_pool()``: all but a cold-start protocol's held-out items;
+        None for every item)."""
         self.item_num, self.user_num, self.train_items = item_num, user_num, train_items
         self._train_groups = train_groups
         self.shapes_only = shapes_only
+        self.negative_pool = negative_pool
 
     @classmethod
     def from_split(cls, split, shapes_only: bool = False) -> "DatasetInfo":
         return cls(split.item_num, split.user_num, train_items=split.train_items,
-                   train_groups=(split.train_users, split.train_indptr), shapes_only=shapes_only)
+                   train_groups=(split.train_users, split.train_indptr), shapes_only=shapes_only,
+                   negative_pool=split.negative_pool())
 
     @classmethod
     def from_pairs(cls, item_num: int, user_num: int, users: np.ndarray, items: np.ndarray) -> "DatasetInfo":
@@ -47,6 +52,11 @@ class DatasetInfo:
             return None
         users, indptr = self._train_groups
         return np.repeat(users, np.diff(indptr))
+
+
+# batch key of a many-negative objective's shared negatives: int64 [num_negatives], the same on every process,
+# drawn by the data pipeline (REC.data.shared_negatives) so that PixelNet batches carry their covers
+SHARED_NEGATIVES_KEY = "shared_negatives"
 
 
 @dataclass
@@ -97,7 +107,7 @@ class RecModel(nn.Module):
         objective over the model's ``target_rows``."""
         if self.objective is None:
             return self.paper_loss(batch)
-        return self.objective(self.target_rows(batch))
+        return self.objective(self.target_rows(batch), batch.get(SHARED_NEGATIVES_KEY))
 
     def paper_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

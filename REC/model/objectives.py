@@ -7,7 +7,10 @@ user vectors against many items:
 - ``softmax``: cross-entropy of each target over every item of the catalogue (exact; the table is scored at every
   step, so its cost grows with the catalogue).
 - ``sampled_softmax``: each target against the step's other targets (in-batch, gathered from every process with
-  their gradients) and ``num_negatives`` items drawn once per step and shared by every row of every process.
+  their gradients) and ``num_negatives`` items drawn once per step and shared by every row of every process. The
+  draw happens in the data pipeline (``REC.data.shared_negatives``, from ``draw_distribution``), so that
+  PixelNet batches carry the covers of those items beside the batch's own: a batch holds them under
+  ``SHARED_NEGATIVES_KEY``.
   Every sampled candidate's logit is corrected by the log of how often it is expected among the candidates
   (``log(N p_target(i) + K q(i))``: N target rows whose items follow the training popularity, K shared draws from
   q), so that the sampled sum estimates the full softmax's instead of over-punishing popular items; the row's own
@@ -16,7 +19,8 @@ user vectors against many items:
 
 A model offers them by implementing ``target_rows(batch) -> TargetRows``: where its user vectors and targets are
 (every target position of a sequence, BERT4Rec's masked positions, each (user, item) example). ``paper`` calls the
-model's own ``paper_loss`` and changes nothing. Under DDP the loss of each process is scaled so that the
+model's own ``paper_loss`` and changes nothing. Under a cold-start protocol the held-out items are never a
+candidate (``allowed``), as they are never the paper's sampled negative. Under DDP the loss of each process is scaled so that the
 gradient DDP averages equals that of one process holding the whole global batch.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist
-from .base import RecModel, TargetRows
+from .base import SHARED_NEGATIVES_KEY, RecModel, TargetRows
 
 PAPER = "paper"
 OBJECTIVES: dict[str, type] = {}  # loss name -> Objective class, filled by @register_objective
@@ -51,7 +55,8 @@ class Objective(nn.Module):
 
     name: str
 
-    def __init__(self, config, item_counts: np.ndarray, n_items: int):
+    def __init__(self, config, item_counts: np.ndarray, n_items: int, allowed: np.ndarray | None = None):
+        """``allowed``: sorted ids of the items that may be a candidate (``Split.negative_pool()``); None: all."""
         super().__init__()
         self.similarity = config["similarity"]
         start = float(config["temperature"])
@@ -62,7 +67,13 @@ class Objective(nn.Module):
         else:
             self.register_buffer("log_temperature", log_t, persistent=False)
         self.n_items = n_items  # ids 1 .. n_items - 1 are items
-        self.steps = 0  # training steps taken, in the trainer's checkpoint (progress()) so a resume continues it
+        mask = np.zeros(n_items, dtype=bool)
+        mask[1:] = True
+        if allowed is not None:
+            mask[:] = False
+            mask[np.asarray(allowed, dtype=np.int64)] = True
+            mask[0] = False
+        self.allowed = torch.from_numpy(mask)  # plain tensor, not a buffer (DDP would broadcast it every step)
         self.candidates_seen = self.rows_seen = 0.0  # for the run's record: candidates per row, as trained
 
     @property
@@ -93,32 +104,41 @@ class Objective(nn.Module):
         return float(self.candidates_seen) / self.rows_seen if self.rows_seen else None
 
     def progress(self) -> dict:
-        """What a checkpoint keeps of the objective, so that a resumed run draws what an uninterrupted one would
-        and records the same candidates per row."""
-        return {"steps": self.steps, "rows_seen": self.rows_seen, "candidates_seen": float(self.candidates_seen)}
+        """What a checkpoint keeps of the objective, so that a resumed run records the same candidates per row
+        (the shared negatives depend only on (seed, epoch, batch), so they need no state)."""
+        return {"rows_seen": self.rows_seen, "candidates_seen": float(self.candidates_seen)}
 
     def restore(self, progress: dict) -> None:
-        self.steps = int(progress["steps"])
         self.rows_seen, self.candidates_seen = float(progress["rows_seen"]), float(progress["candidates_seen"])
 
-    def forward(self, rows: TargetRows) -> torch.Tensor:
-        self.steps += 1
+    def forward(self, rows: TargetRows, shared_negatives: torch.Tensor | None = None) -> torch.Tensor:
+        """``shared_negatives``: the batch's ``SHARED_NEGATIVES_KEY`` (objectives that draw them only)."""
         with torch.autocast(rows.users.device.type, enabled=False):
-            return self.loss(rows)
+            return self.loss(rows, shared_negatives)
 
-    def loss(self, rows: TargetRows) -> torch.Tensor:
+    def loss(self, rows: TargetRows, shared_negatives: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def draw_distribution(self) -> np.ndarray | None:
+        """float64 [n_items]: the probability of each id as a shared negative, for the data pipeline to draw
+        ``num_negatives`` per step; None for an objective that draws none."""
+        return None
 
 
 @register_objective("softmax")
 class FullSoftmax(Objective):
     """Cross-entropy of each target over every item (ID models)."""
 
-    def loss(self, rows: TargetRows) -> torch.Tensor:
+    _mask: torch.Tensor | None = None
+
+    def loss(self, rows: TargetRows, shared_negatives: torch.Tensor | None) -> torch.Tensor:
         items = self.vectors(rows.all_items())[:self.n_items]
         logits = self.vectors(rows.users) @ items.T / self.temperature
-        logits[:, 0] = -torch.inf  # padding is not an item
-        self.record(len(rows.targets), self.n_items - 1)
+        if self._mask is None or self._mask.device != logits.device:
+            self._mask = ~self.allowed.to(logits.device)
+        logits = logits.masked_fill(self._mask, -torch.inf)  # padding, and held-out items, are not candidates
+        self.record(len(rows.targets), int(self.allowed.sum()))
         counts = dist.row_counts(len(rows.targets), logits.device)
         return self.global_mean(F.cross_entropy(logits, rows.targets, reduction="none"), counts)
 
@@ -127,43 +147,41 @@ class FullSoftmax(Objective):
 class SampledSoftmax(Objective):
     """In-batch targets of every process plus ``num_negatives`` shared draws, log-probability corrected."""
 
-    def __init__(self, config, item_counts: np.ndarray, n_items: int):
-        super().__init__(config, item_counts, n_items)
+    def __init__(self, config, item_counts: np.ndarray, n_items: int, allowed: np.ndarray | None = None):
+        super().__init__(config, item_counts, n_items, allowed)
         self.num_negatives = int(config["num_negatives"])
         counts = np.zeros(n_items, dtype=np.float64)
         given = np.asarray(item_counts, dtype=np.float64)[:n_items]
         counts[:len(given)] = given
-        counts[0] = 0.0
-        counts = torch.as_tensor(counts)
-        if config["negative_sampling"] == "popularity":
-            q = counts.clone()
-        else:
-            q = torch.ones(n_items, dtype=torch.float64)
-            q[0] = 0.0
+        counts *= self.allowed.numpy()
+        q = counts.copy() if config["negative_sampling"] == "popularity" else self.allowed.numpy().astype(np.float64)
+        if q.sum() == 0:  # popularity over items none of which was trained on (tests' hand-made counts)
+            q = self.allowed.numpy().astype(np.float64)
+        self.q = q / q.sum()
         # plain tensors, not buffers: DDP would broadcast every buffer from rank 0 before each forward; moved to
         # the batch's device on first use
-        self.target_p = (counts / counts.sum().clamp(min=1)).float()  # targets follow the training popularity
-        self.draw_q = (q / q.sum()).float()
+        self.target_p = torch.as_tensor(counts / max(counts.sum(), 1.0)).float()  # targets follow training popularity
+        self.draw_q = torch.as_tensor(self.q).float()
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.seed = int(config["seed"])
+
+    @property
+    def draw_distribution(self) -> np.ndarray | None:
+        return self.q if self.num_negatives else None
 
     def distributions(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on:
             self._on[device] = (self.target_p.to(device), self.draw_q.to(device))
         return self._on[device]
 
-    def shared_negatives(self, device, step: int | None = None) -> torch.Tensor:
-        """``num_negatives`` ids drawn once per step, the same on every process (and in one process holding the
-        whole global batch), from a generator seeded by (seed, step)."""
-        step = self.steps if step is None else step
-        if self.num_negatives == 0:
-            return torch.zeros(0, dtype=torch.long, device=device)
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0]))
-        return torch.multinomial(self.draw_q, self.num_negatives, replacement=True, generator=g).to(device)
-
-    def loss(self, rows: TargetRows) -> torch.Tensor:
+    def loss(self, rows: TargetRows, shared_negatives: torch.Tensor | None) -> torch.Tensor:
         users, targets = self.vectors(rows.users), rows.targets
-        negative_ids = self.shared_negatives(users.device)
+        if shared_negatives is None:
+            if self.num_negatives:
+                raise KeyError(f"sampled_softmax with num_negatives {self.num_negatives}: the training batch has no "
+                               f"{SHARED_NEGATIVES_KEY!r}; build them with REC.run.training_batches, which "
+                               f"draws them from this objective's draw_distribution")
+            shared_negatives = targets.new_zeros(0)
+        negative_ids = shared_negatives.to(users.device)
         # targets and shared negatives in one item batch: one embedding lookup (one table-sized gradient fill),
         # one set of batch statistics for models with item towers
         vectors = self.vectors(rows.item_vectors(torch.cat([targets, negative_ids])))
@@ -188,8 +206,10 @@ class SampledSoftmax(Objective):
         return self.global_mean(torch.logsumexp(logits, 1) - logits[:, 0], counts)
 
 
-def build_objective(config, model, item_counts: np.ndarray | None, source: str = "config") -> Objective | None:
-    """The objective ``config['loss']`` names for ``model`` (None for ``paper``: the model's own loss)."""
+def build_objective(config, model, item_counts: np.ndarray | None, source: str = "config",
+                    allowed: np.ndarray | None = None) -> Objective | None:
+    """The objective ``config['loss']`` names for ``model`` (None for ``paper``: the model's own loss);
+    ``allowed``: the items that may be candidates (``Split.negative_pool()``, None for all)."""
     name = config["loss"]
     if name == PAPER:
         return None
@@ -198,7 +218,7 @@ def build_objective(config, model, item_counts: np.ndarray | None, source: str =
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
     counts = item_counts if item_counts is not None else np.ones(model.objective_items, dtype=np.int64)
-    return OBJECTIVES[name](config, counts, model.objective_items)
+    return OBJECTIVES[name](config, counts, model.objective_items, allowed)
 
 
 def describe_objective(config, model, world: int) -> str:
@@ -231,8 +251,7 @@ def check_supported(name: str, model) -> None:
     if model.target_rows is RecModel.target_rows:
         raise ValueError(f"key 'loss' = {name!r}: model {cls} does not expose its user vectors and targets to a "
                          f"many-negative objective yet; use loss: paper")
-    if model.item_source == "covers":
-        why = {"softmax": "softmax would encode every cover at every step; sampled_softmax is the many-negative "
-                          "loss meant for covers, but"}.get(name, "")
-        raise ValueError(f"key 'loss' = {name!r}: model {cls} encodes its items from covers; {why} PixelNet "
-                         f"models do not yet add shared negatives to the covers a step encodes; use loss: paper")
+    if model.item_source == "covers" and name == "softmax":
+        raise ValueError(f"key 'loss' = 'softmax': model {cls} encodes its items from covers, and softmax would "
+                         f"encode every cover at every step; use loss: sampled_softmax (the step's items plus "
+                         f"num_negatives shared covers)")

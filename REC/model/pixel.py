@@ -175,7 +175,7 @@ class CoverItems(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self._rows is not None:  # training step: look up among the batch's distinct items
-            pos = torch.searchsorted(self._ids, ids).clamp_(max=len(self._ids) - 1)
+            pos = torch.searchsorted(self._ids, ids.contiguous()).clamp_(max=len(self._ids) - 1)
             missed = self._ids[pos] != ids
             # An id outside the batch's covers would otherwise read its neighbour's row and train on the wrong
             # cover. The check costs one host sync per lookup, and every model makes one lookup per step.

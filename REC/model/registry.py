@@ -91,7 +91,7 @@ def _with_objective(model, config, info):
     if loss != "paper" and info.train_items is not None and not info.shapes_only:
         counts = np.bincount(np.asarray(info.train_items), minlength=model.objective_items)
     objective = build_objective({**{k: config[k] for k in OBJECTIVE_KEYS if k in config}, "loss": loss}, model,
-                                counts, source=key_source(config, "loss"))
+                                counts, source=key_source(config, "loss"), allowed=info.negative_pool)
     if objective is not None:
         model.objective = objective
     return model

@@ -78,7 +78,7 @@ class Trainer:
                 # and the data order comes from (seed, epoch), so the state at an epoch's end is never used again;
                 # a per-GPU list would also tie the file to this machine's GPU count
                 "world_size": dist.world_size(), "run_id": self.run_id,
-                # a many-negative objective's step count seeds its shared negatives: a resume continues it
+                # a many-negative objective's count of candidates per row, for the run's record
                 "objective": self.model.objective.progress() if self.model.objective is not None else None,
             }, self.last_path)
 

@@ -7,6 +7,7 @@ The store's file format lives in ``REC.data.prefix_cache``; what the prefix is, 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -137,13 +138,42 @@ def fill_store(store: PrefixCache, items, covers, device, precision: str, show_p
     if state.startswith("error: "):
         raise PrefixCacheError(state[len("error: "):])
     if state == "complete":
-        log.info("encoder_cache: reusing %s (%s)", store.path, human_bytes(store.nbytes))
-        return
+        if verify_store(store):
+            log.info("encoder_cache: reusing %s (%s)", store.path, human_bytes(store.nbytes))
+            return
+        # damaged and its folder writable: rank 0 marked it not complete; build it again, once
+        return fill_store(store, items, covers, device, precision, show_progress, workers, batch_size)
     store.chunk = chunk  # every rank splits the work by the store's own chunks
     try:
         _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size)
     finally:
         store.release()  # rank 0's lock, on an error too: a later build (or resume) must not wait for it
+
+
+def verify_store(store: PrefixCache) -> bool:
+    """Check every chunk's CRC-32 of a complete store once, each rank a share, before any step reads it (the
+    readers forked later inherit the result, so a step pays nothing). True when sound. Damaged: with a writable
+    folder, a warning, the store marked not complete (False: the caller rebuilds it); else PrefixCacheError.
+    Collective."""
+    t0 = time.perf_counter()
+    store.sound_complete()  # every rank reads the recorded checksums
+    mine = range(dist.rank(), store.n_chunks, dist.world_size())
+    bad = sorted(c for part in dist.gather_objects(store.verify(mine)) for c in part)
+    if not bad:
+        store.mark_verified()  # the other ranks checked the rest
+        log.info("encoder_cache: %d chunks of %s match their CRC-32 (%.1f s)", store.n_chunks, store.path.name,
+                 time.perf_counter() - t0)
+        return True
+    message = store.damage_message(bad)
+    writable = dist.broadcast_object(os.access(store.path.parent, os.W_OK | os.X_OK) if dist.rank() == 0 else None)
+    if not writable:
+        raise PrefixCacheError(f"{message}; its folder cannot be written, so it is not rebuilt here: rebuild it "
+                               f"where it can be written (key 'encoder_cache_dir'), or set encoder_cache: off")
+    log.warning("encoder_cache: %s; rebuilding it", message)
+    if dist.rank() == 0:
+        store.invalidate()
+    dist.barrier()
+    return False
 
 
 def _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size) -> None:
@@ -176,6 +206,10 @@ def _encode_pending(store, state, items, covers, device, precision, show_progres
     error = dist.broadcast_object(error)
     if error:
         raise PrefixCacheError(error)
+    if not store.sound_complete()[0]:
+        raise PrefixCacheError(f"{store.path}: the store was just completed and reads back damaged "
+                               f"({store.sound_complete()[1]})")
+    store.mark_verified()  # the rows this run's ranks just wrote
     log.info("encoder_cache: %s complete (%s) in %.1f s", store.path, human_bytes(store.nbytes),
              time.perf_counter() - t0)
 

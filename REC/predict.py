@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import logging
 import os
 import sys
@@ -36,7 +37,8 @@ from .data.split import ragged_positions
 from .evaluator.ranking import score_batches, top_unmasked
 from .utils.precision import autocast
 from .model import create_model
-from .utils.files import atomic_output, sidecar
+from .utils.files import atomic_output, sidecar, write_text_atomic
+from .utils.integrity import DamagedFileError, checksum_record, npy_layout, verify_file
 from .model.base import DatasetInfo
 from .run import load_run_config
 from .trainer.checkpoint import load_weights
@@ -57,6 +59,17 @@ def _unknown(kind: str, missing: list[str], total: int, where: str) -> UnknownId
     first = ", ".join(repr(m) for m in missing[:SHOWN])
     return UnknownIdError(f"{len(missing)} of the {total} {kind} ids given are not in {where}: {first}"
                           f"{', ...' if len(missing) > SHOWN else ''}")
+
+
+def _read_record(path: Path) -> dict | None:
+    """The checksum record in ``path`` (a table's ``.json``), None when there is none; an unreadable one is
+    damage."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["checksum"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DamagedFileError(path, f"its checksum record cannot be read ({type(exc).__name__})") from None
 
 
 def _table_files(path: str | Path) -> tuple[Path, Path]:
@@ -106,7 +119,7 @@ class Recommender:
         inter, split, check = prepare_run_split(config, run_dir)  # the run's own ids, whatever the CSV's row order
         if check.changed or check.trained_on is None:
             log.warning("%s", check.describe(run_dir))
-        model = create_model(config["model"], config, DatasetInfo.from_split(split))
+        model = create_model(config["model"], config, DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest()))
         load_weights(model, path, Path(run_dir))
         model = model.to(device)
         if model.item_source == "covers" and device.type == "cuda" and config["channels_last"]:
@@ -127,6 +140,17 @@ class Recommender:
             if not f.is_file():
                 raise FileNotFoundError(f"item representations: {f} does not exist (save_item_representations "
                                         f"writes <path>.npy and <path>.items.txt)")
+        redo = "save it again (REC.predict --save_item_representations)"
+        try:
+            npy_layout(npy, dtype=np.float32)
+            record = _read_record(sidecar(npy, "json"))
+            if record is None:
+                log.warning("item representations: %s has no checksum record beside it (%s, written since "
+                            "checksums were added): its bytes cannot be checked", npy, sidecar(npy, "json").name)
+            else:
+                verify_file(npy, record, redo)
+        except DamagedFileError as exc:
+            raise ValueError(f"item representations: {exc}" + ("" if redo in str(exc) else f"; {redo}")) from None
         table = np.load(npy, allow_pickle=False)
         saved_ids = txt.read_text(encoding="utf-8").split("\n")[:-1]
         if table.ndim != 2 or table.shape[0] != len(saved_ids):
@@ -184,6 +208,8 @@ class Recommender:
             np.save(f, self._cover_table.float().numpy(), allow_pickle=False)
         with atomic_output(txt, "w", encoding="utf-8", newline="\n") as f:
             f.writelines(f"{i}\n" for i in self.item_ids)
+        offset, _, _ = npy_layout(npy)
+        write_text_atomic(sidecar(npy, "json"), json.dumps({"checksum": checksum_record(npy, offset)}, indent=1))
         return npy
 
     # -------------------------------------------------------------------------------------------- ids

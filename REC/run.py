@@ -68,7 +68,8 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
     if max(config["topk"]) > n_items:  # else the first validation fails, after a whole epoch, with no checkpoint
         raise ConfigError(f"{config.source_of('topk')}: key 'topk' = {list(config['topk'])}; expected cut-offs of "
                           f"at most {n_items}, the number of items of dataset {config['dataset']!r}")
-    model = create_model(config["model"], config, DatasetInfo.from_split(split, shapes_only=True))
+    model = create_model(config["model"], config, DatasetInfo.from_split(split, shapes_only=True,
+                                                                           item_ids=inter.item_tokens.digest()))
     if model.input_type is not None:
         check_negatives_possible(model.input_type, split, config)  # else a tiny catalogue fails in every process
     if model.item_source == "covers":
@@ -179,7 +180,8 @@ def _build(config: Config, run_dir: Path, device: torch.device):
     if check.changed or check.trained_on is None:
         log.warning("%s", check.describe(run_dir))
     log.info("%s", inter.summary(config["dataset"]))
-    model = create_model(config["model"], config, DatasetInfo.from_split(split)).to(device)
+    model = create_model(config["model"], config,
+                         DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest())).to(device)
     if model.item_source == "covers" and device.type == "cuda" and \
             getattr(model.cover_items_module.visual_encoder, "channels_last", False):
         # convolutional encoders only (ViT, Swin and BEiT patch convolutions see contiguous inputs), and before

@@ -139,3 +139,42 @@ def test_bad_data_files_name_the_problem(tmp_path):
     (tmp_path / "T.csv").write_text("item_id,user_id,timestamp\na,u,yesterday\n")
     with pytest.raises(DataError, match=r"T.csv: timestamp 'yesterday' on line 2 .*integer timestamps"):
         load_interactions(str(tmp_path), "T")
+
+
+def _member_data(cache, name):
+    """(start, end) of the bytes of member ``name`` (an .npy) inside the uncompressed .npz ``cache``."""
+    import struct
+    import zipfile
+    info = zipfile.ZipFile(cache).getinfo(name)
+    raw = cache.read_bytes()
+    n, e = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + n + e
+    return start, start + info.compress_size
+
+
+@pytest.mark.parametrize("kind", ["two rows swapped", "bytes flipped", "header damaged", "cut by 64 bytes"])
+def test_a_damaged_data_cache_is_rebuilt_with_a_warning(tmp_path, caplog, kind):
+    """The prepared-data cache is an .npz, whose members carry the CRC-32 of their bytes (zip), checked as every
+    member is read: each damage ends in a warning and a rebuild from the CSV, never in other interactions."""
+    (tmp_path / "C.csv").write_text(CSV)
+    first = load_interactions(str(tmp_path), "C")
+    cache = next((tmp_path / ".pixelrec_cache").glob("C-*.npz"))
+    raw = bytearray(cache.read_bytes())
+    start, end = _member_data(cache, "items.npy")
+    if kind == "two rows swapped":  # the last two entries of the items array, which differ
+        a, b = end - 16, end - 8
+        assert raw[a:b] != raw[b:end]
+        raw[a:b], raw[b:end] = raw[b:end], raw[a:b]
+    elif kind == "bytes flipped":
+        raw[end - 5] ^= 0xFF
+    elif kind == "header damaged":
+        raw[start + 11:start + 13] = b"\x00\x07"
+    else:
+        raw = raw[:-64]
+    cache.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        again = load_interactions(str(tmp_path), "C")
+    assert any("is unreadable" in r.getMessage() and "rebuilding it" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(again.items, first.items) and np.array_equal(again.users, first.users)
+    assert again.item_tokens.to_list() == first.item_tokens.to_list()
+    assert load_interactions(str(tmp_path), "C").items.tolist() == first.items.tolist()  # the rebuilt cache

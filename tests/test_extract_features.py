@@ -236,3 +236,56 @@ def test_resizing_matches_pixelnet(data, tmp_path):
     with torch.no_grad():
         expected = encoder.backbone((x - 0.5) / 0.5).numpy()
     np.testing.assert_allclose(array[[2, 5]], expected, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ a feature file damaged, or made for another
+def copy_features(out, folder):
+    import shutil
+    folder.mkdir()
+    for f in [out, *sidecars(out).values()]:
+        if f.exists():
+            shutil.copy(f, folder / f.name)
+    return folder / out.name
+
+
+@pytest.mark.parametrize("kind", ["two rows swapped", "bytes flipped", "header damaged", "cut by 64 bytes"])
+def test_a_damaged_feature_file_is_one_line_naming_it(data, features, tmp_path, kind):
+    from REC.model.ViNet.feature_table import FeatureFileError
+
+    from .damage import DAMAGE
+    out, array = features
+    inter = load_interactions(str(data), "Vis")
+    path = copy_features(out, tmp_path / "f")
+    good = load_item_features(path, inter.item_num, expected_width=WIDTH, item_ids=inter.item_tokens.digest())
+    assert torch.equal(good, torch.from_numpy(array))
+    DAMAGE[kind](path)
+    with pytest.raises(FeatureFileError) as err:
+        load_item_features(path, inter.item_num, expected_width=WIDTH, item_ids=inter.item_tokens.digest())
+    message = str(err.value)
+    why = {"two rows swapped": "(chunk 0) are not the ones written", "bytes flipped": "(chunk 0) are not the ones",
+           "header damaged": "header cannot be read", "cut by 64 bytes": "truncated"}[kind]
+    assert "\n" not in message and str(path) in message and why in message and "REC.features" in message, message
+
+
+def test_features_of_another_dataset_with_as_many_items_are_refused_before_the_run(data, features, tmp_path, capsys):
+    """The same items in another order (the CSV's users reversed, so items first appear elsewhere): the row count
+    fits, the rows do not. The launcher refuses it in one line, before any process starts."""
+    import pandas as pd
+
+    from REC.launch import main as launch_main
+
+    from .conftest import call_main
+    out, _ = features
+    frame = pd.read_csv(data / "Vis.csv", dtype=str)
+    other = tmp_path / "other"
+    other.mkdir()
+    frame.iloc[::-1].to_csv(other / "Vis.csv", index=False)
+    mine, theirs = (load_interactions(str(d), "Vis") for d in (data, other))
+    assert mine.item_num == theirs.item_num and mine.item_tokens.to_list() != theirs.item_tokens.to_list()
+    status, _, err = call_main(launch_main, ["--config_file", "ViNet/vbpr.yaml", "overall/ID.yaml",
+                                             f"--data_path={other}", "--dataset=Vis", f"--v_feat_path={out}",
+                                             f"--v_feat_dim={WIDTH}", f"--output_dir={tmp_path / 'runs'}"], capsys)
+    line = err.strip().splitlines()[-1]
+    assert status == 2 and "Traceback" not in err, err[-2000:]
+    assert line.startswith("error: ") and "was extracted for dataset 'Vis' with another item list" in line, line
+    assert not (tmp_path / "runs").exists()

@@ -220,6 +220,13 @@ def test_pixelnet_item_representations_round_trip(vis_data, tmp_path):  # noqa: 
     history = [encoded.item_ids[3], encoded.item_ids[7]]
     assert loaded.recommend(history, k=5) == encoded.recommend(history, k=5)
 
+    from .damage import swap_rows
+    swap_rows(npy, 1, 2)  # damaged after it was saved: its checksum record says so, in one line
+    with pytest.raises(ValueError, match=r"items.npy: bytes .* \(chunk 0\) are not the ones written") as err:
+        Recommender.from_run(run_dir, item_representations=tmp_path / "items.npy")
+    assert "\n" not in str(err.value) and "save it again" in str(err.value)
+
+    (tmp_path / "items.json").unlink()  # a table saved by hand (no checksum record) is still checked by its ids
     (tmp_path / "items.items.txt").write_text("\n".join(ids[:-1]) + "\n")
     np.save(tmp_path / "items.npy", table[:-1])
     with pytest.raises(ValueError, match="the run's dataset has"):

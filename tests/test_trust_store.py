@@ -22,7 +22,9 @@ from REC.encoder_cache import attach_prefix_store, fill_store
 from REC.launch import main as launch_main
 from REC.model.encoders import build_item_encoder, list_encoders
 
+from . import damage as damage_rows
 from .conftest import call_main
+from .damage import DAMAGE
 from .test_encoder_cache import CPU, PREFIX_SHAPE, CountingCovers, log, tiny, vit, vit_config  # noqa: F401
 from .test_encoders import meta
 
@@ -216,3 +218,98 @@ def test_the_refusal_names_the_key_value_encoder_and_sizes(log):
             build_item_encoder(vit_config(log.data, log.store_dir, *extra), 16, shapes_only=True)
         assert str(err.value).startswith(f"command line: key 'image_size' = {extra[0].split('=')[1]}; encoder ")
         assert want in str(err.value) and "or null for its native" in str(err.value)
+
+
+# --------------------------------------------------------------------- 4. a complete store damaged afterwards
+def built_store(vit, folder) -> tuple[PrefixCache, torch.Tensor]:
+    """A complete 4-item store of the real encoder's rows, and those rows."""
+    store = small_store(folder)
+    fill_store(store, vit.items, vit.covers, CPU, "fp32", False, 0)
+    return store, small_store(folder).rows(np.arange(ITEMS)).clone()
+
+
+def flip_bytes(store, row):
+    damage_rows.flip_bytes(store.path, row)
+
+
+WHY = {"two rows swapped": "chunk 0 (items 1..2)", "bytes flipped": "chunk 1 (items 3..4)",
+       "header damaged": "header cannot be read", "cut by 64 bytes": "truncated"}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_complete_store_is_rebuilt_with_a_warning(vit, tmp_path, caplog, damage):
+    """Each damage of the issue, to a store found complete: a warning naming the file and what is wrong, the store
+    built again, and the rows read afterwards are the encoder's, never the damaged ones."""
+    store, good = built_store(vit, tmp_path)
+    DAMAGE[damage](store.path)
+    again = small_store(tmp_path)
+    counting = CountingCovers(vit.covers)
+    with caplog.at_level("WARNING"):
+        fill_store(again, vit.items, counting, CPU, "fp32", False, 0)
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert str(store.path) in said and WHY[damage] in said and "rebuilding" in said, said
+    assert counting.calls  # encoded again
+    assert again.complete and torch.equal(small_store(tmp_path).rows(np.arange(ITEMS)), good)
+
+
+def test_a_reader_that_did_not_check_refuses_a_damaged_chunk_on_first_read(vit, tmp_path):
+    """A process that maps the store without the launcher's full check (a loader of an earlier fork) checks each
+    chunk the first time it reads it: a damaged chunk is one line naming it, the sound one still reads."""
+    store, good = built_store(vit, tmp_path)
+    flip_bytes(store, 3)
+    reader = small_store(tmp_path)
+    assert reader.complete  # the layout is sound: only the rows differ
+    assert torch.equal(reader.rows([1, 2]), good[[1, 2]])  # chunk 0 checked and sound
+    with pytest.raises(PrefixCacheError) as err:
+        reader.rows([4])
+    message = str(err.value)
+    assert "\n" not in message and str(store.path) in message and "chunk 1 (items 3..4)" in message
+
+
+def make_read_only(folder) -> None:
+    """Make ``folder`` read-only for this process: its permissions, and for root (whom permissions do not stop) a
+    read-only bind mount of it onto itself; a test of write refusals needs one of them to hold."""
+    for p in [*folder.iterdir(), folder]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    probe = folder / ".probe"
+    try:
+        probe.write_text("")
+    except OSError:
+        return
+    probe.unlink()
+    import subprocess
+    for cmd in (["mount", "--bind", str(folder), str(folder)], ["mount", "-o", "remount,ro,bind", str(folder)]):
+        if subprocess.run(cmd, capture_output=True).returncode != 0:
+            pytest.fail(f"cannot make {folder} read-only here (running as root without mount): {cmd}")
+
+
+def undo_read_only(folder) -> None:
+    import subprocess
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # lazy: a map may still be open
+    for p in [folder, *folder.iterdir()]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_a_complete_store_opens_from_a_read_only_folder_and_a_damaged_one_there_is_one_line(vit, tmp_path):
+    folder = tmp_path / "shared"
+    store, good = built_store(vit, folder)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    make_read_only(folder)
+    try:
+        reader = small_store(folder)
+        counting = CountingCovers(vit.covers)
+        fill_store(reader, vit.items, counting, CPU, "fp32", False, 0)  # no lock taken, nothing written
+        assert counting.calls == [] and torch.equal(reader.rows(np.arange(ITEMS)), good)
+        assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    finally:
+        undo_read_only(folder)
+    flip_bytes(store, 1)
+    make_read_only(folder)
+    try:
+        with pytest.raises(PrefixCacheError) as err:
+            fill_store(small_store(folder), vit.items, CountingCovers(vit.covers), CPU, "fp32", False, 0)
+    finally:
+        undo_read_only(folder)
+    message = str(err.value)
+    assert "\n" not in message and "chunk 0 (items 1..2)" in message and "cannot be written" in message
+    assert "encoder_cache_dir" in message

@@ -107,7 +107,7 @@ def test_loader_errors_name_the_file_and_the_key(tmp_path):
             load_item_features(**kwargs)
         assert message in str(err.value) and (kwargs["path"] is None or str(kwargs["path"]) in str(err.value))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(FeatureFileError, match="not a numeric .npy array"):
+    with pytest.raises(FeatureFileError, match="its header says object data"):
         load_item_features(tmp_path / "obj.npy", 1)
     assert issubclass(FeatureFileError, ValueError)  # main.py reports ValueErrors with exit status 2
 

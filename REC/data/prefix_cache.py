@@ -13,7 +13,14 @@ dtype, the covers database, the run's item ids, library versions):
   bfloat16); row i is item i, row 0 (padding) stays zero;
 - ``prefix-<dataset>-<key>.done``: one byte per chunk of ``chunk`` items, 1 once its rows are on disk, so a
   killed build resumes where it stopped;
-- ``prefix-<dataset>-<key>.json``: the description, shape, dtype, chunk and ``complete``.
+- ``prefix-<dataset>-<key>.sums``: a CRC-32 per chunk (uint32), of the rows as written, before the chunk's done mark;
+- ``prefix-<dataset>-<key>.json``: the description, shape, dtype, chunk, ``complete`` and, once complete, the
+  chunks' CRC-32s (``crc32``).
+
+A complete store is trusted only as far as it is checked: its header and size at open (``REC.utils.integrity``),
+then each chunk's CRC-32, once per process before the chunk's rows are used (``verify``; the launcher checks every
+chunk once, sharded over the ranks, before training: ``REC.encoder_cache``). Opening a complete store takes no
+lock and writes nothing, so a store prepared once can be shared from a read-only folder.
 
 A store is built in ``prefix-<dataset>-<key>.npy.part`` and renamed over the ``.npy`` (``os.replace``) once every
 chunk is on disk, so a reader only ever maps a complete file, and a rebuild never writes into a file that another
@@ -39,11 +46,12 @@ import numpy as np
 import torch
 
 from ..utils.files import write_text_atomic
+from ..utils.integrity import DamagedFileError, crc32, npy_layout
 from .interactions import DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-chunk CRC-32s; a version-1 store (none) gets a new key and is rebuilt
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota on it
 DTYPES = {"float32": (np.float32, torch.float32), "bfloat16": (np.uint16, torch.bfloat16)}
 
@@ -91,10 +99,14 @@ class PrefixCache:
         self.describe, self.key = describe, cache_key(describe)
         self.item_num, self.shape, self.dtype, self.chunk = int(item_num), tuple(int(s) for s in shape), dtype, int(chunk)
         base = Path(folder) / f"prefix-{dataset}-{self.key}"
-        self.path, self.done_path, self.meta_path = (base.with_suffix(s) for s in (".npy", ".done", ".json"))
+        self.path, self.done_path, self.meta_path, self.sums_path = (
+            base.with_suffix(s) for s in (".npy", ".done", ".json", ".sums"))
         self.part_path = base.with_suffix(".npy.part")  # the file being built; renamed to ``path`` when complete
         self._new_chunk = self.chunk
         self._rows = self._lock = self._offset = None
+        self.sums: list[int] | None = None  # each chunk's CRC-32, from the description of a complete store
+        self.verified: np.ndarray | None = None  # bool [n_chunks]: checked in this process (or before its fork)
+        self._all_verified = False
 
     # ------------------------------------------------------------------------------------------- size
     @property
@@ -160,8 +172,28 @@ class PrefixCache:
 
     @property
     def complete(self) -> bool:
+        return self.sound_complete()[0]
+
+    def _meta_matches(self, meta: dict | None) -> bool:
+        return (meta is not None and meta.get("key") == self.key and meta.get("shape") == list(self.shape)
+                and meta.get("dtype") == self.dtype and meta.get("item_num") == self.item_num)
+
+    def sound_complete(self) -> tuple[bool, str]:
+        """(True, "") when a complete store of this key is on disk with a sound layout: its description, the
+        header and size of its ``.npy``, a CRC-32 per chunk; else (False, why not). Reads; writes nothing."""
         meta = self.read_meta()
-        return bool(meta and meta.get("complete")) and self.path.is_file()
+        if not self._meta_matches(meta) or not meta.get("complete"):
+            return False, "no complete store" if not self.meta_path.exists() else "not complete"
+        chunk = int(meta["chunk"])
+        sums = meta.get("crc32")
+        if not isinstance(sums, list) or len(sums) != -(-(self.item_num - 1) // chunk):
+            return False, f"{self.meta_path} records no checksum per chunk"
+        try:
+            npy_layout(self.path, (self.item_num, *self.shape), DTYPES[self.dtype][0])
+        except DamagedFileError as exc:
+            return False, str(exc)
+        self.chunk, self.sums = chunk, [int(x) for x in sums]
+        return True, ""
 
     def pending(self) -> list[int]:
         done = np.fromfile(self.done_path, dtype=np.uint8) if self.done_path.is_file() else np.zeros(0, np.uint8)
@@ -173,9 +205,24 @@ class PrefixCache:
         """Find the store or start building it; returns what was found: 'complete', 'partial' (a killed build,
         resumed) or 'new'. Unless 'complete', this process then holds the store's lock until ``finish`` or
         ``release``: another run that wants the same store waits here meanwhile, so two builds never write one
-        file. Refuses when the disk cannot hold the rows."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path.with_suffix(".lock"), "w")
+        file. Refuses when the disk cannot hold the rows.
+
+        A sound complete store is found without the lock and without writing (a read-only folder serves it);
+        only a build takes the lock."""
+        sound, why = self.sound_complete()
+        if sound:
+            return "complete"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_suffix(".lock"), "w")
+        except OSError as exc:
+            if self.meta_path.exists() or self.path.exists():
+                raise PrefixCacheError(f"the encoder's frozen-prefix store {self.path} cannot be used ({why}) and "
+                                       f"cannot be rebuilt there ({exc.strerror}); rebuild it where it can be "
+                                       f"written (key 'encoder_cache_dir'), or set encoder_cache: off") from None
+            raise PrefixCacheError(f"the encoder's frozen-prefix store cannot be built in {self.path.parent} "
+                                   f"({exc.strerror}); set key 'encoder_cache_dir' to a writable folder, or "
+                                   f"encoder_cache: off") from None
         try:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -199,14 +246,17 @@ class PrefixCache:
             self._lock = None
 
     def _create(self) -> str:
+        sound, why = self.sound_complete()
+        if sound:  # built by the run we waited for
+            return "complete"
         meta = self.read_meta()
-        if meta is not None and meta.get("key") == self.key and meta.get("shape") == list(self.shape) \
-                and meta.get("dtype") == self.dtype and meta.get("item_num") == self.item_num:
+        if self._meta_matches(meta) and meta.get("complete"):
+            log.warning("encoder_cache: %s; rebuilding the store", why)
+        if self._meta_matches(meta) and not meta.get("complete"):
             self.chunk = int(meta["chunk"])  # the store's split into done marks, not this run's cover_batch_size
-            if meta.get("complete") and self._holds_rows(self.path):
-                return "complete"
             done = self.done_path.stat().st_size if self.done_path.is_file() else -1
-            if not meta.get("complete") and self._holds_rows(self.part_path) and done == self.n_chunks:
+            sums = self.sums_path.stat().st_size if self.sums_path.is_file() else -1
+            if self._holds_rows(self.part_path) and done == self.n_chunks and sums == 4 * self.n_chunks:
                 return "partial"
         # A new build, in a new file beside the current one (if any): a run that maps that one keeps reading it.
         # An earlier .part is an abandoned build's: no reader opens it, and no writer is left (we hold the lock).
@@ -227,6 +277,7 @@ class PrefixCache:
                             raise
                         # EOPNOTSUPP / EINVAL: a filesystem that cannot reserve; a full disk is then an error at
                         # the write that meets it (``write``)
+                np.zeros(self.n_chunks, np.uint32).tofile(self.sums_path)
                 np.zeros(self.n_chunks, np.uint8).tofile(self.done_path)
                 self._write_meta(complete=False)
         except BaseException:
@@ -254,6 +305,7 @@ class PrefixCache:
                              f"{[len(items), *self.shape]}")
         pos = self._data_offset() + int(items[0]) * self.row_bytes
         left = memoryview(data.reshape(-1).view(np.uint8))
+        checksum = np.array([crc32(left)], dtype=np.uint32).tobytes()
         with self._full_disk_is_an_error("ran out of room while being built: it "):
             fd = os.open(self.part_path, os.O_WRONLY)
             try:
@@ -263,11 +315,12 @@ class PrefixCache:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            with open(self.done_path, "r+b") as f:
-                f.seek(c)
-                f.write(b"\x01")
-                f.flush()
-                os.fsync(f.fileno())
+            for path, at, mark in ((self.sums_path, 4 * c, checksum), (self.done_path, c, b"\x01")):
+                with open(path, "r+b") as f:  # the checksum is on disk before the chunk counts as done
+                    f.seek(at)
+                    f.write(mark)
+                    f.flush()
+                    os.fsync(f.fileno())
 
     def finish(self) -> None:
         """Once every chunk is written: the built file replaces the store's ``.npy`` in one rename, then the
@@ -277,15 +330,27 @@ class PrefixCache:
             if left:
                 raise PrefixCacheError(f"{self.part_path}: chunks {left[:10]} of {self.n_chunks} were never written")
             if self.part_path.is_file():  # else finished already: a second call changes nothing
+                sums = np.fromfile(self.sums_path, dtype=np.uint32).tolist()
                 with self._full_disk_is_an_error("ran out of room while being completed: it "):
                     os.replace(self.part_path, self.path)  # a reader of the old file keeps its inode
-                    self._write_meta(complete=True)
+                    self._write_meta(complete=True, sums=sums)
+                self.sums = sums
+                self.mark_verified()  # the rows just written
         finally:
             self.release()
 
-    def _write_meta(self, complete: bool) -> None:
+    def invalidate(self) -> None:
+        """Mark a complete store as not complete (its rows failed their checksums), so the next ``create``
+        builds it anew; the damaged file stays until the new one replaces it (a reader keeps its inode)."""
+        self._write_meta(complete=False)
+        self.sums = self.verified = None
+        self._all_verified = False
+
+    def _write_meta(self, complete: bool, sums: list[int] | None = None) -> None:
         meta = dict(key=self.key, describe=self.describe, item_num=self.item_num, shape=list(self.shape),
                     dtype=self.dtype, chunk=self.chunk, complete=complete)
+        if sums is not None:
+            meta["crc32"] = sums
         write_text_atomic(self.meta_path, json.dumps(meta, indent=1, default=str))
 
     # ------------------------------------------------------------------------------------------- rows
@@ -293,11 +358,55 @@ class PrefixCache:
         rows = rows.detach().to("cpu", DTYPES[self.dtype][1]).contiguous()
         return rows.view(torch.int16).numpy().view(np.uint16) if self.dtype == "bfloat16" else rows.numpy()
 
-    def rows(self, ids) -> torch.Tensor:
-        """``[len(ids), *shape]`` rows (torch float32 or bfloat16) of the given item ids."""
+    def _mapped(self) -> np.ndarray:
         if self._rows is None:
+            if self.sums is None and not self.sound_complete()[0]:
+                raise PrefixCacheError(f"{self.path}: no complete store to read ({self.sound_complete()[1]})")
             self._rows = np.load(self.path, mmap_mode="r")
-        out = torch.from_numpy(np.ascontiguousarray(self._rows[np.asarray(ids)]))
+            if self.verified is None:
+                self.verified = np.zeros(self.n_chunks, dtype=bool)
+        return self._rows
+
+    def verify(self, chunks=None) -> list[int]:
+        """Check the CRC-32 of ``chunks`` (default: all) not yet checked in this process; returns those that
+        differ from what was written (the others count as checked)."""
+        rows = self._mapped()
+        chunks = range(self.n_chunks) if chunks is None else chunks
+        bad = []
+        for c in chunks:
+            c = int(c)
+            if self.verified[c]:
+                continue
+            items = self.chunk_items(c)
+            if crc32(np.ascontiguousarray(rows[items[0]:items[-1] + 1])) != self.sums[c]:
+                bad.append(c)
+            else:
+                self.verified[c] = True
+        return bad
+
+    def mark_verified(self) -> None:
+        """Every chunk counts as checked in this process (and in the loader processes it starts later)."""
+        self.verified = np.ones(self.n_chunks, dtype=bool)
+        self._all_verified = True
+
+    def damage_message(self, bad: list[int]) -> str:
+        c = bad[0]
+        items = self.chunk_items(c)
+        return (f"{self.path}: the rows of {len(bad)} of {self.n_chunks} chunks are not the ones written, e.g. "
+                f"chunk {c} (items {items[0]}..{items[-1]}): their CRC-32 differs from {self.meta_path.name}'s")
+
+    def rows(self, ids) -> torch.Tensor:
+        """``[len(ids), *shape]`` rows (torch float32 or bfloat16) of the given item ids; each chunk they fall in
+        is checked against its CRC-32 the first time this process reads it (free once ``verify`` checked all)."""
+        rows = self._mapped()
+        ids = np.asarray(ids)
+        if not self._all_verified:
+            bad = self.verify(np.unique((ids[ids > 0] - 1) // self.chunk))
+            self._all_verified = bool(self.verified.all())
+            if bad:
+                raise PrefixCacheError(self.damage_message(bad) + "; rerun: the launcher checks every chunk first "
+                                       "and rebuilds a damaged store where its folder can be written")
+        out = torch.from_numpy(np.ascontiguousarray(rows[ids]))
         return out.view(torch.bfloat16) if self.dtype == "bfloat16" else out
 
     def __getstate__(self):

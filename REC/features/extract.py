@@ -36,6 +36,7 @@ from ..data import load_interactions
 from ..data.cover_batches import check_covers, cover_lmdb_path
 from ..data.covers import CoverStore
 from ..utils.files import sidecar, write_text_atomic
+from ..utils.integrity import checksum_record, npy_layout
 from ..utils.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -342,10 +343,13 @@ def _open_partial(files: dict[str, Path], settings: dict, restart: bool) -> int:
 
 
 def _finish(output: Path, files: dict[str, Path], settings: dict, tokens) -> None:
-    """Sidecars first, then the atomic rename: a reader that finds ``output`` also finds what its rows are."""
+    """Sidecars first, then the atomic rename: a reader that finds ``output`` also finds what its rows are, and
+    the CRC-32s of its bytes, which the ViNet reader checks (``REC.model.ViNet.feature_table``)."""
     write_text_atomic(files["items"], "\n".join(tokens.to_list()) + "\n")
+    offset, _, _ = npy_layout(files["partial"], tuple(settings["shape"]), np.float32)
     meta = {"format": FORMAT, "version": VERSION, **settings, "items_file": files["items"].name,
-            "rows": "row i = internal item id i (first appearance in the CSV); row 0 = padding, zeros"}
+            "rows": "row i = internal item id i (first appearance in the CSV); row 0 = padding, zeros",
+            "checksum": checksum_record(files["partial"], offset)}
     write_text_atomic(files["meta"], json.dumps(meta, indent=1))
     os.replace(files["partial"], output)
     files["progress"].unlink(missing_ok=True)

@@ -20,21 +20,23 @@ class DatasetInfo:
 
     def __init__(self, item_num: int, user_num: int, train_items: np.ndarray | None = None,
                  train_groups: tuple[np.ndarray, np.ndarray] | None = None, shapes_only: bool = False,
-                 negative_pool: np.ndarray | None = None):
+                 negative_pool: np.ndarray | None = None, item_ids: str | None = None):
         """``train_items`` [n] grouped by user, ``train_groups`` (users [u], offsets [u + 1]) saying whose they are:
         the split's own compact form (``Split.train_users`` / ``train_indptr``). ``negative_pool``: the items a
         training negative may be (``Split.negative_pool()``: all but a cold-start protocol's held-out items;
-        None for every item)."""
+        None for every item). ``item_ids``: the identity of the run's item order (``TokenTable.digest()``), which
+        a per-item file made for another dataset (or another version of it) does not have."""
         self.item_num, self.user_num, self.train_items = item_num, user_num, train_items
+        self.item_ids = item_ids
         self._train_groups = train_groups
         self.shapes_only = shapes_only
         self.negative_pool = negative_pool
 
     @classmethod
-    def from_split(cls, split, shapes_only: bool = False) -> "DatasetInfo":
+    def from_split(cls, split, shapes_only: bool = False, item_ids: str | None = None) -> "DatasetInfo":
         return cls(split.item_num, split.user_num, train_items=split.train_items,
                    train_groups=(split.train_users, split.train_indptr), shapes_only=shapes_only,
-                   negative_pool=split.negative_pool())
+                   negative_pool=split.negative_pool(), item_ids=item_ids)
 
     @classmethod
     def from_pairs(cls, item_num: int, user_num: int, users: np.ndarray, items: np.ndarray) -> "DatasetInfo":

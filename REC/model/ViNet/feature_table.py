@@ -6,13 +6,19 @@ Not a model (no ``@register_model``): the ViNet models share the loader and the 
 """
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ...utils.files import sidecar
+from ...utils.integrity import DamagedFileError, npy_layout, verify_file
 from ..base import key_source
+
+log = logging.getLogger(__name__)
 
 FEATURE_KEY = "v_feat_path"
 
@@ -27,14 +33,62 @@ def _describe_ndim(ndim: tuple[int, ...]) -> str:
     return " or ".join(shapes.get(n, f"{n}-d") for n in ndim)
 
 
+_VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime): checked in this process already
+
+
+def feature_sidecar(path: Path) -> dict | None:
+    """``F.json`` written with ``F.npy`` by ``python -m REC.features`` (what the rows were made for and their
+    CRC-32s), or its earlier name ``F.npy.json``; None for a file made by other tools."""
+    for meta_path in (sidecar(path, "json"), Path(f"{path}.json")):
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise FeatureFileError(f"{meta_path}, the description of {path}, cannot be read ({exc}); extract "
+                                       f"the features again (python -m REC.features)") from None
+            return meta if isinstance(meta, dict) else None
+    return None
+
+
+def check_feature_file(path: Path, where: str, item_ids: str | None) -> None:
+    """The file's layout, what it was made for and its bytes (once per process and file version): a file made for
+    another dataset with the same number of items, or one damaged after it was written, is an error naming it."""
+    redo = "extract the features again (python -m REC.features)"
+    try:
+        npy_layout(path)
+    except DamagedFileError as exc:
+        raise FeatureFileError(f"{where}: {exc.why}; {redo}") from None
+    meta = feature_sidecar(path)
+    if meta is None:
+        log.warning("%s has no description beside it (%s): what dataset its rows were made for and whether its "
+                    "bytes are intact cannot be checked", where, sidecar(path, "json").name)
+        return
+    made_for = meta.get("items_sha256")
+    if item_ids is not None and made_for is not None and made_for != item_ids:
+        raise FeatureFileError(f"{where} was extracted for dataset {meta.get('dataset')!r} with another item list "
+                               f"(items_sha256 {made_for[:12]}..., this run's {item_ids[:12]}...): its rows are other "
+                               f"items, or the same ones in another order; {redo} for this dataset")
+    stat = path.stat()
+    version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if "checksum" not in meta or _VERIFIED.get(version):
+        return
+    try:
+        verify_file(path, meta["checksum"], redo)
+    except DamagedFileError as exc:
+        raise FeatureFileError(f"{where}: {exc.why}") from None
+    _VERIFIED[version] = True
+
+
 def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[int, ...] = (2,),
                        expected_width: int | None = None, key: str = FEATURE_KEY,
-                       shapes_only: bool = False) -> torch.Tensor:
+                       shapes_only: bool = False, item_ids: str | None = None) -> torch.Tensor:
     """The float32 table ``[item_num, ..., D]`` of ``path``, checked against the dataset and the model.
 
     ``ndim``: the numbers of dimensions the model accepts; ``expected_width``: the last dimension D the model was
     configured for (None: any). ``shapes_only`` (the launcher's preflight): only the header is read and a meta
     tensor of the right shape comes back, so a bad file fails before any process starts at no cost.
+    ``item_ids`` (``DatasetInfo.item_ids``): the run's item order, checked against the one the file was made for;
+    the file's CRC-32s are checked once per process (``check_feature_file``).
     A float32 file is memory-mapped copy-on-write, not read: pages load as rows are used, and several processes
     on one machine share them through the page cache.
     """
@@ -46,6 +100,7 @@ def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[in
     if not path.is_file():
         raise FeatureFileError(f"{where} does not exist (resolved: {path.resolve()}); relative paths are relative to "
                                f"the working directory, and the features must be extracted for this dataset first")
+    check_feature_file(path, where, item_ids)
     try:
         array = np.load(path, mmap_mode="c", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -108,7 +163,7 @@ def feature_table_from_config(config, info, *, ndim: tuple[int, ...] = (2,), on_
     when that is set; an error starts with where ``v_feat_path`` was set."""
     try:
         table = load_item_features(config[FEATURE_KEY], info.item_num, ndim=ndim, expected_width=config["v_feat_dim"],
-                                   shapes_only=info.shapes_only)
+                                   shapes_only=info.shapes_only, item_ids=getattr(info, "item_ids", None))
     except FeatureFileError as exc:
         raise FeatureFileError(f"{key_source(config, FEATURE_KEY)}: {exc}") from None
     return FeatureTable(table, on_host=on_host)

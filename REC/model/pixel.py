@@ -117,8 +117,13 @@ class CoverItems(nn.Module):
         """What ``encoder_cache: setting`` means for this encoder: auto stores the prefix exactly where that
         changes nothing; on also where it changes something (with a warning); off never."""
         frozen = getattr(self.visual_encoder, "frozen_units", None)
+        adaptation = getattr(self.visual_encoder, "adaptation", "blocks")
         if setting == "off":
-            return PrefixPlan(False, "encoder_cache is off")
+            return PrefixPlan(False, "encoder_cache is off" + (
+                f" (adaptation {adaptation}: the frozen encoder then runs at every step, in evaluation mode)"
+                if adaptation != "blocks" else ""))
+        if adaptation != "blocks":  # the rung is defined by its store: the state is exact (evaluation mode)
+            return PrefixPlan(True, f"adaptation {adaptation}: the whole encoder is frozen", frozen)
         if frozen is None:
             return PrefixPlan(False, "the encoder has no frozen front to store (its stem trains, or it cannot be cut "
                                      "at its blocks)")
@@ -138,8 +143,10 @@ class CoverItems(nn.Module):
         """Everything the stored prefix depends on, for the store's key; the frozen weights enter by their hash,
         so pretrained files, hub weights and seeded random ones are told apart alike."""
         enc = self.visual_encoder
+        adaptation = getattr(enc, "adaptation", "blocks")
+        rung = {} if adaptation == "blocks" else {"adaptation": adaptation, "readout": enc.readout}  # what it stores
         return dict(encoder=enc.name, frozen_units=enc.frozen_units, weights=enc.prefix_digest(),
-                    cover_size=list(self.cover_size), mean=list(self.mean), std=list(self.std))
+                    cover_size=list(self.cover_size), mean=list(self.mean), std=list(self.std), **rung)
 
     @contextmanager
     def batch_source(self, cover_ids: torch.Tensor, inputs: dict[str, torch.Tensor]):

@@ -55,12 +55,28 @@ class Stages:
     Cutting there lets a frozen prefix (the stem and the first blocks) run once per item instead of once per
     step (``REC.model.encoders.item_encoder``). ``stem_modules`` and ``units`` are what the prefix may contain, so
     what could make it non-deterministic in training mode can be looked for in them.
+
+    ``state`` pools a unit's output to one vector per image (the class token, or the mean over positions) and
+    ``widths`` gives its width after each unit: what ``adaptation: side`` stores per block. None where a backbone
+    does not say (that rung then refuses it).
     """
 
     stem: Callable[[torch.Tensor], torch.Tensor]
     stem_modules: tuple[nn.Module, ...]
     units: Sequence[nn.Module]
     finish: Callable[[torch.Tensor], torch.Tensor]
+    state: Callable[[torch.Tensor], torch.Tensor] | None = None
+    widths: tuple[int, ...] | None = None
+
+
+def mean_over_positions(x: torch.Tensor) -> torch.Tensor:
+    """[n, C, H, W] -> [n, C]: a convolutional block's state, for ``adaptation: side``."""
+    return x.mean(dim=(2, 3))
+
+
+def class_token(x: torch.Tensor) -> torch.Tensor:
+    """[n, tokens, width] -> [n, width]: a transformer block's state (token 0), for ``adaptation: side``."""
+    return x[:, 0]
 
 
 def training_randomness(modules) -> list[str]:

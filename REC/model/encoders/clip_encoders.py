@@ -17,7 +17,7 @@ from torch import nn
 
 from REC.config import ConfigError
 
-from .backbone import Backbone, BlockLayout, Stages
+from .backbone import Backbone, BlockLayout, Stages, class_token, mean_over_positions
 from .registry import register_encoder
 from .weights import Weights, read_state_dict
 
@@ -96,7 +96,8 @@ class ClipResNet(Backbone):
         v = self.net
         stem = (v.conv1, v.bn1, v.act1, v.conv2, v.bn2, v.act2, v.conv3, v.bn3, v.act3, v.avgpool)
         units = [block for s in (v.layer1, v.layer2, v.layer3, v.layer4) for block in s]
-        return Stages(v.stem, stem, units, self._finish)
+        return Stages(v.stem, stem, units, self._finish, state=mean_over_positions,
+                      widths=tuple(b.bn3.num_features for b in units))
 
 
 def attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +181,8 @@ class ClipViT(Backbone):
         v = self.net
         if not v.transformer.batch_first:  # the blocks would expect [tokens, n, width]
             return None
-        return Stages(self._stem, (v.conv1, v.patch_dropout, v.ln_pre), list(v.transformer.resblocks), self._finish)
+        return Stages(self._stem, (v.conv1, v.patch_dropout, v.ln_pre), list(v.transformer.resblocks), self._finish,
+                      state=class_token, widths=(v.transformer.width,) * len(v.transformer.resblocks))
 
 
 # The original's trainable windows over OpenAI's parameter order are whole bottleneck blocks:

@@ -27,6 +27,8 @@ class ItemEncoder(nn.Module):
     ``frozen_units`` is how many blocks the prefix holds, None when nothing at the front is frozen.
     """
 
+    adaptation = "blocks"  # the rung of the adaptation ladder (``ADAPTATIONS``); the subclasses below are the others
+
     def __init__(self, name: str, backbone: Backbone, head: nn.Module, readout: str, channels_last: bool,
                  grad_checkpointing: bool = False):
         super().__init__()
@@ -144,6 +146,146 @@ class ItemEncoder(nn.Module):
         return f"name={self.name!r}, readout={self.readout!r}"
 
 
+class FrozenBackboneEncoder(ItemEncoder):
+    """Base of the rungs that freeze the whole backbone (``adaptation: frozen | side``): ``prefix`` is a state per
+    item computed once (the store), ``from_prefix`` the small trainable part, so a training step runs no encoder.
+
+    The backbone always runs in evaluation mode here, also inside a training run (BatchNorm reads its running
+    statistics, no stochastic depth): the state is then a function of the cover alone, so the stored and the
+    computed states are the same and the store is exact."""
+
+    requires_store = True
+
+    def __init__(self, name: str, backbone: Backbone, head: nn.Module, readout: str, channels_last: bool):
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        super().__init__(name, backbone, head, readout, channels_last)
+        self.frozen_units = len(self._stages.units) if self._stages is not None else 0
+        self.backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def prefix_randomness(self) -> list[str]:
+        return []  # the backbone runs in evaluation mode in training too
+
+    def prefix_digest(self) -> str:
+        """Every parameter and buffer of the backbone: all of it computes the stored state."""
+        digest = hashlib.blake2b(digest_size=16)
+        tensors = [*self.backbone.net.named_parameters(), *self.backbone.net.named_buffers()]
+        for name, t in sorted(tensors, key=lambda kv: kv[0]):
+            digest.update(name.encode())
+            digest.update(t.detach().to("cpu").reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.from_prefix(self.prefix(images))
+
+
+class FrozenEncoder(FrozenBackboneEncoder):
+    """``adaptation: frozen``: the backbone's pooled output (``Backbone.pooled``: the readout as a head receives
+    it, the mean of the tokens for the per-token ``mean`` readout) is stored; only the projection head trains."""
+
+    adaptation = "frozen"
+
+    def prefix(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.pooled(self._layout_for_device(images))
+
+    def from_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+class SideNetwork(nn.Module):
+    """A small network beside the frozen backbone (after IISAN, SIGIR'24): block l's pooled state x_l is projected
+    to the side width and folded into a running state, ``h_l = h_{l-1} + sigmoid(g_l) * MLP_l(LN_l(h_{l-1} +
+    P_l x_l))`` from ``h_0 = 0``, so the side network learns which depths of the encoder matter for the items; the
+    result is LayerNormed for the head. ``g_l`` starts at 0 (every block weighs one half)."""
+
+    def __init__(self, widths: tuple[int, ...], width: int):
+        super().__init__()
+        self.widths, self.width = tuple(int(w) for w in widths), int(width)
+        self.down = nn.ModuleList(nn.Linear(w, width) for w in self.widths)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in self.widths)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+                                    for _ in self.widths)
+        self.gates = nn.Parameter(torch.zeros(len(self.widths)))
+        self.out_norm = nn.LayerNorm(width)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        h = states.new_zeros(states.shape[0], self.width)
+        for i, x in enumerate(states.split(self.widths, dim=-1)):
+            h = h + torch.sigmoid(self.gates[i]) * self.blocks[i](self.norms[i](h + self.down[i](x)))
+        return self.out_norm(h)
+
+
+class SideEncoder(FrozenBackboneEncoder):
+    """``adaptation: side``: each block's pooled state (``Stages.state``: the class token, or the mean over
+    positions) is stored, concatenated, ``sum(widths)`` numbers per item; the side network and the head train."""
+
+    adaptation = "side"
+
+    def __init__(self, name: str, backbone: Backbone, head: nn.Module, readout: str, channels_last: bool,
+                 side: SideNetwork):
+        super().__init__(name, backbone, head, readout, channels_last)
+        self.side = side
+
+    def prefix(self, images: torch.Tensor) -> torch.Tensor:
+        st = self._stages
+        x = st.stem(self._layout_for_device(images))
+        states = []
+        for unit in st.units:
+            x = unit(x)
+            states.append(st.state(x))
+        return torch.cat(states, dim=-1)
+
+    def from_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.side(x))
+
+
+def _build_blocks(config, backbone: Backbone, spec, name: str, readout: str, out_dim: int) -> ItemEncoder:
+    blocks = config["encoder_trainable_blocks"]
+    n = spec.trainable_blocks if blocks is None else int(blocks)
+    set_trainable_blocks(backbone, n, name, _where(config, "encoder_trainable_blocks"))
+    head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
+                           config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
+    encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
+    layout = backbone.block_layout()
+    encoder.how = "everything trains" if n == -1 else f"the last {n} of {len(layout.units)} blocks train"
+    return encoder
+
+
+def _build_frozen(config, backbone: Backbone, spec, name: str, readout: str, out_dim: int) -> ItemEncoder:
+    head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
+                           config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
+    encoder = FrozenEncoder(name, backbone, head, readout, config["channels_last"])
+    encoder.how = f"adaptation frozen: the encoder is frozen, its pooled {backbone.width}-d output is stored"
+    return encoder
+
+
+def _build_side(config, backbone: Backbone, spec, name: str, readout: str, out_dim: int) -> ItemEncoder:
+    stages = backbone.stages()
+    if stages is None or stages.state is None or stages.widths is None:
+        able = ", ".join(ADAPTATION_ENCODERS["side"])
+        raise ConfigError(f"{_where(config, 'adaptation')} = 'side': encoder {name} cannot be cut at its blocks with "
+                          f"a pooled state per block; side supports {able}")
+    width = int(config["side_width"])
+    head = projection_head(width, list(config["encoder_head_layers"]), out_dim, config["encoder_head_activation"],
+                           xavier=True)
+    encoder = SideEncoder(name, backbone, head, readout, config["channels_last"], SideNetwork(stages.widths, width))
+    encoder.how = (f"adaptation side: the encoder is frozen, the pooled state of each of its {len(stages.widths)} "
+                   f"blocks is stored ({sum(stages.widths)} numbers per item), a side network of width {width} trains")
+    return encoder
+
+
+# adaptation -> builder of the item encoder (config, backbone, spec, name, readout, out_dim); one entry per rung
+ADAPTATIONS = {"blocks": _build_blocks, "frozen": _build_frozen, "side": _build_side}
+# which encoders each rung takes, for the docs and the refusal (frozen: every encoder; its pooled output)
+ADAPTATION_ENCODERS = {"side": ("clip_vit_b32", "clip_rn50", "clip_rn50x4", "clip_rn50x16", "clip_rn50x64",
+                                "resnet50")}
+
+
 def _where(config, key: str) -> str:
     source = getattr(config, "source_of", None)
     return f"{source(key)}: key '{key}'" if source else f"key '{key}'"
@@ -182,16 +324,14 @@ def build_item_encoder(config, out_dim: int, shapes_only: bool = False) -> ItemE
                     _where(config, "encoder_weights"), name)
     backbone = spec.build(readout, weights)
     _check_image_size(config, backbone, name)
-
-    blocks = config["encoder_trainable_blocks"]
-    n = spec.trainable_blocks if blocks is None else int(blocks)
-    set_trainable_blocks(backbone, n, name, _where(config, "encoder_trainable_blocks"))
-    head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
-                           config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
-    encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
-    layout = backbone.block_layout()
-    frozen = "everything trains" if n == -1 else f"the last {n} of {len(layout.units)} blocks train"
+    adaptation = config.get("adaptation") or "blocks"  # absent from the plain dicts that build encoders alone
+    encoder = ADAPTATIONS[adaptation](config, backbone, spec, name, readout, out_dim)
     log.info("item encoder %s (%s, %s readout, width %d; %s): %d of %d parameters trainable",
-             name, spec.backbone, readout, backbone.width, frozen,
+             name, spec.backbone, readout, backbone.width, encoder.how,
              encoder.trainable_parameters(), encoder.total_parameters())
+    if adaptation != "blocks" and training_randomness([backbone.net]):
+        log.info("adaptation %s: the frozen encoder runs in evaluation mode, also in training (its %s would "
+                 "otherwise make its states depend on the batch), so its stored states equal the computed ones",
+                 adaptation,
+                 ", ".join(training_randomness([backbone.net])))
     return encoder

@@ -14,7 +14,7 @@ from torch import nn
 
 from REC.config import ConfigError
 
-from .backbone import Backbone, BlockLayout, NoFeatureMapError, Stages
+from .backbone import Backbone, BlockLayout, NoFeatureMapError, Stages, mean_over_positions
 from .registry import EncoderSpec, UnknownEncoderError, register_encoder, register_encoder_family
 from .weights import Weights
 
@@ -130,7 +130,8 @@ def _resnet_stages(b: TimmBackbone) -> Stages:
     def run_stem(x):
         return net.maxpool(net.act1(net.bn1(net.conv1(x))))
     units = [block for s in (net.layer1, net.layer2, net.layer3, net.layer4) for block in s]
-    return Stages(run_stem, stem, units, b.read)
+    widths = tuple((getattr(u, "bn3", None) or u.bn2).num_features for u in units)  # bottleneck or basic block
+    return Stages(run_stem, stem, units, b.read, state=mean_over_positions, widths=widths)
 
 
 def _swin_stages(b: TimmBackbone) -> Stages:

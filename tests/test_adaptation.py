@@ -1,0 +1,121 @@
+"""The adaptation ladder's store-based rungs (``adaptation: frozen | side``, REC/model/encoders/item_encoder.py):
+what trains, that a training step from the store runs no encoder, that the stored states are the encoder's own
+(fp32, computed in training mode), that each trains and ranks, and that an encoder a rung cannot take is refused.
+
+Real encoders with random weights on the 12-item log of tests/test_encoder_cache.py: CLIP ViT-B/32 (224 px) and
+timm's ResNet-50 (32 px covers, its BatchNorm frozen in evaluation mode)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from REC.config import ConfigError
+from REC.data.cover_batches import ItemCoverBatches
+from REC.data.covers import CoverStore
+from REC.encoder_cache import attach_prefix_store
+from REC.evaluator import FullRankingEvaluator
+from REC.model import create_model
+from REC.configure import build_config
+
+from .conftest import run_main, train_steps
+from .test_encoder_cache import CPU, SMALL, log, tiny  # noqa: F401
+
+ENCODERS = {"clip_vit_b32": ("overall/ViT.yaml", []), "resnet50": ("overall/ResNet50.yaml", ["--image_size=32"])}
+
+
+def config_for(data, store_dir, encoder, rung, *extra):
+    overall, more = ENCODERS[encoder]
+    return build_config(["PixelNet/sasrec.yaml", overall],
+                        [f"--data_path={data}", "--dataset=Tiny", "--encoder_pretrained=false", *SMALL, *more,
+                         f"--adaptation={rung}", "--side_width=16", "--train_batch_size=4", "--cover_batch_size=16",
+                         "--num_workers=0", "--show_progress=false", f"--encoder_cache_dir={store_dir}", *extra])
+
+
+def expected_trainable(encoder_module, rung, d=32, side=16) -> int:
+    """The head (and the side network) by hand: nothing of the backbone trains."""
+    width = encoder_module.backbone.width
+    if rung == "frozen":
+        return width * d + d
+    widths = encoder_module.stages.widths
+    per_block = side * side * 2 + side * 2 + 2 * side  # the MLP's two Linears, the block's LayerNorm
+    return sum(w * side + side for w in widths) + len(widths) * per_block + len(widths) + 2 * side + side * d + d
+
+
+@pytest.mark.parametrize("rung", ["frozen", "side"])
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_a_store_rung_trains_its_small_part_from_stored_states_and_ranks(log, tmp_path, encoder, rung):
+    """With the many-negative loss (cosine: random encoders give item vectors so large that the paper's BPR loss
+    is saturated at 0 from the first step)."""
+    cfg = config_for(log.data, tmp_path, encoder, rung, "--loss=sampled_softmax", "--similarity=cosine",
+                     "--num_negatives=4", "--temperature=0.1")
+    torch.manual_seed(0)
+    model = create_model("MOSASRec", cfg, log.info)
+    items = model.cover_items_module
+    enc = items.visual_encoder
+    assert enc.adaptation == rung and not any(p.requires_grad for p in enc.backbone.parameters())
+    assert enc.trainable_parameters() == expected_trainable(enc, rung)
+    covers = CoverStore(log.data / "covers.lmdb", log.inter.item_tokens)
+    store = attach_prefix_store(cfg, model, log.inter, log.split, CPU, covers)
+    assert store is not None and store.complete
+    ids = np.arange(1, log.split.item_num)
+    model.train()  # the states are the encoder's in training mode too: it stays in evaluation mode
+    direct = items.prefix_of_covers(torch.from_numpy(covers.get(ids)))
+    torch.testing.assert_close(store.rows(ids), direct, rtol=1e-5, atol=1e-5)
+    width = enc.backbone.width if rung == "frozen" else sum(enc.stages.widths)
+    assert store.shape == (width,)
+
+    calls = []
+    hook = enc.backbone.net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        from REC.run import training_batches
+        batches = training_batches(model, log.split, cfg, covers)
+        batches.prefix = store
+        batch = batches[0]
+        assert "covers" not in batch and batch["cover_prefix"].shape[1:] == (width,)
+        losses = train_steps(model, batch, steps=4, lr=1e-2)
+        assert calls == []  # no encoder forward (and so no backward) in a training step
+        assert losses[-1] < losses[0], losses
+        model.eval()
+        evaluator = FullRankingEvaluator(["Recall"], [5], 7, CPU, item_covers=ItemCoverBatches(
+            covers, log.split.item_num, 8, prefix=store))
+        with torch.no_grad():
+            table = evaluator.encode_all_covers(model)
+        assert calls == [] and table.shape == (log.split.item_num, 32) and torch.isfinite(table).all()
+        assert not torch.allclose(table[1], table[2])
+    finally:
+        hook.remove()
+
+
+def test_side_refuses_an_encoder_it_cannot_cut(log, tmp_path):
+    cfg = build_config(["PixelNet/sasrec.yaml", "overall/ResNet50.yaml"],
+                       [f"--data_path={log.data}", "--dataset=Tiny", "--encoder_pretrained=false",
+                        "--encoder=timm/test_resnet", "--adaptation=side", *SMALL])
+    with pytest.raises(ConfigError, match=r"key 'adaptation' = 'side': encoder timm/test_resnet cannot be cut .* "
+                                          r"side supports clip_vit_b32, .*resnet50"):
+        create_model("MOSASRec", cfg, log.info)
+
+
+def test_side_runs_end_to_end_and_evaluate_reproduces_it(log, tmp_path):
+    """main.py with adaptation side (ResNet-50, BatchNorm in evaluation mode), then REC.evaluate on its best.pth:
+    the same test metrics, the store reused."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+    args = ["--config_file", "PixelNet/sasrec.yaml", "overall/ResNet50.yaml", f"--data_path={log.data}",
+            "--dataset=Tiny", "--encoder_pretrained=false", "--image_size=32", "--adaptation=side", "--side_width=16",
+            *SMALL, "--epochs=2", "--num_workers=0", "--show_progress=false", f"--encoder_cache_dir={tmp_path / 's'}",
+            f"--output_dir={tmp_path}"]
+    run = run_main(args)
+    said = run.proc.stdout + run.proc.stderr
+    assert "adaptation side: the encoder is frozen, the pooled state of each of its 16 blocks" in said
+    assert "encoder_cache: building" in said
+    result = run.result
+    ev = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run.run_dir)], cwd=ROOT, capture_output=True,
+                        text=True)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert "encoder_cache: reusing" in ev.stdout + ev.stderr
+    got = json.loads(ev.stdout[ev.stdout.index("{"):])
+    assert got["test"]["ndcg@10"] == pytest.approx(result["test"]["ndcg@10"], abs=1e-6)

@@ -78,12 +78,13 @@ class PhaseClock:
         return {k: round(v / total, 3) for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
 
 
-def speed(folder: Path, args, precision: str, cache: str) -> dict:
+def speed(folder: Path, args, precision: str, cache: str, adaptation: str = "blocks") -> dict:
     cfg = build_config(["PixelNet/sasrec.yaml", "overall/ViT.yaml"],
                        [f"--data_path={folder}", "--dataset=Vis", f"--train_batch_size={args.batch}",
                         f"--precision={precision}", f"--embedding_size={args.embedding}", f"--encoder_cache={cache}",
                         f"--encoder_cache_dir={folder / 'prefix'}", f"--cover_batch_size={args.cover_batch}",
-                        f"--encoder_grad_checkpointing={args.grad_checkpointing}", *encoder_args(args)])
+                        f"--encoder_grad_checkpointing={args.grad_checkpointing}", f"--adaptation={adaptation}",
+                        *encoder_args(args)])
     inter = load_interactions(str(folder), "Vis")
     split = leave_one_out(inter)
     device = torch.device(args.device)
@@ -91,7 +92,7 @@ def speed(folder: Path, args, precision: str, cache: str) -> dict:
     model = create_model("MOSASRec", cfg, DatasetInfo.from_split(split)).to(device)
     items = model.cover_items_module
     store = CoverStore(folder / "covers.lmdb", inter.item_tokens)
-    out = {"precision": precision, "encoder_cache": cache}
+    out = {"adaptation": adaptation, "precision": precision, "encoder_cache": cache}
     prefix = None
     if cache == "on":
         plan = items.prefix_plan("on")
@@ -108,6 +109,8 @@ def speed(folder: Path, args, precision: str, cache: str) -> dict:
                                          pin_memory=device.type == "cuda")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     clock = PhaseClock(device)
+    backbone_calls = []
+    hook = items.visual_encoder.backbone.net.register_forward_hook(lambda *a: backbone_calls.append(1))
     enc = items.visual_encoder
     if enc.frozen_units is not None:
         enc.prefix = clock.wrap(enc.prefix, "encoder forward, frozen prefix")
@@ -141,6 +144,8 @@ def speed(folder: Path, args, precision: str, cache: str) -> dict:
         covers += len(batch["cover_ids"])
     clock.sync()
     train_s = time.perf_counter() - t0
+    hook.remove()
+    out["encoder_forwards_in_training"] = len(backbone_calls)
     encoder = sum(v for k, v in clock.seconds.items() if k.startswith("encoder"))
     clock.seconds["model forward, recommender and lookups"] = clock.seconds.pop("model forward (all)") - encoder
     clock.seconds["other (batch to device, zero_grad)"] = train_s - sum(clock.seconds.values())
@@ -160,7 +165,7 @@ def speed(folder: Path, args, precision: str, cache: str) -> dict:
     clock.sync()
     eval_s = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else None
-    out.update({"sequences_per_s": round(seqs / train_s, 3), "covers_per_s": round(covers / train_s, 1),
+    out.update({"s_per_step": round(train_s / args.steps, 3), "sequences_per_s": round(seqs / train_s, 3), "covers_per_s": round(covers / train_s, 1),
                 "distinct_covers_per_batch": round(covers / args.steps, 1),
                 "eval_s_per_1k_items": round(eval_s / (split.item_num - 1) * 1e3, 2),
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
@@ -182,12 +187,14 @@ def cold(folder: Path, args, out: Path) -> dict:
         "Pop": run(["--config_file", "IDNet/pop.yaml", "overall/ID.yaml", *common]),
         "IDNet SASRec": run(["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", *common, *small,
                              "--optim_args={learning_rate: 1.0e-3, weight_decay: 0.1}"]),
-        "PixelNet SASRec": run(["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", *common, *small,
-                                *encoder_args(args), "--num_workers=0", "--train_batch_size=64",
-                                "--optim_args.modal_lr=2e-3", "--optim_args.rec_lr=1e-3"]),
+        **{f"PixelNet SASRec, adaptation {a}": run(
+            ["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", *common, *small, *encoder_args(args),
+             "--num_workers=0", "--train_batch_size=64", "--optim_args.modal_lr=2e-3", "--optim_args.rec_lr=1e-3",
+             f"--adaptation={a}", f"--encoder_cache_dir={folder / 'prefix'}"])
+           for a in args.adaptation.split(",")},
     }
-    return {name: {**r["test"], "best_epoch": r["best_epoch"], "s_per_epoch": r["seconds_per_epoch"]}
-            for name, r in results.items()}
+    return {name: {**r["test"], "valid": r["best_valid"], "best_epoch": r["best_epoch"],
+                   "s_per_epoch": r["seconds_per_epoch"]} for name, r in results.items()}
 
 
 def main() -> None:
@@ -214,29 +221,37 @@ def main() -> None:
     p.add_argument("--image_size", type=int, default=None, help="side the encoder sees (default: --cover)")
     p.add_argument("--embedding", type=int, default=512, help="embedding_size of the recommender")
     p.add_argument("--grad_checkpointing", default="false")
-    p.add_argument("--one", nargs=3, metavar=("FOLDER", "PRECISION", "CACHE"), help=argparse.SUPPRESS)
+    p.add_argument("--adaptation", default="blocks",
+                   help="rungs of the adaptation ladder to measure, among blocks, frozen and side (these two with "
+                        "the store only)")
+    p.add_argument("--one", nargs=4, metavar=("FOLDER", "PRECISION", "CACHE", "ADAPTATION"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:  # a child process: one setting, one JSON line
-        print(json.dumps(speed(Path(args.one[0]), args, args.one[1], args.one[2])), flush=True)
+        print(json.dumps(speed(Path(args.one[0]), args, args.one[1], args.one[2], args.one[3])), flush=True)
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_data(folder, args)
         print(f"device {args.device}, encoder {args.encoder} at {args.cover} px, batch {args.batch} sequences, "
               f"{args.users} users, {args.items + args.cold} items", flush=True)
-        for precision in args.precisions.split(","):
-            for cache in args.encoder_cache.split(","):
-                child = subprocess.run([sys.executable, "-m", "bench.bench_pixelnet", *sys.argv[1:], "--one",
-                                        str(folder), precision, cache], cwd=ROOT, capture_output=True, text=True)
-                if child.returncode:
-                    raise SystemExit(child.stderr[-3000:])
-                print(child.stdout.strip().splitlines()[-1], flush=True)
+        for adaptation in args.adaptation.split(","):
+            for precision in args.precisions.split(","):
+                for cache in args.encoder_cache.split(","):
+                    if adaptation != "blocks" and cache == "off":
+                        continue  # the frozen rungs are defined by their store
+                    child = subprocess.run([sys.executable, "-m", "bench.bench_pixelnet", *sys.argv[1:], "--one",
+                                            str(folder), precision, cache, adaptation], cwd=ROOT,
+                                           capture_output=True, text=True)
+                    if child.returncode:
+                        raise SystemExit(child.stderr[-3000:])
+                    print(child.stdout.strip().splitlines()[-1], flush=True)
         if not args.skip_cold:
             chance = 10 / (args.items + args.cold)
             print(f"cold items (every test item never seen in training); chance recall@10 ~ {chance:.4f}")
             for name, r in cold(folder, args, folder / "runs").items():
-                print(f"  {name:16s} recall@10 {r['recall@10']:.4f}  ndcg@10 {r['ndcg@10']:.4f}  "
-                      f"best epoch {r['best_epoch']}  s/epoch {r['s_per_epoch']}")
+                valid = (r["valid"] or {}).get("recall@10", float("nan"))
+                print(f"  {name:36s} valid recall@10 {valid:.4f}  test recall@10 {r['recall@10']:.4f}  "
+                      f"ndcg@10 {r['ndcg@10']:.4f}  best epoch {r['best_epoch']}  s/epoch {r['s_per_epoch']}")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,87 @@ def test_side_runs_end_to_end_and_evaluate_reproduces_it(log, tmp_path):
     assert "encoder_cache: reusing" in ev.stdout + ev.stderr
     got = json.loads(ev.stdout[ev.stdout.index("{"):])
     assert got["test"]["ndcg@10"] == pytest.approx(result["test"]["ndcg@10"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ lora
+def lora_model(log, tmp_path, encoder, *extra):
+    """With the many-negative loss (cosine), for the reason of the store rungs' test."""
+    cfg = config_for(log.data, tmp_path, encoder, "lora", "--lora_rank=4", "--loss=sampled_softmax",
+                     "--similarity=cosine", "--num_negatives=4", "--temperature=0.1", *extra)
+    torch.manual_seed(0)
+    return cfg, create_model("MOSASRec", cfg, log.info)
+
+
+@torch.no_grad()
+def live_branches(enc) -> None:
+    """timm zero-initialises each ResNet block's last BatchNorm scale (random weights only), so the branch, and
+    its adapters' gradient, would be zero; pretrained weights are not. A no-op for the ViT."""
+    for name, m in enc.backbone.net.named_modules():
+        if name.endswith("bn3"):
+            m.weight.fill_(1.0)
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_lora_counts_merges_to_the_same_scores_and_trains_from_the_blocks_store(log, tmp_path, encoder):
+    from REC.model.encoders.lora import LowRankDelta, merge_adapters
+    extra = ["--encoder_trainable_blocks=2"]
+    cfg, model = lora_model(log, tmp_path, encoder, *extra)
+    items = model.cover_items_module
+    enc = items.visual_encoder
+    live_branches(enc)
+    deltas = [m for m in enc.modules() if isinstance(m, LowRankDelta)]
+    # rank r on a weight [out, in(, k, k)] trains r * (in * k * k + out) numbers; plus the head (width x d + d)
+    adapters = sum(4 * (d.A.shape[1] + d.B.shape[0]) for d in deltas)
+    assert enc.trainable_parameters() == adapters + enc.backbone.width * 32 + 32
+    assert all(not p.requires_grad for n, p in enc.backbone.named_parameters() if not n.endswith((".A", ".B")))
+    assert len(deltas) == (8 if encoder == "clip_vit_b32" else 6)  # 4 projections per ViT block, 3 convs per ResNet block
+    assert enc.frozen_units == len(enc.stages.units) - 2
+
+    # the store covers the blocks below the first adapted one: the blocks rung's store, shared, and exact
+    covers = CoverStore(log.data / "covers.lmdb", log.inter.item_tokens)
+    store = attach_prefix_store(config_for(log.data, tmp_path, encoder, "lora", "--lora_rank=4", "--encoder_cache=on",
+                                           *extra), model, log.inter, log.split, CPU, covers)
+    blocks_cfg = config_for(log.data, tmp_path, encoder, "blocks", *extra)
+    torch.manual_seed(0)
+    blocks = create_model("MOSASRec", blocks_cfg, log.info)
+    live_branches(blocks.cover_items_module.visual_encoder)
+    assert items.prefix_description() == blocks.cover_items_module.prefix_description()  # same rows, one store
+    ids = np.arange(1, log.split.item_num)
+    model.eval()
+    torch.testing.assert_close(store.rows(ids), items.prefix_of_covers(torch.from_numpy(covers.get(ids))),
+                               rtol=1e-5, atol=1e-5)
+
+    from REC.run import training_batches
+    batches = training_batches(model, log.split, cfg, covers)
+    batches.prefix = store
+    model.train()
+    losses = train_steps(model, batches[0], steps=6, lr=2e-3)
+    assert losses[-1] < losses[0], losses
+    assert any(d.B.abs().sum() > 0 for d in deltas)  # the adapters moved (B starts at zero)
+
+    model.eval()
+    some = torch.from_numpy(covers.get(ids[:5]))
+    with torch.no_grad():
+        adapted = items.encode(some)
+        for d in deltas:
+            d.B.zero_()
+        base = items.encode(some)
+    assert not torch.allclose(adapted, base, atol=1e-6)  # the adapters change the vectors...
+    losses = train_steps(model, batches[0], steps=2, lr=1e-2)  # ...and train again from B = 0
+    with torch.no_grad():
+        unmerged = items.encode(some)
+        assert merge_adapters(model) == len(deltas)
+        merged = items.encode(some)
+    assert not any(isinstance(m, LowRankDelta) for m in model.modules())
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)  # merged: the same scores
+
+
+def test_lora_refuses_what_it_cannot_adapt(log, tmp_path):
+    cfg = config_for(log.data, tmp_path, "resnet50", "lora", "--lora_targets=attention")
+    with pytest.raises(ConfigError, match=r"lora_targets' = 'attention': the last .* blocks of resnet50 hold no"):
+        create_model("MOSASRec", cfg, log.info)
+    cfg = build_config(["PixelNet/sasrec.yaml", "overall/ResNet50.yaml"],
+                       [f"--data_path={log.data}", "--dataset=Tiny", "--encoder_pretrained=false",
+                        "--encoder=timm/test_resnet", "--adaptation=lora", *SMALL])
+    with pytest.raises(ConfigError, match=r"adaptation' = 'lora': encoder timm/test_resnet has no block layout"):
+        create_model("MOSASRec", cfg, log.info)

@@ -118,11 +118,12 @@ class CoverItems(nn.Module):
         changes nothing; on also where it changes something (with a warning); off never."""
         frozen = getattr(self.visual_encoder, "frozen_units", None)
         adaptation = getattr(self.visual_encoder, "adaptation", "blocks")
+        whole = getattr(self.visual_encoder, "requires_store", False)  # frozen, side: the whole encoder is frozen
         if setting == "off":
             return PrefixPlan(False, "encoder_cache is off" + (
                 f" (adaptation {adaptation}: the frozen encoder then runs at every step, in evaluation mode)"
-                if adaptation != "blocks" else ""))
-        if adaptation != "blocks":  # the rung is defined by its store: the state is exact (evaluation mode)
+                if whole else ""))
+        if whole:  # the rung is defined by its store: the state is exact (evaluation mode)
             return PrefixPlan(True, f"adaptation {adaptation}: the whole encoder is frozen", frozen)
         if frozen is None:
             return PrefixPlan(False, "the encoder has no frozen front to store (its stem trains, or it cannot be cut "
@@ -143,8 +144,8 @@ class CoverItems(nn.Module):
         """Everything the stored prefix depends on, for the store's key; the frozen weights enter by their hash,
         so pretrained files, hub weights and seeded random ones are told apart alike."""
         enc = self.visual_encoder
-        adaptation = getattr(enc, "adaptation", "blocks")
-        rung = {} if adaptation == "blocks" else {"adaptation": adaptation, "readout": enc.readout}  # what it stores
+        # frozen and side store other states than the frozen front; lora's front is the blocks rung's, shared
+        rung = {"adaptation": enc.adaptation, "readout": enc.readout} if getattr(enc, "requires_store", False) else {}
         return dict(encoder=enc.name, frozen_units=enc.frozen_units, weights=enc.prefix_digest(),
                     cover_size=list(self.cover_size), mean=list(self.mean), std=list(self.std), **rung)
 

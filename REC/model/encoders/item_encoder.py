@@ -279,8 +279,44 @@ def _build_side(config, backbone: Backbone, spec, name: str, readout: str, out_d
     return encoder
 
 
+def _build_lora(config, backbone: Backbone, spec, name: str, readout: str, out_dim: int) -> ItemEncoder:
+    """The last ``encoder_trainable_blocks`` blocks get adapters (-1: every block); the base weights, the stem
+    and what follows the blocks stay frozen; the head trains. The frozen blocks below the first adapted one are
+    the frozen-prefix store's, as with ``blocks``."""
+    from .lora import add_adapters
+    layout = backbone.block_layout()
+    if layout is None:
+        raise ConfigError(f"{_where(config, 'adaptation')} = 'lora': encoder {name} has no block layout, so its "
+                          f"blocks cannot be chosen; use adaptation: blocks with encoder_trainable_blocks: -1")
+    blocks = config["encoder_trainable_blocks"]
+    n = spec.trainable_blocks if blocks is None else int(blocks)
+    total = len(layout.units)
+    n = total if n == -1 else n
+    if not 1 <= n <= total:
+        raise ConfigError(f"{_where(config, 'encoder_trainable_blocks')} = {n}: adaptation lora adapts the last N "
+                          f"blocks of {name}'s {total}; use 1..{total}, or -1 for all")
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    rank, alpha, targets = int(config["lora_rank"]), float(config["lora_alpha"]), config["lora_targets"]
+    added = 0
+    for unit in layout.units[total - n:]:
+        for prefix in unit:
+            added += add_adapters(backbone.net.get_submodule(prefix), rank, alpha, targets)
+    if added == 0:
+        raise ConfigError(f"{_where(config, 'lora_targets')} = {targets!r}: the last {n} blocks of {name} hold no "
+                          f"such weight (attention adapts attention projections only; all adapts every Linear "
+                          f"and Conv2d)")
+    head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
+                           config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
+    encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
+    encoder.adaptation = "lora"
+    encoder.how = (f"adaptation lora: rank {rank}, alpha {alpha:g} on {added} weights ({targets}) of the last {n} of "
+                   f"{total} blocks; the base weights are frozen")
+    return encoder
+
+
 # adaptation -> builder of the item encoder (config, backbone, spec, name, readout, out_dim); one entry per rung
-ADAPTATIONS = {"blocks": _build_blocks, "frozen": _build_frozen, "side": _build_side}
+ADAPTATIONS = {"blocks": _build_blocks, "lora": _build_lora, "frozen": _build_frozen, "side": _build_side}
 # which encoders each rung takes, for the docs and the refusal (frozen: every encoder; its pooled output)
 ADAPTATION_ENCODERS = {"side": ("clip_vit_b32", "clip_rn50", "clip_rn50x4", "clip_rn50x16", "clip_rn50x64",
                                 "resnet50")}
@@ -329,7 +365,7 @@ def build_item_encoder(config, out_dim: int, shapes_only: bool = False) -> ItemE
     log.info("item encoder %s (%s, %s readout, width %d; %s): %d of %d parameters trainable",
              name, spec.backbone, readout, backbone.width, encoder.how,
              encoder.trainable_parameters(), encoder.total_parameters())
-    if adaptation != "blocks" and training_randomness([backbone.net]):
+    if getattr(encoder, "requires_store", False) and training_randomness([backbone.net]):
         log.info("adaptation %s: the frozen encoder runs in evaluation mode, also in training (its %s would "
                  "otherwise make its states depend on the batch), so its stored states equal the computed ones",
                  adaptation,

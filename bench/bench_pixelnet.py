@@ -216,6 +216,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--skip_cold", action="store_true")
+    p.add_argument("--skip_speed", action="store_true")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--encoder_cache", default="off,on", help="settings to measure, among off and on")
     p.add_argument("--image_size", type=int, default=None, help="side the encoder sees (default: --cover)")
@@ -234,7 +235,7 @@ def main() -> None:
         make_data(folder, args)
         print(f"device {args.device}, encoder {args.encoder} at {args.cover} px, batch {args.batch} sequences, "
               f"{args.users} users, {args.items + args.cold} items", flush=True)
-        for adaptation in args.adaptation.split(","):
+        for adaptation in [] if args.skip_speed else args.adaptation.split(","):
             for precision in args.precisions.split(","):
                 for cache in args.encoder_cache.split(","):
                     if adaptation != "blocks" and cache == "off":

@@ -306,3 +306,15 @@ def test_the_cold_items_protocols_held_out_items_reach_the_objective_and_are_nev
     batches = training_batches(model, split, config)
     drawn = torch.cat([batches[b]["shared_negatives"] for b in range(len(batches))])
     assert not np.isin(drawn.numpy(), split.cold_items).any() and len(drawn) == 64 * len(batches)
+
+
+def test_a_learned_temperature_gets_the_rec_learning_rate_and_no_weight_decay():
+    from REC.trainer.optim import build_optimizer
+    config = model_config("SASRec", "sampled_softmax", "--learn_temperature=true",
+                          "--optim_args={learning_rate: 1.0e-3, weight_decay: 0.1}")
+    model = create_model("SASRec", config, DatasetInfo(30, 10))
+    groups = {g["name"]: g for g in build_optimizer(model, config).param_groups}
+    assert [p is model.objective.log_temperature for p in groups["objective"]["params"]] == [True]
+    assert (groups["objective"]["lr"], groups["objective"]["weight_decay"]) == (1e-3, 0.0)
+    assert groups["rec"]["weight_decay"] == 0.1
+    assert not any(p is model.objective.log_temperature for p in groups["rec"]["params"])

@@ -32,13 +32,19 @@ def in_encoder(param_name: str, encoder_modules) -> bool:
 def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     settings = group_settings(config["optim_args"])
     encoder_modules = config["encoder_modules"]
-    params = {"modal": [], "rec": []}
+    params = {"modal": [], "rec": [], "objective": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            params["modal" if in_encoder(name, encoder_modules) else "rec"].append(p)
-    log.info("optimizer groups: modal %d tensors (%s), rec %d tensors (%s)",
-             len(params["modal"]), settings["modal"], len(params["rec"]), settings["rec"])
-    groups = [{"params": params[g], "name": g, **settings[g]} for g in ("modal", "rec") if params[g]]
+            group = "objective" if name.split(".")[0] == "objective" else \
+                "modal" if in_encoder(name, encoder_modules) else "rec"
+            params[group].append(p)
+    # a learned softmax temperature (REC.model.objectives) takes the rec learning rate and no weight decay: decay
+    # would pull its logarithm to 0, i.e. the temperature to 1, whatever the data says
+    settings["objective"] = {"lr": settings["rec"]["lr"], "weight_decay": 0.0}
+    log.info("optimizer groups: modal %d tensors (%s), rec %d tensors (%s)%s",
+             len(params["modal"]), settings["modal"], len(params["rec"]), settings["rec"],
+             f", objective {len(params['objective'])} ({settings['objective']})" if params["objective"] else "")
+    groups = [{"params": params[g], "name": g, **settings[g]} for g in ("modal", "rec", "objective") if params[g]]
     if not groups:
         raise ValueError("the model has no trainable parameters")
     # fused AdamW does the whole update in one kernel per device; identical maths to the for-loop version

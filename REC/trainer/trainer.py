@@ -180,6 +180,8 @@ class Trainer:
                 self.check_finite(total, epoch, steps)
                 bar.set_postfix(loss=f"{total.item() / steps:.4f}")
         self.check_finite(total, epoch, steps)
+        if dist.world_size() > 1:  # the mean over every process's batches, not rank 0's share alone
+            total = dist.all_reduce_sum(total.clone()) / dist.world_size()
         return total.item() / max(steps, 1)
 
     def check_finite(self, total: torch.Tensor, epoch: int, step: int) -> None:

@@ -96,7 +96,8 @@ def test_side_refuses_an_encoder_it_cannot_cut(log, tmp_path):
         create_model("MOSASRec", cfg, log.info)
 
 
-def test_side_runs_end_to_end_and_evaluate_reproduces_it(log, tmp_path):
+@pytest.mark.slow
+def test_side_runs_end_to_end_and_evaluate_and_predict_read_it(log, tmp_path):
     """main.py with adaptation side (ResNet-50, BatchNorm in evaluation mode), then REC.evaluate on its best.pth:
     the same test metrics, the store reused."""
     import json
@@ -119,6 +120,13 @@ def test_side_runs_end_to_end_and_evaluate_reproduces_it(log, tmp_path):
     assert "encoder_cache: reusing" in ev.stdout + ev.stderr
     got = json.loads(ev.stdout[ev.stdout.index("{"):])
     assert got["test"]["ndcg@10"] == pytest.approx(result["test"]["ndcg@10"], abs=1e-6)
+    out = tmp_path / "recs.csv"  # predict encodes every cover itself (no store): the same rung, the same model
+    pr = subprocess.run([sys.executable, "-m", "REC.predict", str(run.run_dir), "--output", str(out), "--topk", "3"],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert pr.returncode == 0, pr.stderr[-2000:]
+    import pandas as pd
+    recs = pd.read_csv(out)
+    assert len(recs) == 3 * (log.inter.user_num - 1) and recs["rank"].max() == 3
 
 
 # ------------------------------------------------------------------------------------------------ lora

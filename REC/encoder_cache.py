@@ -145,23 +145,37 @@ def fill_store(store: PrefixCache, items, covers, device, precision: str, show_p
         return fill_store(store, items, covers, device, precision, show_progress, workers, batch_size)
     store.chunk = chunk  # every rank splits the work by the store's own chunks
     try:
-        _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size)
+        written = _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size)
     finally:
         store.release()  # rank 0's lock, on an error too: a later build (or resume) must not wait for it
+    # the chunks this run wrote are sound; a resumed build's earlier chunks (a killed run's) are checked now
+    earlier = sorted(set(range(store.n_chunks)) - set(written))
+    if earlier and not verify_store(store, earlier):
+        return fill_store(store, items, covers, device, precision, show_progress, workers, batch_size)
+    store.mark_verified()
 
 
-def verify_store(store: PrefixCache) -> bool:
-    """Check every chunk's CRC-32 of a complete store once, each rank a share, before any step reads it (the
-    readers forked later inherit the result, so a step pays nothing). True when sound. Damaged: with a writable
-    folder, a warning, the store marked not complete (False: the caller rebuilds it); else PrefixCacheError.
-    Collective."""
+def verify_store(store: PrefixCache, chunks=None) -> bool:
+    """Check the CRC-32 of every chunk (or of ``chunks``) of a complete store once, each rank a share, before any
+    step reads it (the readers forked later inherit the result, so a step pays nothing). True when sound.
+    Damaged: with a writable folder, a warning, the store marked not complete on rank 0 and forgotten on every
+    rank (False: the caller rebuilds it); else PrefixCacheError on every rank. Collective."""
     t0 = time.perf_counter()
-    store.sound_complete()  # every rank reads the recorded checksums
-    mine = range(dist.rank(), store.n_chunks, dist.world_size())
-    bad = sorted(c for part in dist.gather_objects(store.verify(mine)) for c in part)
+    try:
+        if not store.sound_complete()[0]:  # every rank reads the recorded checksums
+            raise PrefixCacheError(f"{store.path}: no complete store to check ({store.sound_complete()[1]})")
+        everything = list(range(store.n_chunks)) if chunks is None else list(chunks)
+        result = store.verify(everything[dist.rank()::dist.world_size()])
+    except (PrefixCacheError, OSError) as exc:  # every rank stops with the message, none waits in a collective
+        result = f"{exc}"
+    parts = dist.gather_objects(result)
+    errors = [p for p in parts if isinstance(p, str)]
+    if errors:
+        raise PrefixCacheError(errors[0])
+    bad = sorted(c for part in parts for c in part)
     if not bad:
         store.mark_verified()  # the other ranks checked the rest
-        log.info("encoder_cache: %d chunks of %s match their CRC-32 (%.1f s)", store.n_chunks, store.path.name,
+        log.info("encoder_cache: %d chunks of %s match their CRC-32 (%.1f s)", len(everything), store.path.name,
                  time.perf_counter() - t0)
         return True
     message = store.damage_message(bad)
@@ -170,13 +184,21 @@ def verify_store(store: PrefixCache) -> bool:
         raise PrefixCacheError(f"{message}; its folder cannot be written, so it is not rebuilt here: rebuild it "
                                f"where it can be written (key 'encoder_cache_dir'), or set encoder_cache: off")
     log.warning("encoder_cache: %s; rebuilding it", message)
+    error = None
     if dist.rank() == 0:
-        store.invalidate()
-    dist.barrier()
+        try:
+            store.invalidate()
+        except OSError as exc:
+            error = f"{store.meta_path}: cannot mark the damaged store for a rebuild ({exc})"
+    error = dist.broadcast_object(error)
+    store.close()  # every rank: the rebuilt file is read afresh
+    if error:
+        raise PrefixCacheError(error)
     return False
 
 
-def _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size) -> None:
+def _encode_pending(store, state, items, covers, device, precision, show_progress, workers, batch_size) -> list[int]:
+    """Encode and write the pending chunks (each rank its share); returns the chunks this run wrote."""
     pending = store.pending()
     mine = pending[dist.rank()::dist.world_size()]
     log.info("encoder_cache: %s %s: %d of %d chunks of %d items to encode (%d on this rank)",
@@ -206,12 +228,9 @@ def _encode_pending(store, state, items, covers, device, precision, show_progres
     error = dist.broadcast_object(error)
     if error:
         raise PrefixCacheError(error)
-    if not store.sound_complete()[0]:
-        raise PrefixCacheError(f"{store.path}: the store was just completed and reads back damaged "
-                               f"({store.sound_complete()[1]})")
-    store.mark_verified()  # the rows this run's ranks just wrote
     log.info("encoder_cache: %s complete (%s) in %.1f s", store.path, human_bytes(store.nbytes),
              time.perf_counter() - t0)
+    return pending
 
 
 class _Chunks(torch.utils.data.Dataset):

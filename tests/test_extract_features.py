@@ -289,3 +289,17 @@ def test_features_of_another_dataset_with_as_many_items_are_refused_before_the_r
     assert status == 2 and "Traceback" not in err, err[-2000:]
     assert line.startswith("error: ") and "was extracted for dataset 'Vis' with another item list" in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_incomplete_checksum_record_is_one_line(data, features, tmp_path):
+    from REC.model.ViNet.feature_table import FeatureFileError
+    out, _ = features
+    inter = load_interactions(str(data), "Vis")
+    path = copy_features(out, tmp_path / "f")
+    meta_path = sidecars(path)["meta"]
+    meta = json.loads(meta_path.read_text())
+    del meta["checksum"]["sums"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FeatureFileError, match="its checksum record is missing, incomplete or unreadable") as err:
+        load_item_features(path, inter.item_num, item_ids=inter.item_tokens.digest())
+    assert "\n" not in str(err.value)

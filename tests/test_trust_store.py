@@ -249,7 +249,23 @@ def test_a_damaged_complete_store_is_rebuilt_with_a_warning(vit, tmp_path, caplo
     said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert str(store.path) in said and WHY[damage] in said and "rebuilding" in said, said
     assert counting.calls  # encoded again
-    assert again.complete and torch.equal(small_store(tmp_path).rows(np.arange(ITEMS)), good)
+    # the object that found the damage reads the rebuilt file, not the map of the damaged one it checked
+    assert again.complete and torch.equal(again.rows(np.arange(ITEMS)), good)
+    assert torch.equal(small_store(tmp_path).rows(np.arange(ITEMS)), good)
+
+
+def test_a_resumed_build_checks_the_chunks_the_killed_run_wrote(vit, tmp_path, caplog):
+    """A killed build's chunk damaged before the resume: the resumed build encodes only the missing chunk, finds
+    the earlier one damaged, and builds the store again."""
+    with pytest.raises(RuntimeError, match="killed"):
+        fill_store(small_store(tmp_path), vit.items, CountingCovers(vit.covers, fail_at=2), CPU, "fp32", False, 0)
+    damage_rows.flip_bytes(small_store(tmp_path).part_path, 1)  # chunk 0, written by the killed run
+    store = small_store(tmp_path)
+    with caplog.at_level("WARNING"):
+        fill_store(store, vit.items, CountingCovers(vit.covers), CPU, "fp32", False, 0)
+    assert any("chunk 0 (items 1..2)" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
+    _, good = built_store(vit, tmp_path / "clean")
+    assert store.complete and torch.equal(store.rows(np.arange(ITEMS)), good)
 
 
 def test_a_reader_that_did_not_check_refuses_a_damaged_chunk_on_first_read(vit, tmp_path):

@@ -334,8 +334,8 @@ class PrefixCache:
                 with self._full_disk_is_an_error("ran out of room while being completed: it "):
                     os.replace(self.part_path, self.path)  # a reader of the old file keeps its inode
                     self._write_meta(complete=True, sums=sums)
+                self._rows = None  # a map of the store's previous file, if any, is not this one
                 self.sums = sums
-                self.mark_verified()  # the rows just written
         finally:
             self.release()
 
@@ -343,7 +343,12 @@ class PrefixCache:
         """Mark a complete store as not complete (its rows failed their checksums), so the next ``create``
         builds it anew; the damaged file stays until the new one replaces it (a reader keeps its inode)."""
         self._write_meta(complete=False)
-        self.sums = self.verified = None
+        self.close()
+
+    def close(self) -> None:
+        """Forget the map and the checks: the next read maps the file now at ``path`` (after a rebuild, the new
+        one; a kept map would go on reading the old file's inode)."""
+        self._rows = self.sums = self.verified = None
         self._all_verified = False
 
     def _write_meta(self, complete: bool, sums: list[int] | None = None) -> None:

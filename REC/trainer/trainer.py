@@ -92,7 +92,12 @@ class Trainer:
                 f"sharding and per-rank seeds depend on the world size; resume with {saved} processes")
         checkpoint.fit_state(self.model, ckpt["model"], self.last_path)
         if self.optimizer:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except ValueError as exc:  # another grouping of the parameters (e.g. before the objective's group)
+                raise checkpoint.CheckpointError(
+                    f"{self.last_path}: its optimizer state does not fit this run's parameter groups ({exc}); "
+                    f"resume it with the version that wrote it, or start a new run") from None
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.model.objective is not None and ckpt.get("objective"):
             self.model.objective.restore(ckpt["objective"])

@@ -34,7 +34,8 @@ def crc32(data) -> int:
     return zlib.crc32(memoryview(data).cast("B")) & 0xFFFFFFFF
 
 
-def npy_layout(path: str | Path, shape: tuple[int, ...] | None = None, dtype=None) -> tuple[int, tuple, np.dtype]:
+def npy_layout(path: str | Path, shape: tuple[int, ...] | None = None, dtype=None,
+               fortran_ok: bool = False) -> tuple[int, tuple, np.dtype]:
     """(data offset, shape, dtype) of the ``.npy`` file ``path``, read from its header only; DamagedFileError
     unless the header is a plain numeric C-order array of the expected ``shape`` and ``dtype`` (None: any) and the
     file holds exactly its rows (a truncated or extended file is refused here, before any map)."""
@@ -49,7 +50,7 @@ def npy_layout(path: str | Path, shape: tuple[int, ...] | None = None, dtype=Non
             offset = f.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise DamagedFileError(path, f"its .npy header cannot be read ({exc})") from None
-    if got_dtype.hasobject or fortran:
+    if got_dtype.hasobject or (fortran and not fortran_ok):
         raise DamagedFileError(path, f"its header says {'Fortran order' if fortran else 'object data'}, which this "
                                      f"project never writes")
     if shape is not None and tuple(got_shape) != tuple(shape):
@@ -85,8 +86,10 @@ def checksum_record(path: str | Path, offset: int, chunk_bytes: int = CHUNK_BYTE
 def verify_file(path: str | Path, record: dict, what_to_do: str) -> None:
     """DamagedFileError naming the first chunk of ``path`` whose CRC differs from ``record``
     (``checksum_record``), and ``what_to_do``."""
-    if not isinstance(record, dict) or record.get("algorithm") != ALGORITHM:
-        raise DamagedFileError(path, f"its checksum record is missing or unreadable; {what_to_do}")
+    fields = {"offset": int, "chunk_bytes": int, "sums": list}
+    if not isinstance(record, dict) or record.get("algorithm") != ALGORITHM or any(
+            not isinstance(record.get(k), t) for k, t in fields.items()) or record["chunk_bytes"] <= 0:
+        raise DamagedFileError(path, f"its checksum record is missing, incomplete or unreadable; {what_to_do}")
     got = file_checksums(path, record["offset"], record["chunk_bytes"])
     for c, (a, b) in enumerate(zip(got, record["sums"])):
         if a != b:

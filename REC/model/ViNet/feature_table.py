@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,11 @@ def _describe_ndim(ndim: tuple[int, ...]) -> str:
     return " or ".join(shapes.get(n, f"{n}-d") for n in ndim)
 
 
-_VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime): checked in this process already
+# (path, size, mtime) of the files checked in this process, or by the launcher before it started this one: the
+# launcher's preflight checks a feature file once and passes the result on through the environment, so the
+# processes of a run do not read the whole file again
+VERIFIED_ENV = "PIXELREC_VERIFIED_FEATURES"
+_VERIFIED: set[str] = set()
 
 
 def feature_sidecar(path: Path) -> dict | None:
@@ -54,11 +59,11 @@ def check_feature_file(path: Path, where: str, item_ids: str | None) -> None:
     """The file's layout, what it was made for and its bytes (once per process and file version): a file made for
     another dataset with the same number of items, or one damaged after it was written, is an error naming it."""
     redo = "extract the features again (python -m REC.features)"
+    meta = feature_sidecar(path)
     try:
-        npy_layout(path)
+        npy_layout(path, fortran_ok=meta is None)  # other tools may write Fortran order; this project never does
     except DamagedFileError as exc:
         raise FeatureFileError(f"{where}: {exc.why}; {redo}") from None
-    meta = feature_sidecar(path)
     if meta is None:
         log.warning("%s has no description beside it (%s): what dataset its rows were made for and whether its "
                     "bytes are intact cannot be checked", where, sidecar(path, "json").name)
@@ -69,14 +74,15 @@ def check_feature_file(path: Path, where: str, item_ids: str | None) -> None:
                                f"(items_sha256 {made_for[:12]}..., this run's {item_ids[:12]}...): its rows are other "
                                f"items, or the same ones in another order; {redo} for this dataset")
     stat = path.stat()
-    version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if "checksum" not in meta or _VERIFIED.get(version):
+    version = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if "checksum" not in meta or version in _VERIFIED or version in os.environ.get(VERIFIED_ENV, "").split("|"):
         return
     try:
         verify_file(path, meta["checksum"], redo)
     except DamagedFileError as exc:
         raise FeatureFileError(f"{where}: {exc.why}") from None
-    _VERIFIED[version] = True
+    _VERIFIED.add(version)
+    os.environ[VERIFIED_ENV] = "|".join(sorted(_VERIFIED))  # inherited by the processes started after this
 
 
 def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[int, ...] = (2,),

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from REC import distributed as dist
 from REC.configure import build_config
 from REC.model import create_model
 from REC.model.base import DatasetInfo, TargetRows
@@ -248,7 +249,8 @@ def _steps(rank: int, world: int, store: str, out: str, loss: str) -> None:
         reduced = torch.tensor(losses)
         torch.distributed.all_reduce(reduced)
         losses = (reduced / world).tolist()
-        torch.distributed.destroy_process_group()
+        del wrapped, value
+        dist.shutdown()  # DDP's reducer released before the group (REC.distributed.shutdown says why)
     if rank == 0:
         torch.save({"losses": losses, "state": model.state_dict()}, Path(out) / f"world{world}.pt")
 

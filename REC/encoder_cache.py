@@ -7,7 +7,6 @@ The store's file format lives in ``REC.data.prefix_cache``; what the prefix is, 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from . import distributed as dist
 from .data.cover_batches import cover_lmdb_path
 from .data.interactions import prepared_data_dir
 from .data.prefix_cache import PrefixCache, PrefixCacheError, files_digest, human_bytes
+from .utils.integrity import folder_is_writable
 from .utils.precision import autocast
 from .model.pixel import PrefixPlan
 
@@ -162,8 +162,9 @@ def verify_store(store: PrefixCache, chunks=None) -> bool:
     rank (False: the caller rebuilds it); else PrefixCacheError on every rank. Collective."""
     t0 = time.perf_counter()
     try:
-        if not store.sound_complete()[0]:  # every rank reads the recorded checksums
-            raise PrefixCacheError(f"{store.path}: no complete store to check ({store.sound_complete()[1]})")
+        sound, why = store.sound_complete()  # every rank reads the recorded checksums
+        if not sound:
+            raise PrefixCacheError(f"{store.path}: no complete store to check ({why})")
         everything = list(range(store.n_chunks)) if chunks is None else list(chunks)
         result = store.verify(everything[dist.rank()::dist.world_size()])
     except (PrefixCacheError, OSError) as exc:  # every rank stops with the message, none waits in a collective
@@ -179,7 +180,7 @@ def verify_store(store: PrefixCache, chunks=None) -> bool:
                  time.perf_counter() - t0)
         return True
     message = store.damage_message(bad)
-    writable = dist.broadcast_object(os.access(store.path.parent, os.W_OK | os.X_OK) if dist.rank() == 0 else None)
+    writable = dist.broadcast_object(folder_is_writable(store.path.parent) if dist.rank() == 0 else None)
     if not writable:
         raise PrefixCacheError(f"{message}; its folder cannot be written, so it is not rebuilt here: rebuild it "
                                f"where it can be written (key 'encoder_cache_dir'), or set encoder_cache: off")

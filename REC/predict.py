@@ -208,8 +208,7 @@ class Recommender:
             np.save(f, self._cover_table.float().numpy(), allow_pickle=False)
         with atomic_output(txt, "w", encoding="utf-8", newline="\n") as f:
             f.writelines(f"{i}\n" for i in self.item_ids)
-        offset, _, _ = npy_layout(npy)
-        write_text_atomic(sidecar(npy, "json"), json.dumps({"checksum": checksum_record(npy, offset)}, indent=1))
+        write_text_atomic(sidecar(npy, "json"), json.dumps({"checksum": checksum_record(npy)}, indent=1))
         return npy
 
     # -------------------------------------------------------------------------------------------- ids

@@ -19,10 +19,10 @@ from .data.protocols import save_protocol
 from .data.training import check_negatives_possible
 from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, check_covers, cover_lmdb_path
 from .data.covers import CoverStore
+from .data.shared_negatives import SharedNegativeBatches
 from .encoder_cache import attach_prefix_store, log_plan
 from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model
-from .data.shared_negatives import SharedNegativeBatches
 from .model.base import SHARED_NEGATIVES_KEY, DatasetInfo
 from .model import get_model_class
 from .model.objectives import check_supported, describe_objective

@@ -365,8 +365,10 @@ class PrefixCache:
 
     def _mapped(self) -> np.ndarray:
         if self._rows is None:
-            if self.sums is None and not self.sound_complete()[0]:
-                raise PrefixCacheError(f"{self.path}: no complete store to read ({self.sound_complete()[1]})")
+            if self.sums is None:
+                sound, why = self.sound_complete()
+                if not sound:
+                    raise PrefixCacheError(f"{self.path}: no complete store to read ({why})")
             self._rows = np.load(self.path, mmap_mode="r")
             if self.verified is None:
                 self.verified = np.zeros(self.n_chunks, dtype=bool)

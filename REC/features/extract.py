@@ -346,10 +346,10 @@ def _finish(output: Path, files: dict[str, Path], settings: dict, tokens) -> Non
     """Sidecars first, then the atomic rename: a reader that finds ``output`` also finds what its rows are, and
     the CRC-32s of its bytes, which the ViNet reader checks (``REC.model.ViNet.feature_table``)."""
     write_text_atomic(files["items"], "\n".join(tokens.to_list()) + "\n")
-    offset, _, _ = npy_layout(files["partial"], tuple(settings["shape"]), np.float32)
+    npy_layout(files["partial"], tuple(settings["shape"]), np.float32)  # the rows the record covers, whole
     meta = {"format": FORMAT, "version": VERSION, **settings, "items_file": files["items"].name,
             "rows": "row i = internal item id i (first appearance in the CSV); row 0 = padding, zeros",
-            "checksum": checksum_record(files["partial"], offset)}
+            "checksum": checksum_record(files["partial"])}
     write_text_atomic(files["meta"], json.dumps(meta, indent=1))
     os.replace(files["partial"], output)
     files["progress"].unlink(missing_ok=True)

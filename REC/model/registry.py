@@ -97,6 +97,5 @@ def _with_objective(model, config, info):
     return model
 
 
-OBJECTIVE_KEYS = ("loss", "num_negatives", "negative_sampling", "temperature", "learn_temperature", "similarity",
-                  "seed")
+OBJECTIVE_KEYS = ("loss", "num_negatives", "negative_sampling", "temperature", "learn_temperature", "similarity")
 

@@ -77,8 +77,10 @@ def file_checksums(path: str | Path, offset: int, chunk_bytes: int = CHUNK_BYTES
             sums.append(crc32(block))
 
 
-def checksum_record(path: str | Path, offset: int, chunk_bytes: int = CHUNK_BYTES) -> dict:
-    """What a sidecar records to verify ``path`` later (``verify_file``)."""
+def checksum_record(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """What a sidecar records to verify the ``.npy`` file ``path`` later (``verify_file``): the CRC-32s of its
+    rows' bytes, after its header."""
+    offset = npy_layout(path, fortran_ok=True)[0]
     return {"algorithm": ALGORITHM, "offset": int(offset), "chunk_bytes": int(chunk_bytes),
             "sums": file_checksums(path, offset, chunk_bytes)}
 
@@ -101,4 +103,5 @@ def verify_file(path: str | Path, record: dict, what_to_do: str) -> None:
 
 
 def folder_is_writable(folder: str | Path) -> bool:
+    """Whether this process may create files in ``folder`` (where a damaged artifact could be rebuilt)."""
     return os.access(folder, os.W_OK | os.X_OK)

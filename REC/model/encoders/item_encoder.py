@@ -57,18 +57,21 @@ class ItemEncoder(nn.Module):
     def prefix_digest(self) -> str:
         """Hash of every parameter and buffer the frozen prefix reads (BatchNorm statistics included), so a
         stored prefix is never reused with other weights."""
-        layout = self.backbone.block_layout()
         digest = hashlib.blake2b(digest_size=16)
         tensors = [*self.backbone.net.named_parameters(), *self.backbone.net.named_buffers()]
         for name, t in sorted(tensors, key=lambda kv: kv[0]):
-            try:
-                part = layout.part_of(name)
-            except RuntimeError:  # a buffer outside the layout's parts (attention masks, index tables): include it
-                part = -1
-            if part is not None and part < self.frozen_units:
+            if self._in_prefix(name):
                 digest.update(name.encode())
                 digest.update(t.detach().to("cpu").reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
         return digest.hexdigest()
+
+    def _in_prefix(self, name: str) -> bool:
+        """Whether the backbone tensor ``name`` is read by the stored prefix: the stem's and the frozen blocks'."""
+        try:
+            part = self.backbone.block_layout().part_of(name)
+        except RuntimeError:  # a buffer outside the layout's parts (attention masks, index tables): include it
+            part = -1
+        return part is not None and part < self.frozen_units
 
     @property
     def stages(self) -> Stages | None:
@@ -171,14 +174,8 @@ class FrozenBackboneEncoder(ItemEncoder):
     def prefix_randomness(self) -> list[str]:
         return []  # the backbone runs in evaluation mode in training too
 
-    def prefix_digest(self) -> str:
-        """Every parameter and buffer of the backbone: all of it computes the stored state."""
-        digest = hashlib.blake2b(digest_size=16)
-        tensors = [*self.backbone.net.named_parameters(), *self.backbone.net.named_buffers()]
-        for name, t in sorted(tensors, key=lambda kv: kv[0]):
-            digest.update(name.encode())
-            digest.update(t.detach().to("cpu").reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+    def _in_prefix(self, name: str) -> bool:
+        return True  # every parameter and buffer of the backbone computes the stored state
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.from_prefix(self.prefix(images))
@@ -244,12 +241,21 @@ class SideEncoder(FrozenBackboneEncoder):
         return self.head(self.side(x))
 
 
-def _build_blocks(config, backbone: Backbone, spec, name: str, readout: str, out_dim: int) -> ItemEncoder:
+def _head(config, width: int, out_dim: int, xavier: bool) -> nn.Module:
+    return projection_head(width, list(config["encoder_head_layers"]), out_dim, config["encoder_head_activation"],
+                           xavier=xavier)
+
+
+def _trainable_blocks(config, spec) -> int:
+    """``encoder_trainable_blocks``, or the encoder's shipped setting when null."""
     blocks = config["encoder_trainable_blocks"]
-    n = spec.trainable_blocks if blocks is None else int(blocks)
+    return spec.trainable_blocks if blocks is None else int(blocks)
+
+
+def _build_blocks(config, backbone: Backbone, spec, name: str, readout: str, out_dim: int) -> ItemEncoder:
+    n = _trainable_blocks(config, spec)
     set_trainable_blocks(backbone, n, name, _where(config, "encoder_trainable_blocks"))
-    head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
-                           config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
+    head = _head(config, backbone.width, out_dim, xavier=readout not in spec.default_init_readouts)
     encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
     layout = backbone.block_layout()
     encoder.how = "everything trains" if n == -1 else f"the last {n} of {len(layout.units)} blocks train"
@@ -257,8 +263,7 @@ def _build_blocks(config, backbone: Backbone, spec, name: str, readout: str, out
 
 
 def _build_frozen(config, backbone: Backbone, spec, name: str, readout: str, out_dim: int) -> ItemEncoder:
-    head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
-                           config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
+    head = _head(config, backbone.width, out_dim, xavier=readout not in spec.default_init_readouts)
     encoder = FrozenEncoder(name, backbone, head, readout, config["channels_last"])
     encoder.how = f"adaptation frozen: the encoder is frozen, its pooled {backbone.width}-d output is stored"
     return encoder
@@ -271,8 +276,7 @@ def _build_side(config, backbone: Backbone, spec, name: str, readout: str, out_d
         raise ConfigError(f"{_where(config, 'adaptation')} = 'side': encoder {name} cannot be cut at its blocks with "
                           f"a pooled state per block; side supports {able}")
     width = int(config["side_width"])
-    head = projection_head(width, list(config["encoder_head_layers"]), out_dim, config["encoder_head_activation"],
-                           xavier=True)
+    head = _head(config, width, out_dim, xavier=True)
     encoder = SideEncoder(name, backbone, head, readout, config["channels_last"], SideNetwork(stages.widths, width))
     encoder.how = (f"adaptation side: the encoder is frozen, the pooled state of each of its {len(stages.widths)} "
                    f"blocks is stored ({sum(stages.widths)} numbers per item), a side network of width {width} trains")
@@ -288,9 +292,8 @@ def _build_lora(config, backbone: Backbone, spec, name: str, readout: str, out_d
     if layout is None:
         raise ConfigError(f"{_where(config, 'adaptation')} = 'lora': encoder {name} has no block layout, so its "
                           f"blocks cannot be chosen; use adaptation: blocks with encoder_trainable_blocks: -1")
-    blocks = config["encoder_trainable_blocks"]
-    n = spec.trainable_blocks if blocks is None else int(blocks)
     total = len(layout.units)
+    n = _trainable_blocks(config, spec)
     n = total if n == -1 else n
     if not 1 <= n <= total:
         raise ConfigError(f"{_where(config, 'encoder_trainable_blocks')} = {n}: adaptation lora adapts the last N "
@@ -306,8 +309,7 @@ def _build_lora(config, backbone: Backbone, spec, name: str, readout: str, out_d
         raise ConfigError(f"{_where(config, 'lora_targets')} = {targets!r}: the last {n} blocks of {name} hold no "
                           f"such weight (attention adapts attention projections only; all adapts every Linear "
                           f"and Conv2d)")
-    head = projection_head(backbone.width, list(config["encoder_head_layers"]), out_dim,
-                           config["encoder_head_activation"], xavier=readout not in spec.default_init_readouts)
+    head = _head(config, backbone.width, out_dim, xavier=readout not in spec.default_init_readouts)
     encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
     encoder.adaptation = "lora"
     encoder.how = (f"adaptation lora: rank {rank}, alpha {alpha:g} on {added} weights ({targets}) of the last {n} of "
@@ -365,9 +367,9 @@ def build_item_encoder(config, out_dim: int, shapes_only: bool = False) -> ItemE
     log.info("item encoder %s (%s, %s readout, width %d; %s): %d of %d parameters trainable",
              name, spec.backbone, readout, backbone.width, encoder.how,
              encoder.trainable_parameters(), encoder.total_parameters())
-    if getattr(encoder, "requires_store", False) and training_randomness([backbone.net]):
+    randomness = training_randomness([backbone.net]) if getattr(encoder, "requires_store", False) else []
+    if randomness:
         log.info("adaptation %s: the frozen encoder runs in evaluation mode, also in training (its %s would "
                  "otherwise make its states depend on the batch), so its stored states equal the computed ones",
-                 adaptation,
-                 ", ".join(training_randomness([backbone.net])))
+                 adaptation, ", ".join(randomness))
     return encoder

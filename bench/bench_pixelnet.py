@@ -179,6 +179,18 @@ def run(args_list: list[str]) -> dict:
     return run_main(args_list).result
 
 
+def rung_lr(spec: str, rung: str) -> str:
+    """``--modal_lr`` for one rung: "2e-3" for every rung, or "2e-3,side=1e-4" (a default, then per-rung values)."""
+    default, per_rung = None, {}
+    for part in spec.split(","):
+        name, _, value = part.rpartition("=")
+        if name:
+            per_rung[name] = value
+        else:
+            default = value
+    return per_rung.get(rung, default)
+
+
 def cold(folder: Path, args, out: Path) -> dict:
     common = [f"--data_path={folder}", "--dataset=Vis", f"--output_dir={out}", "--show_progress=false",
               f"--epochs={args.epochs}", "--stopping_step=100"]
@@ -189,8 +201,8 @@ def cold(folder: Path, args, out: Path) -> dict:
                              "--optim_args={learning_rate: 1.0e-3, weight_decay: 0.1}"]),
         **{f"PixelNet SASRec, adaptation {a}": run(
             ["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", *common, *small, *encoder_args(args),
-             "--num_workers=0", "--train_batch_size=64", "--optim_args.modal_lr=2e-3", "--optim_args.rec_lr=1e-3",
-             f"--adaptation={a}", f"--encoder_cache_dir={folder / 'prefix'}"])
+             "--num_workers=0", "--train_batch_size=64", f"--optim_args.modal_lr={rung_lr(args.modal_lr, a)}", "--optim_args.rec_lr=1e-3",
+             f"--adaptation={a}", f"--encoder_cache_dir={folder / 'prefix'}", *args.extra])
            for a in args.adaptation.split(",")},
     }
     return {name: {**r["test"], "valid": r["best_valid"], "best_epoch": r["best_epoch"],
@@ -222,6 +234,9 @@ def main() -> None:
     p.add_argument("--image_size", type=int, default=None, help="side the encoder sees (default: --cover)")
     p.add_argument("--embedding", type=int, default=512, help="embedding_size of the recommender")
     p.add_argument("--grad_checkpointing", default="false")
+    p.add_argument("--modal_lr", default="2e-3", help="the image encoder's learning rate in the cold-items runs: one for every rung (2e-3), or a "
+                        "default and per-rung values (2e-3,side=1e-4)")
+    p.add_argument("--extra", nargs="*", default=[], help="further main.py arguments for the PixelNet cold-items runs")
     p.add_argument("--adaptation", default="blocks",
                    help="rungs of the adaptation ladder to measure, among blocks, frozen and side (these two with "
                         "the store only)")

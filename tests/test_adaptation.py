@@ -97,23 +97,28 @@ def test_side_refuses_an_encoder_it_cannot_cut(log, tmp_path):
 
 
 @pytest.mark.slow
-def test_side_runs_end_to_end_and_evaluate_and_predict_read_it(log, tmp_path):
-    """main.py with adaptation side (ResNet-50, BatchNorm in evaluation mode), then REC.evaluate on its best.pth:
-    the same test metrics, the store reused."""
+def test_side_trains_under_ddp_then_evaluate_predict_and_init_from_read_it(log, tmp_path):
+    """main.py with adaptation side under DDP (2 gloo processes; the store built sharded across them, ResNet-50
+    with its BatchNorm in evaluation mode), then REC.evaluate on its best.pth in 1 process: the same test metrics,
+    the store reused; predict; and a frozen-rung run initialised from it (init_from): the recommender and the
+    head's shapes match and load, the side network has no place in the frozen rung and is reported so."""
     import json
     import subprocess
     import sys
 
+    from REC.trainer.transfer import REPORT_NAME
     from .conftest import ROOT
     args = ["--config_file", "PixelNet/sasrec.yaml", "overall/ResNet50.yaml", f"--data_path={log.data}",
-            "--dataset=Tiny", "--encoder_pretrained=false", "--image_size=32", "--adaptation=side", "--side_width=16",
-            *SMALL, "--epochs=2", "--num_workers=0", "--show_progress=false", f"--encoder_cache_dir={tmp_path / 's'}",
-            f"--output_dir={tmp_path}"]
-    run = run_main(args)
+            "--dataset=Tiny", "--encoder_pretrained=false", "--image_size=32", "--side_width=16",
+            *SMALL, "--epochs=2", "--num_workers=0", "--show_progress=false", f"--encoder_cache_dir={tmp_path / 's'}"]
+    run = run_main(["--device", "cpu:2", *args, "--adaptation=side", f"--output_dir={tmp_path / 'side'}"])
     said = run.proc.stdout + run.proc.stderr
     assert "adaptation side: the encoder is frozen, the pooled state of each of its 16 blocks" in said
     assert "encoder_cache: building" in said
     result = run.result
+    import yaml
+    per_process = yaml.safe_load((run.run_dir / "config.yaml").read_text())["train_batch_size"]
+    assert result["global_batch_size"] == 2 * per_process  # two processes trained
     ev = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run.run_dir)], cwd=ROOT, capture_output=True,
                         text=True)
     assert ev.returncode == 0, ev.stderr[-2000:]
@@ -127,6 +132,17 @@ def test_side_runs_end_to_end_and_evaluate_and_predict_read_it(log, tmp_path):
     import pandas as pd
     recs = pd.read_csv(out)
     assert len(recs) == 3 * (log.inter.user_num - 1) and recs["rank"].max() == 3
+
+    frozen = run_main([*args, "--adaptation=frozen", "--epochs=1", f"--init_from={run.run_dir}",
+                       "--encoder_head_layers=[]", f"--output_dir={tmp_path / 'frozen'}"])
+    report = json.loads((frozen.run_dir / REPORT_NAME).read_text())
+    loaded = {e["name"] for e in report["loaded"]}
+    skipped = {e["name"]: e["why"] for e in report["skipped"]}
+    assert any(n.startswith("trm_encoder") or "position_embedding" in n for n in loaded), sorted(loaded)
+    assert skipped and all(w in ("absent_in_target", "shape_mismatch") for n, w in skipped.items()
+                           if ".side." in n), skipped
+    assert any(".side." in n for n in skipped)
+    assert frozen.result["epochs_run"] == 1
 
 
 # ------------------------------------------------------------------------------------------------ lora
@@ -181,6 +197,8 @@ def test_lora_counts_merges_to_the_same_scores_and_trains_from_the_blocks_store(
     batches = training_batches(model, log.split, cfg, covers)
     batches.prefix = store
     model.train()
+    # the frozen base (its BatchNorm statistics included) runs in evaluation mode; the head trains
+    assert not any(m.training for m in enc.backbone.modules()) and enc.head.training
     losses = train_steps(model, batches[0], steps=6, lr=2e-3)
     assert losses[-1] < losses[0], losses
     assert any(d.B.abs().sum() > 0 for d in deltas)  # the adapters moved (B starts at zero)

@@ -371,7 +371,9 @@ def test_sampled_softmax_encodes_its_shared_negatives_with_the_batch_alike_with_
             torch.manual_seed(7)
             losses.append(train_steps(model, batch, steps=3, lr=1e-4))
         assert losses[0][-1] < losses[0][0], losses
-        assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-7)
+        # the store's rows equal the computed ones to fp32 rounding (they were computed in other batches); a loss
+        # falling 30x in three steps carries that rounding to ~1e-5 absolute on some CPUs: a wrong row moves it >1e-2
+        assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=5e-5)
         assert model.objective.candidates_per_row > 1
     finally:
         model.objective = None

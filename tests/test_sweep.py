@@ -196,13 +196,14 @@ def test_a_key_both_searched_and_overridden_is_refused(tmp_path, capsys):
     assert status == 2 and "embedding_size" in err
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "idnet_sasrec.yaml", "pixelnet_sasrec.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "idnet_sasrec.yaml", "pixelnet_sasrec.yaml", "adaptation.yaml"])
 def test_shipped_sweep_files_build_valid_configs(name, capsys):
     configs = {"pixelnet_sasrec.yaml": ["PixelNet/sasrec.yaml", "overall/ViT.yaml"],
+               "adaptation.yaml": ["PixelNet/sasrec.yaml", "overall/ViT.yaml"],
                "idnet_sasrec.yaml": ["IDNet/sasrec.yaml", "overall/ID.yaml"],
                "demo.yaml": ["IDNet/sasrec.yaml", "overall/ID.yaml", "demo/demo.yaml"]}[name]
     grid = ROOT / "sweeps" / name
-    trials = ["--trials", "20"] if name != "demo.yaml" else []
+    trials = ["--trials", "20"] if name not in ("demo.yaml", "adaptation.yaml") else []
     status, out, err = call_main(sweep.main, ["--config_file", *configs, "--grid", grid, *trials, "--dry_run"], capsys)
     assert status == 0, err
-    assert len(out.strip().splitlines()) == (4 if name == "demo.yaml" else 20)
+    assert len(out.strip().splitlines()) == {"demo.yaml": 4, "adaptation.yaml": 16}.get(name, 20)

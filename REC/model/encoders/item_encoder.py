@@ -149,13 +149,27 @@ class ItemEncoder(nn.Module):
         return f"name={self.name!r}, readout={self.readout!r}"
 
 
-class FrozenBackboneEncoder(ItemEncoder):
+class FrozenBaseEncoder(ItemEncoder):
+    """Base of the rungs whose backbone weights are all frozen (``lora``, ``frozen``, ``side``). The frozen base
+    includes its normalisation statistics: the backbone runs in evaluation mode in training too (BatchNorm reads
+    its running statistics, no stochastic depth), so an item's vector depends on its cover and what trains alone,
+    never on the batch, and training scores items as evaluation does."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def prefix_randomness(self) -> list[str]:
+        return []  # the backbone runs in evaluation mode in training too
+
+
+class FrozenBackboneEncoder(FrozenBaseEncoder):
     """Base of the rungs that freeze the whole backbone (``adaptation: frozen | side``): ``prefix`` is a state per
     item computed once (the store), ``from_prefix`` the small trainable part, so a training step runs no encoder.
 
-    The backbone always runs in evaluation mode here, also inside a training run (BatchNorm reads its running
-    statistics, no stochastic depth): the state is then a function of the cover alone, so the stored and the
-    computed states are the same and the store is exact."""
+    With the backbone in evaluation mode the state is a function of the cover alone, so the stored and the computed
+    states are the same and the store is exact."""
 
     requires_store = True
 
@@ -165,14 +179,6 @@ class FrozenBackboneEncoder(ItemEncoder):
         super().__init__(name, backbone, head, readout, channels_last)
         self.frozen_units = len(self._stages.units) if self._stages is not None else 0
         self.backbone.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
-    def prefix_randomness(self) -> list[str]:
-        return []  # the backbone runs in evaluation mode in training too
 
     def _in_prefix(self, name: str) -> bool:
         return True  # every parameter and buffer of the backbone computes the stored state
@@ -239,6 +245,12 @@ class SideEncoder(FrozenBackboneEncoder):
 
     def from_prefix(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.side(x))
+
+
+class LoraEncoder(FrozenBaseEncoder):
+    """``adaptation: lora``: the backbone's weights are frozen and adapters on its last blocks train."""
+
+    adaptation = "lora"
 
 
 def _head(config, width: int, out_dim: int, xavier: bool) -> nn.Module:
@@ -310,8 +322,7 @@ def _build_lora(config, backbone: Backbone, spec, name: str, readout: str, out_d
                           f"such weight (attention adapts attention projections only; all adapts every Linear "
                           f"and Conv2d)")
     head = _head(config, backbone.width, out_dim, xavier=readout not in spec.default_init_readouts)
-    encoder = ItemEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
-    encoder.adaptation = "lora"
+    encoder = LoraEncoder(name, backbone, head, readout, config["channels_last"], config["encoder_grad_checkpointing"])
     encoder.how = (f"adaptation lora: rank {rank}, alpha {alpha:g} on {added} weights ({targets}) of the last {n} of "
                    f"{total} blocks; the base weights are frozen")
     return encoder
@@ -367,9 +378,9 @@ def build_item_encoder(config, out_dim: int, shapes_only: bool = False) -> ItemE
     log.info("item encoder %s (%s, %s readout, width %d; %s): %d of %d parameters trainable",
              name, spec.backbone, readout, backbone.width, encoder.how,
              encoder.trainable_parameters(), encoder.total_parameters())
-    randomness = training_randomness([backbone.net]) if getattr(encoder, "requires_store", False) else []
+    randomness = training_randomness([backbone.net]) if isinstance(encoder, FrozenBaseEncoder) else []
     if randomness:
         log.info("adaptation %s: the frozen encoder runs in evaluation mode, also in training (its %s would "
-                 "otherwise make its states depend on the batch), so its stored states equal the computed ones",
+                 "otherwise make an item's vector depend on the batch)",
                  adaptation, ", ".join(randomness))
     return encoder

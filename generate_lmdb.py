@@ -14,7 +14,8 @@ import sys
 
 from REC.data.cover_pack import pack_covers
 from REC.data.covers import DEFAULT_NAME, ENCODINGS
-from REC.data.interactions import DataError, csv_path
+from REC.data.interactions import csv_path
+from REC.utils.errors import UserError
 
 
 def percent(text):
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         report = pack_covers(csv_path(args.data_path, args.dataset), covers_dir, output, size=args.size,
                              encoding=args.encoding, quality=args.quality, workers=args.workers,
                              txn_megabytes=args.txn_megabytes)
-    except DataError as exc:
+    except UserError as exc:
         print(f"generate_lmdb.py: error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())

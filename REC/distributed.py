@@ -15,6 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .utils.errors import UserError
+
+
+class DeviceError(UserError, ValueError):
+    """A ``--device`` value this machine cannot run: the message gives the grammar or what is missing."""
+
 
 @dataclass(frozen=True)
 class DeviceSpec:
@@ -32,11 +38,11 @@ class DeviceSpec:
         if text.startswith("cpu:"):
             n = text[4:]
             if not n.isdigit() or int(n) < 1:
-                raise ValueError(f"--device {text!r}: expected cpu:<number of processes>, e.g. cpu:2")
+                raise DeviceError(f"--device {text!r}: expected cpu:<number of processes>, e.g. cpu:2")
             return cls("cpu", int(n))
         ids = [p.strip() for p in text.split(",")]
         if not all(p.isdigit() for p in ids) or len(set(ids)) != len(ids):
-            raise ValueError(f"--device {text!r}: expected cpu, cpu:<n>, or distinct GPU ids such as 0,1,2,3")
+            raise DeviceError(f"--device {text!r}: expected cpu, cpu:<n>, or distinct GPU ids such as 0,1,2,3")
         return cls("cuda", len(ids), tuple(int(p) for p in ids))
 
     @property
@@ -49,11 +55,11 @@ class DeviceSpec:
         an N beyond them is a typo or a misunderstanding, not a speed-up."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if self.kind == "cpu" and self.nproc > cores:
-            raise ValueError(f"--device cpu:{self.nproc}: this machine gives the job {cores} CPU core(s), and each "
+            raise DeviceError(f"--device cpu:{self.nproc}: this machine gives the job {cores} CPU core(s), and each "
                              f"process needs at least one; ask for at most cpu:{cores}")
 
 
-class DisagreementError(RuntimeError):
+class DisagreementError(UserError, RuntimeError):
     """The processes of one job do not see the same input (run directory, checkpoint, weights). Every rank raises
     it together, with the same message, so none is left waiting in a collective."""
 
@@ -70,7 +76,7 @@ def compose_visible_devices(gpu_ids: tuple[int, ...], visible: str | None) -> st
     granted = [v.strip() for v in visible.split(",") if v.strip()]
     beyond = [i for i in gpu_ids if i >= len(granted)]
     if beyond:
-        raise ValueError(f"--device {','.join(map(str, gpu_ids))}: GPU {beyond[0]} does not exist for this job, "
+        raise DeviceError(f"--device {','.join(map(str, gpu_ids))}: GPU {beyond[0]} does not exist for this job, "
                          f"which may use {len(granted)} GPU(s) (CUDA_VISIBLE_DEVICES={visible!r}); --device counts "
                          f"them from 0")
     return ",".join(granted[i] for i in gpu_ids)
@@ -84,10 +90,10 @@ def select_gpus(spec: DeviceSpec) -> None:
     visible = compose_visible_devices(spec.gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
     os.environ["CUDA_VISIBLE_DEVICES"] = visible
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {ids}: no CUDA GPU is usable here (torch {torch.__version__}, built for CUDA "
+        raise DeviceError(f"--device {ids}: no CUDA GPU is usable here (torch {torch.__version__}, built for CUDA "
                          f"{torch.version.cuda}, CUDA_VISIBLE_DEVICES={visible!r}); use --device cpu or cpu:N")
     if torch.cuda.device_count() < spec.nproc:
-        raise ValueError(f"--device {ids}: CUDA finds only {torch.cuda.device_count()} of these {spec.nproc} GPUs "
+        raise DeviceError(f"--device {ids}: CUDA finds only {torch.cuda.device_count()} of these {spec.nproc} GPUs "
                          f"(CUDA_VISIBLE_DEVICES={visible!r}); this machine has fewer")
 
 
@@ -118,7 +124,7 @@ def init(spec: DeviceSpec, timeout_s: int) -> torch.device:
     """
     if spec.kind == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device asked for GPUs {spec.gpu_ids} but CUDA is not available here; use --device cpu")
+            raise DeviceError(f"--device asked for GPUs {spec.gpu_ids} but CUDA is not available here; use --device cpu")
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     else:

@@ -20,6 +20,7 @@ from .data.vocabulary import load_run_interactions
 from .launch import add_launch_args, check_launch_args, launch
 from .run import eval_worker, load_run_config
 from .trainer.checkpoint import check_belongs, load as load_checkpoint
+from .utils.errors import UserError
 
 
 def check_run(run_dir: str, checkpoint: str, allow_changed_data: bool):
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     check_launch_args(p, args)
     try:
         check = check_run(args.run_dir, args.checkpoint, args.allow_changed_data)
-    except (ConfigError, DataError, ValueError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if check.changed or check.trained_on is None:

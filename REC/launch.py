@@ -17,12 +17,12 @@ import sys
 import uuid
 from pathlib import Path
 
-from .config import ConfigError, split_config_files
+from .config import split_config_files
 from .configure import build_config
-from .data import DataError
-from .distributed import DeviceSpec, DisagreementError, select_gpus
+from .distributed import DeviceError, DeviceSpec, select_gpus
 from .run import create_run, load_run_config, preflight, worker
 from .trainer.checkpoint import CheckpointError, saved_world_size
+from .utils.errors import UserError
 from .utils.logging import setup_logging
 from .utils.run_dir_line import run_dir_line
 
@@ -74,12 +74,12 @@ def check_launch_args(p: argparse.ArgumentParser, args) -> None:
     try:
         args.spec = DeviceSpec.parse(args.device)
         args.spec.check_cores()
-    except ValueError as exc:
+    except DeviceError as exc:
         p.error(str(exc))
     if args.spec.kind == "cuda":
         try:
             select_gpus(args.spec)
-        except ValueError as exc:
+        except DeviceError as exc:
             p.exit(2, f"error: {exc}\n")
 
 
@@ -99,8 +99,6 @@ def launch_config(args, nproc: int):
                         rdzv_configs=rdzv_configs, max_restarts=0, start_method="spawn")
 
 
-# errors whose message says what to fix (config, data, checkpoint, nodes that disagree): one line, status 2
-CLEAR_ERRORS = (ConfigError, DataError, CheckpointError, DisagreementError)
 
 
 def _fail(status: int, message: str):
@@ -116,7 +114,7 @@ def _process_entry(entry, *entry_args):
     handler.initialize()
     try:
         return entry(*entry_args)
-    except CLEAR_ERRORS as exc:
+    except UserError as exc:  # its message says what to fix: one line, status 2
         handler.record_exception(exc)
         sys.exit(2)
     except Exception as exc:
@@ -143,7 +141,7 @@ def launch(entry, entry_args: tuple, args):
             if failure.exitcode == 2:
                 _fail(2, message.split(": ", 1)[-1])  # drop the exception's class name
             _fail(1, f"rank {rank} failed: {message}")
-    except CLEAR_ERRORS as exc:
+    except UserError as exc:  # its message says what to fix: one line, status 2
         _fail(2, str(exc))
     return results[min(results)] if results else None
 
@@ -176,7 +174,7 @@ def main(argv=None) -> int:
         else:  # node 0 makes the run directory; this node checks its config and data now, so errors come early
             config, run_dir = build_config(args.config_file, overrides), None
             preflight(config)
-    except (ConfigError, DataError, ValueError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = launch(worker, (None if run_dir is None else str(run_dir), args.device, bool(args.resume),

@@ -29,8 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ConfigError
-from .data import DataError, EvalBatches, EvalSplit, prepare_run_split
+from .data import EvalBatches, EvalSplit, prepare_run_split
 from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .data.split import ragged_positions
@@ -42,16 +41,21 @@ from .utils.integrity import DamagedFileError, checksum_record, npy_layout, veri
 from .model.base import DatasetInfo
 from .run import load_run_config
 from .trainer.checkpoint import load_weights
+from .utils.errors import UserError
 
 SHOWN = 5  # unknown ids quoted in an error message
 log = logging.getLogger(__name__)
 
 
-class UnknownIdError(ValueError):
+class PredictError(UserError, ValueError):
+    """predict cannot do what was asked of this run (its model, its item representations, the given ids)."""
+
+
+class UnknownIdError(PredictError):
     """Ids that the run's dataset does not hold; the message gives their count and the first few."""
 
 
-class KnownUsersOnlyError(RuntimeError):
+class KnownUsersOnlyError(UserError, RuntimeError):
     """The model scores users by a learned per-user vector, so it cannot score a bare history."""
 
 
@@ -111,7 +115,7 @@ class Recommender:
         config = load_run_config(run_dir)
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
+            raise PredictError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
         precision = precision or config["precision"]
         path = Path(run_dir) / checkpoint
         if not path.is_file():
@@ -127,7 +131,7 @@ class Recommender:
         table = None
         if item_representations is not None:
             if model.item_source != "covers":
-                raise ValueError(f"item_representations: model {config['model']} reads its items from the "
+                raise PredictError(f"item_representations: model {config['model']} reads its items from the "
                                  f"checkpoint, not from covers; there is nothing to load")
             table = cls.load_item_table(item_representations, inter.item_tokens.to_list(), model.cover_width)
         return cls(config, model, inter, device, precision, table, check)
@@ -150,18 +154,18 @@ class Recommender:
             else:
                 verify_file(npy, record, redo)
         except DamagedFileError as exc:
-            raise ValueError(f"item representations: {exc}" + ("" if redo in str(exc) else f"; {redo}")) from None
+            raise PredictError(f"item representations: {exc}" + ("" if redo in str(exc) else f"; {redo}")) from None
         table = np.load(npy, allow_pickle=False)
         saved_ids = txt.read_text(encoding="utf-8").split("\n")[:-1]
         if table.ndim != 2 or table.shape[0] != len(saved_ids):
-            raise ValueError(f"{npy}: shape {table.shape} does not match the {len(saved_ids)} ids of {txt}")
+            raise PredictError(f"{npy}: shape {table.shape} does not match the {len(saved_ids)} ids of {txt}")
         if saved_ids != item_ids:
             diff = sum(a != b for a, b in zip(saved_ids, item_ids)) + abs(len(saved_ids) - len(item_ids))
-            raise ValueError(f"{txt}: {len(saved_ids)} rows, but the run's dataset has {len(item_ids)} items "
+            raise PredictError(f"{txt}: {len(saved_ids)} rows, but the run's dataset has {len(item_ids)} items "
                              f"(padding row included) and {diff} rows differ; the table was saved from "
                              f"another dataset or another version of it")
         if table.shape[1] != width:
-            raise ValueError(f"{npy}: rows of width {table.shape[1]}, but the model's items have width {width}")
+            raise PredictError(f"{npy}: rows of width {table.shape[1]}, but the model's items have width {width}")
         return torch.from_numpy(table.astype(np.float32, copy=False))
 
     # --------------------------------------------------------------------------------------------- items
@@ -199,7 +203,7 @@ class Recommender:
         """PixelNet: write ``<path>.npy`` (float32 [item_num, d], row 0 padding) and ``<path>.items.txt`` (the
         original id of each row, ``[PAD]`` first); returns the ``.npy`` path."""
         if self.model.item_source != "covers":
-            raise ValueError(f"model {self.config['model']} reads its items from the checkpoint, not from covers; "
+            raise PredictError(f"model {self.config['model']} reads its items from the checkpoint, not from covers; "
                              f"only PixelNet runs have item representations to save")
         with self._ranking_scope():  # encodes the covers when not done yet
             pass
@@ -266,7 +270,7 @@ class Recommender:
                 f"so it cannot rank items for a given history; use recommend_users(user_ids) instead")
         empty = [n for n, h in enumerate(histories) if len(h) == 0]
         if empty:
-            raise ValueError(f"{len(empty)} of the {len(histories)} histories are empty (e.g. number {empty[0]}); "
+            raise PredictError(f"{len(empty)} of the {len(histories)} histories are empty (e.g. number {empty[0]}); "
                              f"give at least one item id")
         encoded, unknown = zip(*(self.item_index(h) for h in histories))
         missing = [m for ms in unknown for m in ms]
@@ -394,7 +398,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.users is not None and (not Path(args.users).exists() or Path(args.users).is_dir()):
-            raise FileNotFoundError(f"--users {args.users!r}: no such file")
+            raise PredictError(f"--users {args.users!r}: no such file")
         for option, path in (("--output", args.output), ("--save_items", args.save_items)):
             if path is not None:
                 check_writable_folder(option, path)
@@ -404,12 +408,12 @@ def main(argv=None) -> int:
         else:
             wanted = read_user_file(args.users)
             if not wanted:
-                raise ValueError(f"--users {args.users!r}: the file lists no user id")
+                raise PredictError(f"--users {args.users!r}: the file lists no user id")
             users = rec.user_index(wanted)
         if args.save_items:
             npy = rec.save_item_representations(args.save_items)
             print(f"item representations: {npy}", file=sys.stderr)
-    except (ConfigError, DataError, OSError, ValueError) as exc:
+    except (UserError, OSError) as exc:  # OSError: the files named on the command line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with tqdm(total=len(users), unit="user", desc="predict", file=sys.stderr) as bar:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from .utils.errors import UserError
+
 RESULT_NAME = "result.json"
 CONFIG_NAME = "config.yaml"
 TRANSFER_NAME = "transfer_report.json"
@@ -56,7 +58,7 @@ OUTPUTS = (("--csv", "csv", "CSV"), ("--markdown", "markdown", "markdown"), ("--
 MATPLOTLIB_HINT = "matplotlib is needed for --plot/--bar_plot: pip install matplotlib"
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """A problem with the command's inputs (no such directory, unknown column, unwritable output); exit status 2."""
 
 
@@ -498,8 +500,8 @@ def write_csv(columns: list[str], rows: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- plots
-class MatplotlibMissing(RuntimeError):
-    pass
+class MatplotlibMissing(UserError, RuntimeError):
+    """The plot options need matplotlib, which training never imports."""
 
 
 def _pyplot():
@@ -656,7 +658,7 @@ def main(argv=None) -> int:
                     print(f"{what}: {getattr(args, attr)}")
         if unfinished:
             print(f"unfinished (no {RESULT_NAME}, not in the table): {', '.join(map(str, unfinished))}")
-    except (MatplotlibMissing, ReportError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if runs else 1

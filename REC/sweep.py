@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, split_config_files
+from .config import split_config_files
 from .config.config import ConfigLayer, parse_overrides, parse_yaml_text
 from .configure import build_config
-from .distributed import DeviceSpec
+from .distributed import DeviceError, DeviceSpec
 from .utils.files import write_text_atomic
 from .utils.run_dir_line import RUN_DIR_PREFIX
+from .utils.errors import UserError
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.csv"
@@ -46,7 +47,7 @@ NOT_SEARCHABLE = {
 }
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """Bad input to the sweep itself (sweep file, options, a sweep directory that does not match): status 2."""
 
 
@@ -395,7 +396,7 @@ def prepare(args, overrides: list[str]) -> tuple[dict, list[dict], object]:
     parse_overrides(overrides)  # a malformed --key=value is named now, not by the first trial
     try:
         DeviceSpec.parse(args.device).check_cores()  # else every trial fails with it
-    except ValueError as exc:
+    except DeviceError as exc:
         raise SweepError(str(exc)) from None
     grid = read_grid(args.grid)
     given = {k for k, _ in parse_overrides(overrides)}
@@ -473,7 +474,7 @@ def main(argv=None) -> int:
         for _ in checked_trials(args, overrides, combos):
             pass
         record, lock = open_sweep(args, sweep_dir, settings, combos, base)
-    except (SweepError, ConfigError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     handlers = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}

@@ -21,11 +21,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from ..utils.errors import UserError
+
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 _DOC_LINE = re.compile(r"^(?P<key>[A-Za-z_][\w]*):.*?#\s*(?P<type>[^:]+?):\s*(?P<doc>.*)$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem found before any training starts."""
 
 

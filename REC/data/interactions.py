@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from ..utils.files import atomic_output
+from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
 COLUMNS = ("item_id", "user_id", "timestamp")
 PREP_VERSION = 1  # bump when the prepared arrays change meaning, so stale caches are not reused
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data files do not match what PixelRec expects; the message names the file and the problem."""
 
 

@@ -90,7 +90,7 @@ def hold_out_items(split: Split, items: np.ndarray) -> Split:
     of them (see the module docstring)."""
     cold = np.unique(np.asarray(items, dtype=np.int64))
     if len(cold) and (cold[0] < 1 or cold[-1] >= split.item_num):
-        raise ValueError(f"held-out item ids must lie in 1..{split.item_num - 1}, got {cold[0]}..{cold[-1]}")
+        raise DataError(f"held-out item ids must lie in 1..{split.item_num - 1}, got {cold[0]}..{cold[-1]}")
     if len(cold) >= split.item_num - 1:
         raise DataError(f"the cold_items protocol would hold out all {split.item_num - 1} items; nothing is left "
                         f"to train on")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError, split_config_files
-from ..data import DataError
+from ..config import split_config_files
+from ..utils.errors import UserError
 from ..utils.logging import setup_logging
-from .extract import FeatureExtractionError, extract_features, feature_config
+from .extract import extract_features, feature_config
 
 
 def parse_args(argv=None):
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         result = extract_features(config, args.output, spatial=args.spatial, device=args.device,
                                   batch_size=args.batch_size, precision=args.precision, workers=args.workers,
                                   max_batches=args.max_batches, restart=args.restart, overwrite=args.overwrite)
-    except (ConfigError, DataError, FeatureExtractionError, OSError) as exc:
+    except (UserError, OSError) as exc:  # OSError: the files named on the command line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -38,6 +38,7 @@ from ..data.covers import CoverStore
 from ..utils.files import sidecar, write_text_atomic
 from ..utils.integrity import checksum_record, npy_layout
 from ..utils.precision import autocast
+from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ FORMAT, VERSION = "pixelrec-features", 1
 FEATURES_DIR = "visual_features"
 
 
-class FeatureExtractionError(ValueError):
+class FeatureExtractionError(UserError, ValueError):
     """The extraction cannot run as asked (a partial file of other settings, an output in the way, no spatial
     map); the message says what to change."""
 

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.errors import UserError
+
 
 class DatasetInfo:
     """What a model may know about the data: table sizes (row 0 of each is padding) and, for models built
@@ -150,11 +152,15 @@ def key_ref(config, key: str) -> str:
     return f"key {key!r} = {_plain(config[key])!r} ({key_source(config, key)})"
 
 
-def config_error(config, key: str, expected: str) -> ValueError:
+class ModelConfigError(UserError, ValueError):
+    """A hyper-parameter the model cannot use. Models do not import the config layer, so this is their own user
+    error, reported by every command like a ConfigError (one line, status 2)."""
+
+
+def config_error(config, key: str, expected: str) -> ModelConfigError:
     """A hyper-parameter the model cannot use, in the config layer's format: ``<source>: key 'k' = v; expected
-    ...``. Single-key ranges are declared in the model's YAML; this is for what spans keys or the model's shape.
-    Models do not import the config layer, so this is a ValueError (which the launcher reports like a ConfigError)."""
-    return ValueError(f"{key_source(config, key)}: key {key!r} = {_plain(config[key])!r}; expected {expected}")
+    ...``. Single-key ranges are declared in the model's YAML; this is for what spans keys or the model's shape."""
+    return ModelConfigError(f"{key_source(config, key)}: key {key!r} = {_plain(config[key])!r}; expected {expected}")
 
 
 def _plain(v):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import config_error, key_ref
+from .base import ModelConfigError, config_error, key_ref
 
 ACTIVATIONS = {
     "gelu": nn.GELU,  # exact erf form, as the original
@@ -46,7 +46,7 @@ class Dropout(nn.Module):
     def __init__(self, p: float):
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+            raise ModelConfigError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.threshold = int(round(p * 65536)) - 32768
 
@@ -67,7 +67,7 @@ def activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name.lower()]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+        raise ModelConfigError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
 def mlp_layers(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -85,7 +85,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d: int, n_heads: int, attn_dropout: float, hidden_dropout: float, eps: float):
         super().__init__()
         if d % n_heads:
-            raise ValueError(f"embedding_size {d} is not a multiple of n_heads {n_heads}")
+            raise ModelConfigError(f"embedding_size {d} is not a multiple of n_heads {n_heads}")
         self.n_heads, self.attn_dropout = n_heads, attn_dropout
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.out = nn.Linear(d, d)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..utils.files import atomic_output, write_text_atomic
+from ..utils.errors import UserError
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -20,7 +21,7 @@ def write_json_atomic(obj, path: Path) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used: unreadable, or written by another process layout."""
 
 

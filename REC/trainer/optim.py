@@ -11,6 +11,8 @@ import logging
 
 import torch
 
+from ..config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,6 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
              f", objective {len(params['objective'])} ({settings['objective']})" if params["objective"] else "")
     groups = [{"params": params[g], "name": g, **settings[g]} for g in ("modal", "rec", "objective") if params[g]]
     if not groups:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters (nothing for the optimizer to train)")
     # fused AdamW does the whole update in one kernel per device; identical maths to the for-loop version
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=True)

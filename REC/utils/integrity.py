@@ -16,12 +16,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from .errors import UserError
 
 ALGORITHM = "crc32"
 CHUNK_BYTES = 64 << 20  # whole-file checksums: one per 64 MiB, so a reader can check a part without the rest
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(UserError, ValueError):
     """A stored array is not what was written: ``path``, the ``chunk`` that differs (None: the layout) and why."""
 
     def __init__(self, path: Path, why: str, chunk: int | None = None):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..interactions import DataError
 from ..split import Split, sequence_chunk_users
 
 TRAIN_DATASETS: dict[str, Callable[..., "EpochBatches"]] = {}
@@ -154,7 +155,7 @@ def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int,
     full = rows_without_negative(avoid, item_num, pool)
     if full.any():
         r = int(np.flatnonzero(full)[0])
-        raise ValueError(f"no negative can be drawn for {int(full.sum())} of {len(avoid)} rows: each holds every "
+        raise DataError(f"no negative can be drawn for {int(full.sum())} of {len(avoid)} rows: each holds every "
                          f"one of the {n_allowed} items a negative may be ({allowed}); e.g. row {r} holds "
                          f"{sorted(set(avoid[r].tolist()) - {0})[:20]}")
 
@@ -164,7 +165,7 @@ def sample_negatives(rng: np.random.Generator, avoid: np.ndarray, item_num: int,
     while bad.any():
         if rounds == MAX_REDRAW_ROUNDS:
             r = int(np.flatnonzero(bad.any(1))[0])
-            raise ValueError(f"negative sampling gave up after {rounds} redraw rounds: {int(bad.sum())} cells still "
+            raise DataError(f"negative sampling gave up after {rounds} redraw rounds: {int(bad.sum())} cells still "
                              f"hit their own row (e.g. row {r}, which holds {len(set(avoid[r].tolist()) - {0})} "
                              f"distinct items; {n_allowed} items may be a negative, {allowed}); the negative pool "
                              f"is too small")
@@ -192,7 +193,7 @@ def check_negatives_exist(split: Split, chunks: np.ndarray, max_len: int) -> Non
         allowed = (f"the {len(pool)} of {total} items that the cold_items protocol does not hold out"
                    + (f" ({how})" if how else ""))
     user = sequence_chunk_users(split, max_len)[np.flatnonzero(full)[0]]
-    raise ValueError(f"{int(full.sum())} training chunks (e.g. one of internal user id {user}) hold every item a "
+    raise DataError(f"{int(full.sum())} training chunks (e.g. one of internal user id {user}) hold every item a "
                      f"negative may be, {allowed}, so no negative exists for them and negative sampling could "
                      f"never end; use more items, a smaller cold_item_ratio or a smaller MAX_ITEM_LIST_LENGTH")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...config import ConfigError
 from ..split import Split, sequence_chunks
 from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
 
@@ -31,7 +32,7 @@ class MaskedBatches(EpochBatches):
         self.mask_token = split.item_num
         self.mask_ratio = config["mask_ratio"]
         if not 0.0 <= self.mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
+            raise ConfigError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
         super().__init__(len(self.chunks), config["train_batch_size"], config["seed"], rank, world_size)
 
     def make_batch(self, indices, rng):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..interactions import DataError
 from ..split import Split
 from .base import EpochBatches, draw_items, register_train_dataset
 
@@ -31,7 +32,7 @@ class PairBatches(EpochBatches):
         distinct = np.bincount(self.history // self.item_num, minlength=len(self.users))
         full = np.flatnonzero(distinct >= (self.item_num - 1 if self.pool is None else len(self.pool)))
         if len(full):  # rejection sampling would never end (the original hangs here)
-            raise ValueError(f"{len(full)} users have interacted with every item that may be a negative (e.g. "
+            raise DataError(f"{len(full)} users have interacted with every item that may be a negative (e.g. "
                              f"internal user id {self.users[full[0]]}), so no negative exists for them")
         super().__init__(len(self.items), config["train_batch_size"], config["seed"], rank, world_size)
 

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from ..base import DatasetInfo
+from ..base import DatasetInfo, ModelConfigError
 from ..layers import Dropout, FeedForward, check_heads_divide, init_normal_, mask_value
 from ..registry import register_model
 from ..target_bpr import TargetBPRModel
@@ -51,7 +51,7 @@ class LightMultiHeadAttention(nn.Module):
                  std: float):
         super().__init__()
         if d % n_heads:
-            raise ValueError(f"embedding_size {d} is not a multiple of n_heads {n_heads}")
+            raise ModelConfigError(f"embedding_size {d} is not a multiple of n_heads {n_heads}")
         self.n_heads, self.head = n_heads, d // n_heads
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.pool_key, self.pool_value = ItemToInterestAggregation(d, k, std), ItemToInterestAggregation(d, k, std)

@@ -18,13 +18,14 @@ from torch import nn
 from ...utils.files import sidecar
 from ...utils.integrity import DamagedFileError, npy_layout, verify_file
 from ..base import key_source
+from ...utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FEATURE_KEY = "v_feat_path"
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(UserError, ValueError):
     """The feature file is missing or does not fit the dataset or the model; the message names the file and the
     config key, so ``main.py`` reports it before any process starts (exit status 2)."""
 

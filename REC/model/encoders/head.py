@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from REC.config import ConfigError
+
 HEAD_ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -22,7 +24,7 @@ def projection_head(d_in: int, hidden: list[int], d_out: int, activation: str, x
     try:
         act = HEAD_ACTIVATIONS[activation.lower()]
     except KeyError:
-        raise ValueError(f"unknown head activation {activation!r}; known: {sorted(HEAD_ACTIVATIONS)}") from None
+        raise ConfigError(f"unknown head activation {activation!r}; known: {sorted(HEAD_ACTIVATIONS)}") from None
     sizes = [int(d_in), *(int(h) for h in hidden), int(d_out)]
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):

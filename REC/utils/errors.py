@@ -8,22 +8,7 @@ that caught ``ValueError`` at its top would print a numpy shape error as a tidy 
 """
 from __future__ import annotations
 
-import functools
-import sys
-
 
 class UserError(Exception):
     """Something the user gave is wrong; the message says what and what was expected."""
 
-
-def user_errors_exit_2(main):
-    """Wrap a command's ``main(argv) -> status``: a UserError becomes ``error: <message>`` on stderr and status 2;
-    every other exception passes with its traceback."""
-    @functools.wraps(main)
-    def command(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    return command

@@ -235,11 +235,23 @@ def test_head_mlp_activation_and_init():
     assert [tuple(m.weight.shape) for m in enc.head if isinstance(m, torch.nn.Linear)] == [(64, 768), (16, 64)]
 
 
-def test_channels_last_only_on_cuda():
-    enc = real("resnet50")
+@pytest.mark.parametrize("capability,converted", [("AVX2", False), ("DEFAULT", False), ("AVX512", True)])
+def test_channels_last_where_it_pays(monkeypatch, capability, converted):
+    """On CPU, channels-last only where torch's kernels use AVX-512 (measured faster there, bench_memory_format);
+    the vectors are the default layout's to fp32 rounding either way."""
+    def fresh(**over):  # not real()'s shared encoder, whose layout other tests' forwards have set
+        torch.manual_seed(0)
+        return build_item_encoder(cfg("resnet50", **over), 16).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     with torch.no_grad():
-        enc(torch.randn(1, 3, 64, 64))
-    assert enc.channels_last and enc.backbone.net.conv1.weight.is_contiguous()  # CPU input: left alone
+        reference = fresh(channels_last=False)(x)
+        enc = fresh()
+        got = enc(x)
+    weight = enc.backbone.net.conv1.weight
+    assert enc.channels_last and weight.is_contiguous(memory_format=torch.channels_last) == converted
+    assert weight.is_contiguous() != converted
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ frozen features

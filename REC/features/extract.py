@@ -103,13 +103,15 @@ class FeatureExtractor(torch.nn.Module):
 
     def forward(self, covers: torch.Tensor) -> torch.Tensor:
         x = self.items.pixels(covers)
-        if self.channels_last and x.is_cuda:  # as ItemEncoder.forward: cuDNN's NHWC kernels
+        if self.channels_last:  # decided for the device in prepare()
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone.feature_map(x) if self.spatial else self.backbone.pooled(x)
 
     def prepare(self, device: torch.device) -> FeatureExtractor:
+        from ..model.encoders.backbone import channels_last_pays
         self.to(device)
-        if self.channels_last and device.type == "cuda":
+        self.channels_last = self.channels_last and channels_last_pays(device)  # the item encoders' rule
+        if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         return self
 

@@ -10,7 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from REC.config import ConfigError
 
-from .backbone import Backbone, Stages, set_trainable_blocks, training_randomness
+from .backbone import Backbone, Stages, channels_last_pays, set_trainable_blocks, training_randomness
 from .head import projection_head
 from .registry import get_encoder_spec, list_encoders
 from .weights import Weights
@@ -127,7 +127,7 @@ class ItemEncoder(nn.Module):
         return self._read(st.finish(x))
 
     def _layout_for_device(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and images.is_cuda:  # cuDNN's NHWC kernels; on CPU it is slower, so never there
+        if self.channels_last and channels_last_pays(images.device):
             if not self._in_channels_last:
                 self.backbone.to(memory_format=torch.channels_last)
                 self._in_channels_last = True

@@ -73,3 +73,33 @@ def test_readme_pixelnet_demo_commands_run(tmp_path):
     chance_recall, chance_ndcg = 10 / 600, sum(1 / math.log2(r + 1) for r in range(1, 11)) / 600
     assert result["test"]["recall@10"] > 3 * chance_recall and result["test"]["ndcg@10"] > 3 * chance_ndcg, result
     assert result["cover_encode_seconds"] > 0
+
+
+# ------------------------------------------------------------------------------------------ python -m REC
+def test_one_command_line_dispatches_to_every_command(seq_data, tmp_path, capsys):
+    """python -m REC <command>: each registered command's module has main(argv); a wrong name is status 2 with a
+    did-you-mean; a command's own errors keep their policy (one line, status 2)."""
+    import importlib
+
+    from REC.__main__ import COMMANDS, main as rec
+    for name, (module, _) in COMMANDS.items():
+        assert callable(importlib.import_module(module).main), name
+    status, out, _ = call_main(rec, ["--help"], capsys)
+    assert status == 0 and all(f"  {name} " in out for name in COMMANDS)
+    status, _, err = call_main(rec, ["evaluat", str(tmp_path)], capsys)
+    assert status == 2 and "unknown command 'evaluat'; did you mean 'evaluate'?" in err
+    status, _, err = call_main(rec, ["evaluate", str(tmp_path / "nowhere")], capsys)
+    assert status == 2 and err.startswith("error: ") and str(tmp_path / "nowhere") in err
+    status, out, _ = call_main(rec, ["encoders", "16"], capsys)
+    assert status == 0 and "clip_vit_b32" in out
+    status, _, err = call_main(rec, ["train", *sasrec_args(seq_data, tmp_path, "--n_heads=3")], capsys)
+    assert status == 2 and "n_heads" in err and not list(tmp_path.rglob("config.yaml"))
+
+
+def test_python_m_rec_report_starts_without_torch(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import sys; from REC.__main__ import main; "
+                           f"status = main(['report', {str(tmp_path)!r}]); print(status, 'torch' in sys.modules)"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.strip().splitlines()[-1] == "1 False", proc.stdout + proc.stderr  # 1: no finished run
+    proc = subprocess.run([sys.executable, "-m", "REC", "pack", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and "--data_path" in proc.stdout

@@ -21,6 +21,7 @@ from .launch import add_launch_args, check_launch_args, launch
 from .run import eval_worker, load_run_config
 from .trainer.checkpoint import check_belongs, load as load_checkpoint
 from .utils.errors import UserError
+from .utils.run_layout import BEST_CHECKPOINT
 
 
 def check_run(run_dir: str, checkpoint: str, allow_changed_data: bool):
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m REC.evaluate", description=__doc__.splitlines()[0],
                                 epilog="Exit status 2: a bad argument, run directory, checkpoint or data file.")
     p.add_argument("run_dir", help="a run directory made by main.py")
-    p.add_argument("--checkpoint", default="best.pth", help="checkpoint file in the run directory")
+    p.add_argument("--checkpoint", default=BEST_CHECKPOINT, help="checkpoint file in the run directory")
     p.add_argument("--allow_changed_data", action="store_true",
                    help="evaluate even when the CSV differs from the one the run was trained on (ids are still "
                         "mapped through the run's vocabulary; interactions of unknown items or users are skipped)")

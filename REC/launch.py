@@ -15,7 +15,6 @@ import json
 import logging
 import sys
 import uuid
-from pathlib import Path
 
 from .config import split_config_files
 from .configure import build_config
@@ -23,6 +22,7 @@ from .distributed import DeviceError, DeviceSpec, select_gpus
 from .run import create_run, load_run_config, preflight, worker
 from .trainer.checkpoint import CheckpointError, saved_world_size
 from .utils.errors import UserError
+from .utils.run_layout import RunDir
 from .utils.logging import setup_logging
 from .utils.run_dir_line import run_dir_line
 
@@ -149,7 +149,7 @@ def launch(entry, entry_args: tuple, args):
 def check_resume(run_dir: str, world: int) -> None:
     """A resumed run keeps its number of processes: data shards and every rank's seeds depend on it, so another
     layout would silently continue a different run. Read from last.pth (mapped, not loaded) before any starts."""
-    path = Path(run_dir) / "last.pth"
+    path = RunDir(run_dir).last
     if not path.is_file():
         return  # killed before its first epoch ended: it starts from epoch 0
     saved = saved_world_size(path)  # a CheckpointError naming the file when it is truncated or corrupt

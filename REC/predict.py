@@ -42,6 +42,7 @@ from .model.base import DatasetInfo
 from .run import load_run_config
 from .trainer.checkpoint import load_weights
 from .utils.errors import UserError
+from .utils.run_layout import BEST_CHECKPOINT
 
 SHOWN = 5  # unknown ids quoted in an error message
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class Recommender:
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best.pth", device: str | torch.device = "cpu",
+    def from_run(cls, run_dir: str | Path, checkpoint: str = BEST_CHECKPOINT, device: str | torch.device = "cpu",
                  precision: str | None = None, item_representations: str | Path | None = None) -> "Recommender":
         """Load ``config.yaml`` and ``checkpoint`` of a run directory and the data (from its cache).
 
@@ -376,7 +377,7 @@ def parse_args(argv=None):
     p.add_argument("--topk", type=int, default=10, help="items per user")
     p.add_argument("--keep_history", action="store_true",
                    help="do not mask the items the user already interacted with (masked by default)")
-    p.add_argument("--checkpoint", default="best.pth", help="checkpoint file in the run directory")
+    p.add_argument("--checkpoint", default=BEST_CHECKPOINT, help="checkpoint file in the run directory")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch_size", type=int, default=1024, help="users scored per batch")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,

@@ -39,14 +39,10 @@ from pathlib import Path
 import yaml
 
 from .utils.errors import UserError
+from .utils.run_layout import CONFIG_FILE, DATA_FILE, RESULT_FILE, SWEEP_FILE, TRANSFER_REPORT_FILE
 
-RESULT_NAME = "result.json"
-CONFIG_NAME = "config.yaml"
-TRANSFER_NAME = "transfer_report.json"
-SWEEP_NAME = "sweep.json"  # REC/sweep.py's record; its directory holds trial runs, and is not one itself
 IGNORED_KEYS = {"output_dir", "cache_dir", "encoder_cache_dir", "show_progress", "state", "dist_timeout_s",
                 "model", "dataset"}
-DATA_NAME = "data.json"      # REC/data/vocabulary.py's DATA_FILE, written when a run starts (not imported: torch)
 DATA_HASH_KEY = "csv_blake2b"  # its content hash of the CSV the run read
 DATA_HASH_SHOWN = 12         # hex digits of that hash in the table; enough to tell two files apart
 NUMBER_FIELDS = ("best_epoch", "epochs_run", "seconds_per_epoch", "eval_seconds", "cover_encode_seconds",
@@ -97,10 +93,10 @@ def find_runs(dirs) -> tuple[list[Path], list[Path]]:
             continue
         folders = [e for e in entries if _is_folder(e)]
         files = {e.name for e in entries} - {e.name for e in folders}
-        if RESULT_NAME in files:
+        if RESULT_FILE in files:
             finished.append(here)
             continue  # a finished run holds no other runs, only tensorboard/ and the like
-        if CONFIG_NAME in files and SWEEP_NAME not in files:
+        if CONFIG_FILE in files and SWEEP_FILE not in files:
             unfinished.append(here)
         direct.extend(Path(e.path) for e in reversed(folders) if not e.is_symlink())
         linked.extend(Path(e.path) for e in reversed(folders) if e.is_symlink())
@@ -127,7 +123,7 @@ def flatten(mapping: dict, prefix: str = "") -> dict:
 def read_config(run_dir: Path) -> dict:
     """The run's resolved config as plain YAML (the ``# source`` comments drop out): read without validating, so
     runs made by older versions with since-renamed keys still show."""
-    path = run_dir / CONFIG_NAME
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         return {}
     try:
@@ -220,7 +216,7 @@ def result_problem(result) -> str | None:
 def read_data_hash(run_dir: Path) -> str | None:
     """The content hash of the CSV the run was trained on (``save_run_vocabulary``'s data.json). None for a run
     made before runs recorded it, and for one whose data.json cannot be read (with a warning): unknown data."""
-    path = run_dir / DATA_NAME
+    path = run_dir / DATA_FILE
     if not path.is_file():
         return None
     try:
@@ -241,12 +237,12 @@ class Run:
 
     def __init__(self, run_dir: Path, name: str):
         self.dir, self.name = run_dir, name
-        self.result = read_json(run_dir / RESULT_NAME)
+        self.result = read_json(run_dir / RESULT_FILE)
         if problem := result_problem(self.result):
             raise BadRunFile(problem)
         self.config = flatten(read_config(run_dir))
         self.data = read_data_hash(run_dir)
-        self.transfer = self._read_transfer(run_dir / TRANSFER_NAME)
+        self.transfer = self._read_transfer(run_dir / TRANSFER_REPORT_FILE)
         self.family = model_family(self.result.get("model", self.config.get("model")))
 
     @staticmethod
@@ -281,7 +277,7 @@ def load_runs(dirs) -> tuple[list[Run], list[Path]]:
         try:
             runs.append(Run(d, name))
         except BadRunFile as exc:
-            warn(f"skipping {d / RESULT_NAME}: {exc}; {RESULT_EXPECTED}")
+            warn(f"skipping {d / RESULT_FILE}: {exc}; {RESULT_EXPECTED}")
     return runs, unfinished
 
 
@@ -437,7 +433,7 @@ def table_notes(rows: list[dict], metric: str) -> list[str]:
     notes = []
     several = datasets_on_several_data([row["_run"] for row in rows])
     for dataset, labels in several.items():
-        files = ", ".join(f"{label or f'unknown (no {DATA_NAME})'}: {n} run(s)" for label, n in
+        files = ", ".join(f"{label or f'unknown (no {DATA_FILE})'}: {n} run(s)" for label, n in
                           sorted(labels.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
         notes.append(f"note: dataset {dataset!r} holds runs on {len(labels)} different data files ({files}); "
                      f"each is ranked and its best marked on its own (column 'data'), never against the others")
@@ -633,7 +629,7 @@ def main(argv=None) -> int:
             _pyplot()  # before the work, as the paths are
         runs, unfinished = load_runs(args.dirs)
         if not runs:
-            print(f"no finished run (a directory with {RESULT_NAME}) under {', '.join(args.dirs)}")
+            print(f"no finished run (a directory with {RESULT_FILE}) under {', '.join(args.dirs)}")
         else:
             columns, rows, metric = build_table(runs, args.metric)
             bar = bar_points(rows, columns, args.bar) if args.bar else None
@@ -657,7 +653,7 @@ def main(argv=None) -> int:
                 if getattr(args, attr):
                     print(f"{what}: {getattr(args, attr)}")
         if unfinished:
-            print(f"unfinished (no {RESULT_NAME}, not in the table): {', '.join(map(str, unfinished))}")
+            print(f"unfinished (no {RESULT_FILE}, not in the table): {', '.join(map(str, unfinished))}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

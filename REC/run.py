@@ -34,9 +34,9 @@ from .trainer.live_log import check_live_log
 from .trainer.transfer import check_init_from, initialise_from
 from .utils.logging import setup_logging
 from .utils.precision import use_tf32
+from .utils.run_layout import BEST_CHECKPOINT, CONFIG_FILE, RunDir
 
 log = logging.getLogger(__name__)
-CONFIG_NAME = "config.yaml"
 
 
 def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Interactions, Split]:
@@ -111,16 +111,16 @@ def create_run(config_files, overrides=()) -> tuple[Config, Path]:
     inter, split = preflight(config)
     run_dir = new_run_dir(config)
     new_run_id(run_dir)
-    (run_dir / CONFIG_NAME).write_text(config.dump_yaml())
+    (run_dir / CONFIG_FILE).write_text(config.dump_yaml())
     save_run_vocabulary(inter, config, run_dir)  # predict, evaluate and resume read the data through these ids
     save_protocol(split, inter.item_tokens, run_dir)  # cold_items.txt and protocol.json, when a protocol is on
     return config, run_dir
 
 
 def load_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / CONFIG_NAME
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(f"--resume {str(run_dir)!r}: no {CONFIG_NAME} there; expected a run directory "
+        raise ConfigError(f"--resume {str(run_dir)!r}: no {CONFIG_FILE} there; expected a run directory "
                           f"made by main.py")
     return build_config([path])
 
@@ -133,7 +133,7 @@ def worker(run_dir: str | None, device: str, resume: bool = False, timeout_s: in
     return _in_process_group(run_dir, device, lambda *a: _train_and_test(*a, resume=resume), timeout_s=timeout_s)
 
 
-def eval_worker(run_dir: str, device: str, checkpoint_name: str = "best.pth") -> dict:
+def eval_worker(run_dir: str, device: str, checkpoint_name: str = BEST_CHECKPOINT) -> dict:
     """Evaluate a saved checkpoint of a run on its valid and test splits; returns both results."""
     return _in_process_group(run_dir, device, lambda *a: _evaluate_checkpoint(*a, checkpoint_name=checkpoint_name),
                              log_to_file=False)
@@ -165,10 +165,10 @@ def _agree_on_run_dir(run_dir: str | Path | None) -> Path:
     mine = Path(run_dir if run_dir is not None else root)
     if dist.world_size() == 1:
         return mine
-    path = mine / CONFIG_NAME
+    path = mine / CONFIG_FILE
     text = path.read_text() if path.is_file() else None
     digest = hashlib.sha256(text.encode()).hexdigest()[:16] if text is not None else None
-    dist.check_same(digest, f"the run's {CONFIG_NAME}", f"{SHARED_DIR_HINT}; on --resume, give every node the same "
+    dist.check_same(digest, f"the run's {CONFIG_FILE}", f"{SHARED_DIR_HINT}; on --resume, give every node the same "
                     f"RUN_DIR", shown=f"{os.path.abspath(path)}: {f'sha256 {digest}' if digest else 'no such file'}")
     return mine
 
@@ -236,7 +236,7 @@ def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, ch
 
 def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume: bool) -> dict:
     log.info("run directory %s, world size %d, device %s, %d threads per process\nconfig (value  # source):\n%s",
-             run_dir, dist.world_size(), device, torch.get_num_threads(), (run_dir / CONFIG_NAME).read_text())
+             run_dir, dist.world_size(), device, torch.get_num_threads(), (run_dir / CONFIG_FILE).read_text())
     torch.manual_seed(config["seed"])  # model initialisation; every numpy draw takes a Generator seeded from config
     inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -244,7 +244,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     log.info("%s", describe_objective(config, model, dist.world_size()))
     train_batches = training_batches(model, split, config, store, dist.rank(), dist.world_size())
     valid_batches, test_batches = evals["valid"], evals["test"]
-    has_last = resume and (run_dir / "last.pth").is_file()
+    has_last = resume and RunDir(run_dir).last.is_file()
     dist.check_same(has_last, "whether the run directory holds last.pth", SHARED_DIR_HINT)  # else ranks start apart
     if config["init_from"] and not has_last:  # once, before any epoch
         initialise_from(model, config, run_dir)
@@ -263,7 +263,7 @@ def _train_and_test(config: Config, run_dir: Path, device: torch.device, resume:
     if evaluator.cover_seconds:  # PixelNet: encoding every item's cover, part of each evaluation's time
         summary["cover_encode_seconds"] = sum(evaluator.cover_seconds) / len(evaluator.cover_seconds)
     if dist.is_main():
-        write_json_atomic(summary, run_dir / "result.json")
+        write_json_atomic(summary, RunDir(run_dir).result)
         log.info("best valid (epoch %s): %s\ntest: %s\nresults in %s", summary["best_epoch"], summary["best_valid"],
-                 summary["test"], run_dir / "result.json")
+                 summary["test"], RunDir(run_dir).result)
     return summary

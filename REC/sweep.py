@@ -27,9 +27,9 @@ from .configure import build_config
 from .distributed import DeviceError, DeviceSpec
 from .utils.files import write_text_atomic
 from .utils.run_dir_line import RUN_DIR_PREFIX
+from .utils.run_layout import CONFIG_FILE, RESULT_FILE, SWEEP_FILE, RunDir
 from .utils.errors import UserError
 
-SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.csv"
 LOCK_FILE = "sweep.lock"
 MAIN = Path(__file__).resolve().parents[1] / "main.py"
@@ -169,7 +169,7 @@ def check_record(record, path: Path) -> dict:
 def trial_run_dir(sweep_dir: Path, trial: dict) -> Path | None:
     """The run directory a trial's main.py made inside its own output folder (the newest, when a trial that was
     killed before its first checkpoint was started again)."""
-    runs = list((sweep_dir / trial["id"]).glob("*/config.yaml"))
+    runs = list((sweep_dir / trial["id"]).glob(f"*/{CONFIG_FILE}"))
     return max(runs, key=lambda p: p.stat().st_mtime).parent.resolve() if runs else None
 
 
@@ -179,8 +179,8 @@ def trial_command(sweep_dir: Path, trial: dict, settings: dict, device: str) -> 
     head = [sys.executable, str(MAIN), "--device", device]
     if trial["state"] == "running":
         run_dir = trial_run_dir(sweep_dir, trial)
-        if run_dir is not None and (run_dir / "last.pth").is_file():
-            return head + ["--resume", str(run_dir)], f"resuming from {run_dir / 'last.pth'}"
+        if run_dir is not None and RunDir(run_dir).last.is_file():
+            return head + ["--resume", str(run_dir)], f"resuming from {RunDir(run_dir).last}"
     output = f"--output_dir={json.dumps(str((sweep_dir / trial['id']).resolve()))}"
     return (head + ["--config_file", *settings["config_files"], *settings["base_overrides"],
                     *trial_overrides(trial["overrides"]), output], "starting")
@@ -298,7 +298,7 @@ def run_trial(sweep_dir: Path, record: dict, trial: dict, device: str, lock: Swe
             lock.note_trial(os.getpid())
     trial["seconds"] = round(time.monotonic() - start, 1)  # of this attempt
     run_dir = last_run_dir(log_path) if status == 0 else None
-    result_path = run_dir / "result.json" if run_dir else None
+    result_path = RunDir(run_dir).result if run_dir else None
     if result_path is not None and result_path.is_file():
         result = json.loads(result_path.read_text())
         trial.update(state="done", run_dir=str(run_dir), valid=result.get("best_valid"), test=result.get("test"),
@@ -306,7 +306,7 @@ def run_trial(sweep_dir: Path, record: dict, trial: dict, device: str, lock: Swe
     else:
         found = trial_run_dir(sweep_dir, trial)
         trial.update(state="failed", run_dir=str(found) if found else None, returncode=status,
-                     error=last_error(log_path) if status else f"no {RUN_DIR_PREFIX} line or result.json")
+                     error=last_error(log_path) if status else f"no {RUN_DIR_PREFIX} line or {RESULT_FILE}")
     save(sweep_dir, record)
 
 

@@ -106,7 +106,7 @@ def test_side_trains_under_ddp_then_evaluate_predict_and_init_from_read_it(log, 
     import subprocess
     import sys
 
-    from REC.trainer.transfer import REPORT_NAME
+    from REC.utils.run_layout import TRANSFER_REPORT_FILE
     from .conftest import ROOT
     args = ["--config_file", "PixelNet/sasrec.yaml", "overall/ResNet50.yaml", f"--data_path={log.data}",
             "--dataset=Tiny", "--encoder_pretrained=false", "--image_size=32", "--side_width=16",
@@ -135,7 +135,7 @@ def test_side_trains_under_ddp_then_evaluate_predict_and_init_from_read_it(log, 
 
     frozen = run_main([*args, "--adaptation=frozen", "--epochs=1", f"--init_from={run.run_dir}",
                        "--encoder_head_layers=[]", f"--output_dir={tmp_path / 'frozen'}"])
-    report = json.loads((frozen.run_dir / REPORT_NAME).read_text())
+    report = json.loads((frozen.run_dir / TRANSFER_REPORT_FILE).read_text())
     loaded = {e["name"] for e in report["loaded"]}
     skipped = {e["name"]: e["why"] for e in report["skipped"]}
     assert any(n.startswith("trm_encoder") or "position_embedding" in n for n in loaded), sorted(loaded)

@@ -14,7 +14,7 @@ from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
 from REC.predict import KnownUsersOnlyError, Recommender, UnknownIdError, main, write_recommendations
 from REC.configure import build_config
-from REC.run import CONFIG_NAME
+from REC.utils.run_layout import CONFIG_FILE
 from REC.trainer.checkpoint import save_atomic
 
 from .conftest import ROOT, run_main, sasrec_args
@@ -203,7 +203,7 @@ def test_pixelnet_item_representations_round_trip(vis_data, tmp_path):  # noqa: 
     model = create_model("MOSASRec", cfg, DatasetInfo.from_split(split))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / CONFIG_NAME).write_text(cfg.dump_yaml())
+    (run_dir / CONFIG_FILE).write_text(cfg.dump_yaml())
     save_atomic({"model": model.state_dict(), "epoch": 0}, run_dir / "best.pth")
 
     encoded = Recommender.from_run(run_dir)
@@ -271,7 +271,7 @@ def test_weights_that_do_not_fit_the_runs_config_are_one_line(run, tmp_path, cap
 
     from .conftest import call_main
     edited = copied_run(run[0], tmp_path, "edited")
-    config = edited / CONFIG_NAME
+    config = edited / CONFIG_FILE
     config.write_text(config.read_text().replace("embedding_size: 32", "embedding_size: 16", 1))
     for command, argv in ((evaluate_main, [edited]), (main, [edited, "--output", tmp_path / "recs.csv"])):
         status, _, err = call_main(command, argv, capsys)

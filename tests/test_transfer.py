@@ -15,7 +15,8 @@ from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
 from REC.configure import build_config
 from REC.trainer.checkpoint import save_atomic
-from REC.trainer.transfer import REPORT_NAME, TransferError, check_init_from, id_tables, initialise_from
+from REC.utils.run_layout import TRANSFER_REPORT_FILE
+from REC.trainer.transfer import TransferError, check_init_from, id_tables, initialise_from
 
 from .conftest import run_main, sasrec_args
 from .model_cases import SMALL
@@ -80,7 +81,7 @@ def test_sasrec_loads_everything_but_its_item_table(tmp_path):
     for n in report.loaded_names:
         assert torch.equal(got[n], src[n]), n
     assert torch.equal(got["item_embedding.weight"], fresh["item_embedding.weight"])  # its own fresh init
-    assert json.loads((tmp_path / REPORT_NAME).read_text()) == json.loads(json.dumps(report.to_dict()))
+    assert json.loads((tmp_path / TRANSFER_REPORT_FILE).read_text()) == json.loads(json.dumps(report.to_dict()))
 
 
 def test_id_tables_do_not_transfer_even_when_the_counts_agree(tmp_path):
@@ -201,7 +202,7 @@ def test_main_pretrain_then_finetune_on_another_dataset(seq_data, other_data, tm
     args = ["--config_file", "IDNet/sasrec.yaml", "overall/ID.yaml", f"--data_path={other_data}",
             "--dataset=Other", f"--output_dir={tmp_path / 'b'}", *SASREC, "--show_progress=false", "--epochs=1"]
     proc, run = run_main([*args, f"--init_from={source}"])
-    report = json.loads((run / REPORT_NAME).read_text())
+    report = json.loads((run / TRANSFER_REPORT_FILE).read_text())
     assert report["checkpoint"] == str(source / "best.pth")
     assert "position_embedding.weight" in {e["name"] for e in report["loaded"]}
     assert [(e["name"], e["why"]) for e in report["skipped"]] == [("item_embedding.weight", "id_table")]
@@ -209,9 +210,9 @@ def test_main_pretrain_then_finetune_on_another_dataset(seq_data, other_data, tm
 
     # a resumed run continues from its own weights: init_from is neither checked nor applied again
     (source / "best.pth").rename(tmp_path / "moved.pth")
-    stamp = (run / REPORT_NAME).stat().st_mtime_ns
+    stamp = (run / TRANSFER_REPORT_FILE).stat().st_mtime_ns
     run_main(["--resume", str(run)])
-    assert (run / REPORT_NAME).stat().st_mtime_ns == stamp
+    assert (run / TRANSFER_REPORT_FILE).stat().st_mtime_ns == stamp
 
     bad, _ = run_main([*args, f"--init_from={source}"], check=False)  # best.pth is gone: fails before training
     assert bad.returncode == 2 and "init_from" in bad.stderr and str(source) in bad.stderr, bad.stderr

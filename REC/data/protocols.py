@@ -33,10 +33,9 @@ import pandas as pd
 
 from .interactions import DataError, TokenTable
 from .split import EvalSplit, Split, ragged_positions
+from ..utils.run_layout import COLD_ITEMS_FILE, PROTOCOL_FILE
 
 log = logging.getLogger(__name__)
-COLD_ITEMS_FILE = "cold_items.txt"
-PROTOCOL_FILE = "protocol.json"
 # independent random streams per protocol, so changing one setting does not reshuffle the other
 _COLD_STREAM, _USER_STREAM = 1, 2
 

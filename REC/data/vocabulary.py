@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..utils.run_layout import DATA_FILE, VOCABULARY_FILE
 from .interactions import DataError, Interactions, TokenTable, csv_path, load_interactions
 
 log = logging.getLogger(__name__)
-VOCABULARY_FILE = "vocabulary.npz"  # user and item tokens in internal order, [PAD] first (utf-8, never pickled)
-DATA_FILE = "data.json"             # the CSV's path, content hash and counts at the start of the run
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 
 from ..utils.files import atomic_output, write_text_atomic
 from ..utils.errors import UserError
+from ..utils.run_layout import RUN_ID_FILE
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -40,7 +41,6 @@ def load(path: Path, device="cpu", mmap: bool = False):
                               f"{': ' + reason if reason else ''})") from None
 
 
-RUN_ID_FILE = "run_id"
 
 
 def new_run_id(run_dir: Path) -> str:

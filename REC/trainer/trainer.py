@@ -30,6 +30,7 @@ from .. import distributed as dist
 from ..evaluator.ranking import Evaluation, format_buckets
 from ..utils.memory import peak_rss_mib
 from ..utils.precision import autocast
+from ..utils.run_layout import RunDir
 from . import checkpoint
 from .optim import build_optimizer
 from .live_log import open_live_log
@@ -62,11 +63,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ state
     @property
     def last_path(self) -> Path:
-        return self.run_dir / "last.pth"
+        return RunDir(self.run_dir).last
 
     @property
     def best_path(self) -> Path:
-        return self.run_dir / "best.pth"
+        return RunDir(self.run_dir).best
 
     def save_last(self) -> None:
         if dist.is_main():

@@ -33,13 +33,12 @@ from torch import nn
 
 from .. import distributed as dist
 from ..config import ConfigError
+from ..utils.run_layout import BEST_CHECKPOINT, TRANSFER_REPORT_FILE
 from .checkpoint import write_json_atomic
 from .optim import in_encoder
 
 log = logging.getLogger(__name__)
 PARTS = ("encoder", "backbone")
-REPORT_NAME = "transfer_report.json"
-RUN_CHECKPOINT = "best.pth"  # what a run directory given as init_from contributes
 SHOW = 12                    # entries of each list in the log and in error messages (the JSON has them all)
 
 # why a tensor did not load
@@ -86,7 +85,7 @@ class TransferReport:
                 lines.append(f"  {title}:")
                 lines += [f"    {_describe(e)}" for e in entries[:SHOW]]
                 if len(entries) > SHOW:
-                    lines.append(f"    ... ({len(entries) - SHOW} more in {REPORT_NAME})")
+                    lines.append(f"    ... ({len(entries) - SHOW} more in {TRANSFER_REPORT_FILE})")
         return "\n".join(lines)
 
 
@@ -134,10 +133,10 @@ def checkpoint_path(init_from: str | Path) -> Path:
     """A run directory means its best.pth; anything else must be a checkpoint file. Raises ValueError."""
     path = Path(init_from)
     if path.is_dir():
-        if not (path / RUN_CHECKPOINT).is_file():
-            raise ValueError(f"the directory has no {RUN_CHECKPOINT}; a run directory holds it once its first "
+        if not (path / BEST_CHECKPOINT).is_file():
+            raise ValueError(f"the directory has no {BEST_CHECKPOINT}; a run directory holds it once its first "
                              f"evaluation has run (or give a checkpoint file)")
-        return path / RUN_CHECKPOINT
+        return path / BEST_CHECKPOINT
     if not path.exists():
         raise ValueError("no such file or directory")
     return path
@@ -261,5 +260,5 @@ def initialise_from(model: nn.Module, config, run_dir: Path | None = None) -> Tr
             target[name].copy_(source[name])
     log.info("%s", report.summary())
     if run_dir is not None and dist.is_main():
-        write_json_atomic(report.to_dict(), Path(run_dir) / REPORT_NAME)
+        write_json_atomic(report.to_dict(), Path(run_dir) / TRANSFER_REPORT_FILE)
     return report

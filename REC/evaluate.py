@@ -21,16 +21,13 @@ from .launch import add_launch_args, check_launch_args, launch
 from .run import eval_worker, load_run_config
 from .trainer.checkpoint import check_belongs, load as load_checkpoint
 from .utils.errors import UserError
-from .utils.run_layout import BEST_CHECKPOINT
+from .utils.run_layout import BEST_CHECKPOINT, RunDir
 
 
 def check_run(run_dir: str, checkpoint: str, allow_changed_data: bool):
     """Everything that can fail before processes start; returns how the CSV compares with the run's."""
     config = load_run_config(run_dir)
-    path = Path(run_dir) / checkpoint
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist; --checkpoint names a file of the run directory (best.pth is "
-                          f"written at the first validation, last.pth after every epoch)")
+    path = RunDir(run_dir).checkpoint(checkpoint)
     ckpt = load_checkpoint(path, mmap=True)  # mapped, not read: the workers load the weights
     if "model" not in ckpt:
         raise ConfigError(f"{path}: a checkpoint without model weights; expected best.pth or last.pth of a run")

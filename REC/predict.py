@@ -42,7 +42,7 @@ from .model.base import DatasetInfo
 from .run import load_run_config
 from .trainer.checkpoint import load_weights
 from .utils.errors import UserError
-from .utils.run_layout import BEST_CHECKPOINT
+from .utils.run_layout import BEST_CHECKPOINT, RunDir
 
 SHOWN = 5  # unknown ids quoted in an error message
 log = logging.getLogger(__name__)
@@ -118,17 +118,13 @@ class Recommender:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise PredictError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
         precision = precision or config["precision"]
-        path = Path(run_dir) / checkpoint
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
+        path = RunDir(run_dir).checkpoint(checkpoint)
         inter, split, check = prepare_run_split(config, run_dir)  # the run's own ids, whatever the CSV's row order
         if check.changed or check.trained_on is None:
             log.warning("%s", check.describe(run_dir))
         model = create_model(config["model"], config, DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest()))
         load_weights(model, path, Path(run_dir))
-        model = model.to(device)
-        if model.item_source == "covers" and device.type == "cuda" and config["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(device)  # an image encoder takes its memory format itself (channels_last)
         table = None
         if item_representations is not None:
             if model.item_source != "covers":

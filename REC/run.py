@@ -219,10 +219,7 @@ def training_batches(model, split: Split, config, store=None, rank: int = 0, wor
 
 def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, checkpoint_name: str) -> dict:
     inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
-    path = run_dir / checkpoint_name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; a run directory holds best.pth and last.pth")
-    load_weights(model, path, run_dir)
+    load_weights(model, RunDir(run_dir).checkpoint(checkpoint_name), run_dir)
     if store is not None:
         attach_prefix_store(config, model, inter, split, device, store, item_covers=evaluator.item_covers)
     results = {}

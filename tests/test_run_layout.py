@@ -29,7 +29,18 @@ def test_run_dir_names_its_files(tmp_path):
     run = RunDir(str(tmp_path))
     assert run.path == Path(tmp_path) and run.config == tmp_path / "config.yaml"
     assert (run.last, run.best) == (tmp_path / "last.pth", tmp_path / "best.pth")
-    assert run.checkpoint() == run.best and run.checkpoint("last.pth") == run.last
+    run.best.write_bytes(b"")
+    assert run.checkpoint() == run.best
     assert not run.finished
     run.result.write_text("{}")
     assert run.finished and run.transfer_report.name == "transfer_report.json"
+
+
+def test_a_missing_checkpoint_is_a_user_error_that_says_when_each_is_written(tmp_path):
+    import pytest
+
+    from REC.utils.errors import UserError
+    with pytest.raises(UserError, match=r"last.pth does not exist; a run directory holds best.pth from its first "
+                                         r"validation and last.pth after every epoch") as err:
+        RunDir(tmp_path).checkpoint("last.pth")
+    assert isinstance(err.value, FileNotFoundError)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 CONFIG_FILE = "config.yaml"                    # the merged config the run trains with (written before it starts)
 RUN_ID_FILE = "run_id"                         # a random id, so a checkpoint is never resumed into another run
 VOCABULARY_FILE = "vocabulary.npz"             # user and item tokens in internal order, [PAD] first
@@ -20,6 +22,10 @@ LAST_CHECKPOINT = "last.pth"                   # the newest epoch's state: what 
 BEST_CHECKPOINT = "best.pth"                   # the best validation epoch's weights: evaluate, predict, init_from
 RESULT_FILE = "result.json"                    # written once the run is tested: a directory with it is finished
 SWEEP_FILE = "sweep.json"                      # in a sweep's directory (REC.sweep), which holds trial runs
+
+
+class MissingCheckpointError(UserError, FileNotFoundError):
+    """A checkpoint the command was told to read is not in the run directory."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,13 @@ class RunDir:
         return self.path / TRANSFER_REPORT_FILE
 
     def checkpoint(self, name: str = BEST_CHECKPOINT) -> Path:
-        """A checkpoint file of the run, by file name (``best.pth`` unless a command is told another)."""
-        return self.path / name
+        """A checkpoint file of the run, by file name (``best.pth`` unless a command is told another); a missing
+        one is a MissingCheckpointError that says when each checkpoint is written."""
+        path = self.path / name
+        if not path.is_file():
+            raise MissingCheckpointError(f"{path} does not exist; a run directory holds {BEST_CHECKPOINT} from its "
+                                         f"first validation and {LAST_CHECKPOINT} after every epoch")
+        return path
 
     @property
     def finished(self) -> bool:

@@ -34,7 +34,7 @@ def test_metric_values(name, k, expected):
 
 
 def test_unknown_metric_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown metric 'AUC'; known metrics: \[.*'NDCG'"):
+    with pytest.raises(ValueError, match=r"unknown metric 'AUC'; known: \[.*'NDCG'"):
         get_metric("AUC")
 
 

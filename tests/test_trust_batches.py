@@ -111,7 +111,7 @@ def test_an_input_type_is_upper_snake_case_and_the_matching_names_register():
     try:
         assert register_train_dataset("TRUST_TEST")(cls) is cls and TRAIN_DATASETS["TRUST_TEST"] is cls
     finally:
-        TRAIN_DATASETS.pop("TRUST_TEST", None)  # the registry is the whole test process's
+        TRAIN_DATASETS.remove("TRUST_TEST")  # the registry is the whole test process's
 
 
 def test_every_module_of_the_training_package_registers_its_type():

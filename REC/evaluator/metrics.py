@@ -7,27 +7,14 @@ exact: every rank reduces sums and counts, never means.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {}
-DISPLAY_NAMES: dict[str, str] = {}
+from ..utils.registry import Registry
 
-
-def register_metric(name: str):
-    def deco(fn):
-        METRICS[name.lower()] = fn
-        DISPLAY_NAMES[name.lower()] = name
-        return fn
-    return deco
-
-
-def get_metric(name: str):
-    try:
-        return METRICS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown metric {name!r}; known metrics: {sorted(DISPLAY_NAMES.values())}") from None
+# name -> fn(hits, n_pos, k) -> per-user values; ``metrics: [ndcg]`` and ``[NDCG]`` are the same metric
+METRICS = Registry("metric", error=ValueError, fold_case=True)
+register_metric = METRICS.register
+get_metric = METRICS.get
 
 
 def _gains(k: int, device) -> torch.Tensor:

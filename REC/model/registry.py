@@ -5,44 +5,20 @@ sits beside a ``<file>.yaml`` of its own documented hyper-parameter defaults.
 """
 from __future__ import annotations
 
-import fnmatch
 import importlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..utils.registry import import_submodules
+from ..utils.registry import Registry, import_submodules
 
 FAMILIES = ("IDNet", "PixelNet", "ViNet")
-_REGISTRY: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
 
 
 class UnknownModelError(KeyError):
     def __str__(self):  # KeyError quotes its message; we want it readable
         return str(self.args[0])
-
-
-def register_model(family: str):
-    if family not in _REGISTRY:
-        raise ValueError(f"unknown model family {family!r}; families are {FAMILIES}")
-
-    def deco(cls):
-        name = cls.__name__
-        if not hasattr(cls, "input_type") or not (cls.input_type is None or isinstance(cls.input_type, str)):
-            got = repr(cls.input_type) if hasattr(cls, "input_type") else "none"
-            raise TypeError(f"model {name} must declare input_type, the name of its training examples "
-                            f"(REC.data.training) or None when it is evaluated as built; got {got}")
-        for fam, models in _REGISTRY.items():
-            if name in models and models[name] is not cls:
-                raise ValueError(f"model name {name!r} is already registered in {fam}")
-        defaults = Path(importlib.import_module(cls.__module__).__file__).with_suffix(".yaml")
-        if not defaults.is_file():
-            raise ValueError(f"model {name} has no defaults file {defaults}")
-        cls.family, cls.defaults_file = family, defaults
-        _REGISTRY[family][name] = cls
-        return cls
-    return deco
 
 
 def _import_all() -> None:
@@ -51,18 +27,34 @@ def _import_all() -> None:
         import_submodules(f"REC.model.{family}")
 
 
+MODELS = Registry("model", error=UnknownModelError, fill=_import_all)  # class name -> model class (its .family)
+
+
+def register_model(family: str):
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; families are {FAMILIES}")
+
+    def deco(cls):
+        name = cls.__name__
+        if not hasattr(cls, "input_type") or not (cls.input_type is None or isinstance(cls.input_type, str)):
+            got = repr(cls.input_type) if hasattr(cls, "input_type") else "none"
+            raise TypeError(f"model {name} must declare input_type, the name of its training examples "
+                            f"(REC.data.training) or None when it is evaluated as built; got {got}")
+        defaults = Path(importlib.import_module(cls.__module__).__file__).with_suffix(".yaml")
+        if not defaults.is_file():
+            raise ValueError(f"model {name} has no defaults file {defaults}")
+        MODELS.add(name, cls)
+        cls.family, cls.defaults_file = family, defaults
+        return cls
+    return deco
+
+
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    _import_all()
-    families = [family] if family else FAMILIES
-    return sorted(n for f in families for n in _REGISTRY[f] if fnmatch.fnmatch(n.lower(), pattern.lower()))
+    return sorted(n for n in MODELS.names(pattern) if family is None or MODELS.get(n).family == family)
 
 
 def get_model_class(name: str) -> type:
-    _import_all()
-    for models in _REGISTRY.values():
-        if name in models:
-            return models[name]
-    raise UnknownModelError(f"unknown model {name!r}; known models: {list_models()}")
+    return MODELS.get(name)
 
 
 def model_defaults_file(name: str) -> Path | None:

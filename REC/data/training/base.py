@@ -9,16 +9,16 @@ whatever the number of loader workers, and a resumed run replays exactly what an
 from __future__ import annotations
 
 import re
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ...utils.registry import Registry
 from ..interactions import DataError
 from ..split import Split, sequence_chunk_users
 
-TRAIN_DATASETS: dict[str, Callable[..., "EpochBatches"]] = {}
+TRAIN_DATASETS = Registry("training-example type", error=ValueError)  # input_type -> its EpochBatches class
 
 _INPUT_TYPE = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")
 
@@ -48,19 +48,13 @@ def register_train_dataset(input_type: str):
         if cls.__module__.rsplit(".", 1)[-1] != module or cls.__qualname__ != name:
             raise ValueError(f"input type {input_type!r} must be built by class {name} in a module {module}.py "
                              f"(the type's name in snake_case, and in CamelCase + 'Batches'); got {where}")
-        if input_type in TRAIN_DATASETS:
-            raise ValueError(f"input type {input_type!r} is already registered to {TRAIN_DATASETS[input_type]}")
-        TRAIN_DATASETS[input_type] = cls
+        TRAIN_DATASETS.add(input_type, cls)
         return cls
     return deco
 
 
 def build_train_batches(input_type: str, split: Split, config, rank: int = 0, world_size: int = 1) -> "EpochBatches":
-    try:
-        cls = TRAIN_DATASETS[input_type]
-    except KeyError:
-        raise ValueError(f"no training dataset for input type {input_type!r}; known: {sorted(TRAIN_DATASETS)}") from None
-    return cls(split, config, rank=rank, world_size=world_size)
+    return TRAIN_DATASETS.get(input_type)(split, config, rank=rank, world_size=world_size)
 
 
 class EpochBatches(Dataset):

@@ -5,11 +5,11 @@
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from REC.config import ConfigError
+from REC.utils.registry import Registry
 
 from .backbone import Backbone
 from .weights import Weights
@@ -31,12 +31,12 @@ class EncoderSpec:
         return self.readouts[0]
 
 
-_ENCODERS: dict[str, EncoderSpec] = {}
-_FAMILIES: dict[str, Callable[[str], EncoderSpec]] = {}  # name prefix -> spec factory for the rest of the name
-
-
 class UnknownEncoderError(ConfigError):
     pass
+
+
+ENCODERS = Registry("encoder", error=UnknownEncoderError)  # name -> EncoderSpec
+_FAMILIES: dict[str, Callable[[str], EncoderSpec]] = {}  # name prefix -> spec factory for the rest of the name
 
 
 def register_encoder(name: str, *, backbone: str, readouts, trainable_blocks: int, default_init_readouts=()):
@@ -45,10 +45,8 @@ def register_encoder(name: str, *, backbone: str, readouts, trainable_blocks: in
         raise ValueError(f"encoder {name}: readouts must be a non-empty subset of {READOUTS}, got {readouts}")
 
     def deco(build):
-        if name in _ENCODERS:
-            raise ValueError(f"encoder name {name!r} is already registered")
-        _ENCODERS[name] = EncoderSpec(name, backbone, tuple(readouts), int(trainable_blocks), build,
-                                      tuple(default_init_readouts))
+        ENCODERS.add(name, EncoderSpec(name, backbone, tuple(readouts), int(trainable_blocks), build,
+                                       tuple(default_init_readouts)))
         return build
     return deco
 
@@ -65,15 +63,14 @@ def register_encoder_family(prefix: str):
 
 def list_encoders() -> list[str]:
     """The registered encoder names (families such as ``timm/<model>`` take any name after their prefix)."""
-    return sorted(_ENCODERS, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+    return ENCODERS.names()
 
 
 def get_encoder_spec(name: str) -> EncoderSpec:
-    if name in _ENCODERS:
-        return _ENCODERS[name]
+    if name in ENCODERS:
+        return ENCODERS.get(name)
     for prefix, factory in _FAMILIES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return factory(name[len(prefix):])
     families = ", ".join(f"{p}<name>" for p in _FAMILIES)
-    raise UnknownEncoderError(f"unknown encoder {name!r}; known encoders: {list_encoders()}"
-                              + (f", or {families}" if families else ""))
+    raise UnknownEncoderError(ENCODERS.unknown(name) + (f", or {families}" if families else ""))

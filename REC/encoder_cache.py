@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib.metadata import version
 from pathlib import Path
 
-import open_clip
-import timm
 import torch
 from tqdm import tqdm
 
@@ -55,13 +54,19 @@ def prefix_shape(items, device) -> tuple[int, ...]:
         items.train(was_training)
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries that compute the stored rows, read from their installed metadata: importing
+    timm and open_clip here would load them into every command that imports this module, image model or not."""
+    return dict(torch=torch.__version__, timm=version("timm"), open_clip=version("open_clip_torch"))
+
+
 def describe_store(config, items, inter) -> dict:
     """Everything the rows depend on: the encoder side (``CoverItems.prefix_description``), the dtype, the
     covers database, the run's item ids (row order), and the libraries that compute them."""
     lmdb = cover_lmdb_path(config)
     return dict(items.prefix_description(), dtype=store_dtype(config), item_ids=inter.item_tokens.digest(),
                 covers=str(lmdb.resolve()), covers_files=files_digest(lmdb),
-                versions=dict(torch=torch.__version__, timm=timm.__version__, open_clip=open_clip.__version__))
+                versions=library_versions())
 
 
 def log_plan(config, model, split) -> PrefixPlan | None:

@@ -103,3 +103,14 @@ def test_python_m_rec_report_starts_without_torch(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "1 False", proc.stdout + proc.stderr  # 1: no finished run
     proc = subprocess.run([sys.executable, "-m", "REC", "pack", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and "--data_path" in proc.stdout
+
+
+def test_commands_load_timm_and_open_clip_only_for_an_image_model():
+    """The store's record of library versions comes from their metadata, so importing the commands (predict,
+    evaluate, a run) loads neither library; the versions are still the libraries' own."""
+    code = ("import sys, REC.predict, REC.evaluate, REC.run, REC.encoder_cache as ec; "
+            "loaded = [m for m in ('timm', 'open_clip') if m in sys.modules]; "
+            "import timm, open_clip; v = ec.library_versions(); "
+            "print(loaded, v['timm'] == timm.__version__, v['open_clip'] == open_clip.__version__)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[] True True", proc.stdout + proc.stderr

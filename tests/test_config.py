@@ -108,6 +108,27 @@ def test_pixelnet_model_files_are_their_idnet_twin_plus_batch_and_optimizer():
     assert dict(pixel["optim_args"]) == {"modal_lr": 1e-4, "modal_decay": 0.0, "rec_lr": 1e-4, "rec_decay": 0.1}
 
 
+def test_a_model_inherits_the_defaults_of_the_model_it_subclasses():
+    """No copied defaults files: MOSASRec(PixelItems, SASRec) has SASRec's keys from SASRec's file; MOGRU4Rec's own
+    file changes only embedding_size; FSASRec(SASRec) adds its feature keys to SASRec's."""
+    from REC.model import get_model_class, list_models
+    from REC.configure import build_config as build
+    sas = build([], ["--model=SASRec"])
+    mosas = build([], ["--model=MOSASRec"])
+    for key in ("n_layers", "n_heads", "embedding_size", "inner_size", "hidden_act", "initializer_range"):
+        assert mosas[key] == sas[key] and mosas.source_of(key) == sas.source_of(key) == "REC/model/IDNet/sasrec.yaml"
+    gru, mogru = build([], ["--model=GRU4Rec"]), build([], ["--model=MOGRU4Rec"])
+    assert (gru["embedding_size"], mogru["embedding_size"]) == (2048, 512)
+    assert mogru["hidden_size"] == gru["hidden_size"] and mogru.source_of("hidden_size") == "REC/model/IDNet/gru4rec.yaml"
+    assert mogru.source_of("embedding_size") == "REC/model/PixelNet/mogru4rec.yaml"
+    fsas = build([], ["--model=FSASRec"])
+    assert fsas["n_heads"] == sas["n_heads"] and fsas["feature_mode"] == "frozen"
+    # every PixelNet form of an IDNet model that ships no file of its own has exactly its twin's defaults
+    for name in list_models(family="PixelNet"):
+        cls = get_model_class(name)
+        assert cls.defaults_files[0].parent.name == "IDNet", (name, cls.defaults_files)
+
+
 def test_inherit_cycle_and_missing_parent_are_named(tmp_path):
     write(tmp_path, "a.yaml", "inherit: b.yaml\n")
     write(tmp_path, "b.yaml", "inherit: a.yaml\n")

@@ -10,7 +10,7 @@ import torch
 
 from REC.config import ConfigError
 from REC.config.config import DEFAULTS_FILE, read_defaults
-from REC.model import create_model, list_models, model_defaults_file
+from REC.model import create_model, list_models, model_defaults_files
 from REC.model.base import DatasetInfo
 from REC.configure import build_config
 from REC.run import preflight
@@ -28,8 +28,9 @@ def numeric_specs():
     _, package = read_defaults(DEFAULTS_FILE)
     out = [("SASRec", s) for s in package.values() if s.base in NUMERIC]
     for model in list_models():
-        _, specs = read_defaults(model_defaults_file(model))
-        out += [(model, s) for s in specs.values() if s.base in NUMERIC]
+        for path in model_defaults_files(model):
+            _, specs = read_defaults(path)
+            out += [(model, s) for s in specs.values() if s.base in NUMERIC]
     return out
 
 

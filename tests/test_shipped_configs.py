@@ -131,3 +131,20 @@ def test_a_shapes_only_build_reads_no_encoder_weights(data, monkeypatch):
         config = config_for(("PixelNet/sasrec.yaml", overall), folder, info)
         assert config["encoder_pretrained"] is True
         assert create_model(config["model"], config, info).cover_items_module.visual_encoder is not None
+
+
+@pytest.mark.parametrize("shared", ["overall/ID.yaml", *ENCODER_FILES])
+def test_a_shared_file_sets_only_what_differs_from_the_package_defaults(shared):
+    """So a change to REC/config/defaults.yaml reaches every documented command (a restated default would hide
+    it). The objective files are recipes: they state their measured settings whatever the defaults."""
+    import yaml
+
+    from REC.config.config import DEFAULTS_FILE, read_defaults
+    defaults, _ = read_defaults(DEFAULTS_FILE)
+    restated = []
+    for key, value in (yaml.safe_load((ROOT / shared).read_text()) or {}).items():
+        top, _, sub = key.partition(".")
+        default = defaults.get(top, {}).get(sub, object()) if sub else defaults.get(key, object())
+        if value == default:
+            restated.append(key)
+    assert not restated, f"{shared} restates the package defaults of {restated}"

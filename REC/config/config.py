@@ -336,9 +336,9 @@ class ConfigLayer:
 @dataclass(frozen=True)
 class ModelCatalog:
     """What the config layer needs to know of the models, passed in so that it never imports model code:
-    a model's own defaults file (None: unknown name), the known names, and whether its items are encoded from
+    a model's defaults files (its ancestors' first; None: unknown name), the known names, and whether its items are encoded from
     cover images (only those models take an image encoder's settings)."""
-    defaults_file: Callable[[str], str | Path | None]
+    defaults_files: Callable[[str], tuple[str | Path, ...] | None]
     names: Callable[[], list[str]]
     encodes_covers: Callable[[str], bool]
 
@@ -375,16 +375,18 @@ def load_config(layers: Iterable[str | Path | ConfigLayer], overrides: Iterable[
     if not model and require_model:
         raise ConfigError("no model given: set `model: <name>` in a config file or pass --model=<name>")
     if model and models is not None:
-        path = models.defaults_file(str(model))
-        if path is None:
+        paths = models.defaults_files(str(model))
+        if paths is None:
             known = models.names()
             raise ConfigError(f"unknown model {model!r}{_did_you_mean(str(model), known)}; known models: {known}")
-        model_values, model_specs = read_defaults(path)
-        clash = sorted(set(model_specs) & set(specs))
-        if clash:
-            raise ConfigError(f"{path}: redefines package keys {clash}")
-        values.update(model_values)
-        specs.update(model_specs)
+        package = set(specs)
+        for path in paths:  # the model's ancestors' defaults first: a subclass's file changes what differs
+            model_values, model_specs = read_defaults(path)
+            clash = sorted(set(model_specs) & package)
+            if clash:
+                raise ConfigError(f"{path}: redefines package keys {clash}")
+            values.update(model_values)
+            specs.update(model_specs)
         if not models.encodes_covers(str(model)):
             _refuse_encoder_layers(str(model), read, override_pairs)
 

@@ -95,7 +95,7 @@ class RecModel(nn.Module):
     # training data can be scored, never a bare history of items (REC.predict refuses those)
     needs_user_id: bool = False
     family: str
-    defaults_file: object
+    defaults_files: tuple
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__()

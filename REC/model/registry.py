@@ -1,7 +1,9 @@
 """Model registries, one per family, filled by a decorator (timm's ``register_model`` pattern).
 
-``@register_model("IDNet")`` on a class makes ``model: <ClassName>`` in YAML pick it; every model file
-sits beside a ``<file>.yaml`` of its own documented hyper-parameter defaults.
+``@register_model("IDNet")`` on a class makes ``model: <ClassName>`` in YAML pick it. A model's documented
+hyper-parameter defaults are the ``<file>.yaml`` beside its module, over those of the registered model it
+subclasses: ``MOSASRec(PixelItems, SASRec)`` has SASRec's defaults without a copy of them, and a
+``mogru4rec.yaml`` beside ``MOGRU4Rec`` changes only the keys where it differs from GRU4Rec.
 """
 from __future__ import annotations
 
@@ -40,11 +42,14 @@ def register_model(family: str):
             got = repr(cls.input_type) if hasattr(cls, "input_type") else "none"
             raise TypeError(f"model {name} must declare input_type, the name of its training examples "
                             f"(REC.data.training) or None when it is evaluated as built; got {got}")
-        defaults = Path(importlib.import_module(cls.__module__).__file__).with_suffix(".yaml")
-        if not defaults.is_file():
-            raise ValueError(f"model {name} has no defaults file {defaults}")
+        own = Path(importlib.import_module(cls.__module__).__file__).with_suffix(".yaml")
+        inherited = next((vars(base)["defaults_files"] for base in cls.__mro__[1:] if "defaults_files" in vars(base)),
+                         ())
+        files = (*inherited, own) if own.is_file() else inherited
+        if not files:
+            raise ValueError(f"model {name} has no defaults file {own} and subclasses no registered model")
         MODELS.add(name, cls)
-        cls.family, cls.defaults_file = family, defaults
+        cls.family, cls.defaults_files = family, files
         return cls
     return deco
 
@@ -57,10 +62,11 @@ def get_model_class(name: str) -> type:
     return MODELS.get(name)
 
 
-def model_defaults_file(name: str) -> Path | None:
-    """The defaults YAML of a registered model, or None when the name is unknown (for the config layer)."""
+def model_defaults_files(name: str) -> tuple[Path, ...] | None:
+    """The defaults YAMLs of a registered model, its ancestors' first (a later file's keys win), or None when
+    the name is unknown (for the config layer)."""
     try:
-        return get_model_class(name).defaults_file
+        return get_model_class(name).defaults_files
     except UnknownModelError:
         return None
 

@@ -82,6 +82,27 @@ def compose_visible_devices(gpu_ids: tuple[int, ...], visible: str | None) -> st
     return ",".join(granted[i] for i in gpu_ids)
 
 
+def one_device(text: str) -> torch.device:
+    """The device of a command that runs in one process (``REC.predict``, ``REC.features``), in the launcher's
+    ``--device`` grammar: ``cpu``, or one GPU id such as ``0`` (``cuda`` and ``cuda:N`` are read as GPU 0 and N).
+    A GPU that does not exist, or CUDA that is not there, is a DeviceError naming the value."""
+    given = text
+    text = text.strip().lower()
+    text = "0" if text == "cuda" else text[5:] if text.startswith("cuda:") else text
+    spec = DeviceSpec.parse(text)
+    if spec.nproc != 1:
+        raise DeviceError(f"--device {given!r}: this command runs in one process; give cpu or one GPU id such as 0")
+    if spec.kind == "cpu":
+        return torch.device("cpu")
+    gpu = spec.gpu_ids[0]
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {given!r}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    if gpu >= torch.cuda.device_count():
+        raise DeviceError(f"--device {given!r}: GPU {gpu} does not exist; this machine shows "
+                          f"{torch.cuda.device_count()} GPU(s)")
+    return torch.device("cuda", gpu)
+
+
 def select_gpus(spec: DeviceSpec) -> None:
     """Restrict this process and the ones it launches to the GPUs of ``spec``, and check that CUDA sees them.
 

@@ -39,6 +39,7 @@ from .model import create_model
 from .utils.files import atomic_output, sidecar, write_text_atomic
 from .utils.integrity import DamagedFileError, checksum_record, npy_layout, verify_file
 from .model.base import DatasetInfo
+from .distributed import one_device
 from .run import load_run_config
 from .trainer.checkpoint import load_weights
 from .utils.errors import UserError
@@ -114,9 +115,7 @@ class Recommender:
         (PixelNet), used instead of encoding every cover again.
         """
         config = load_run_config(run_dir)
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise PredictError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
+        device = one_device(device) if isinstance(device, str) else torch.device(device)
         precision = precision or config["precision"]
         path = RunDir(run_dir).checkpoint(checkpoint)
         inter, split, check = prepare_run_split(config, run_dir)  # the run's own ids, whatever the CSV's row order
@@ -374,7 +373,8 @@ def parse_args(argv=None):
     p.add_argument("--keep_history", action="store_true",
                    help="do not mask the items the user already interacted with (masked by default)")
     p.add_argument("--checkpoint", default=BEST_CHECKPOINT, help="checkpoint file in the run directory")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, or one GPU id such as 0 (the launcher's grammar; cuda and "
+                   "cuda:N also work)")
     p.add_argument("--batch_size", type=int, default=1024, help="users scored per batch")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="autocast dtype of the forward passes (scores are fp32); default: the run's precision")

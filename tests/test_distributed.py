@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from REC.distributed import DeviceSpec
 
@@ -47,3 +48,20 @@ def test_device_spec_parsing():
     for bad in ("cpu:0", "gpu", "0,0", "1,x"):
         with pytest.raises(ValueError, match="--device"):
             DeviceSpec.parse(bad)
+
+
+def test_one_process_commands_take_the_launchers_device_grammar(monkeypatch):
+    """predict and features run in one process: the launcher's grammar with one device (cuda and cuda:N read as GPU
+    0 and N); more than one process, or a GPU that is not there, is one clear DeviceError."""
+    from REC.distributed import DeviceError, one_device
+    assert one_device("cpu") == one_device(" CPU ") == torch.device("cpu")
+    for text, why in (("cpu:2", "this command runs in one process"), ("0,1", "this command runs in one process"),
+                      ("tpu", "expected cpu, cpu:<n>, or distinct GPU ids")):
+        with pytest.raises(DeviceError, match=why):
+            one_device(text)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert one_device("1") == one_device("cuda:1") == torch.device("cuda", 1)
+    assert one_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(DeviceError, match="GPU 2 does not exist; this machine shows 2 GPU"):
+        one_device("2")

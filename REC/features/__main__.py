@@ -1,7 +1,7 @@
 """Extract frozen image features for the ViNet models:
 
     python -m REC.features --config_file overall/ResNet50.yaml --data_path=dataset/ --dataset=Pixel200K \
-        --device cuda --precision bf16
+        --device 0 --precision bf16
 
 The logic lives in ``extract.py``; this module only parses arguments and reports errors in one line.
 """
@@ -34,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--spatial", action="store_true",
                    help="write the last feature map per item instead of the pooled vector, for ACF: [H, W, D] "
                         "for CNNs (before pooling) and Swin, [R, D] patch tokens for ViT/BEiT")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (one device)")
+    p.add_argument("--device", default="cpu", help="cpu, or one GPU id such as 0 (the launcher's grammar; cuda and "
+                   "cuda:N also work)")
     p.add_argument("--batch_size", type=int, metavar="N",
                    help="covers per encoder call (default: the config's cover_batch_size); may change on resume")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),

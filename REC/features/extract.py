@@ -38,6 +38,7 @@ from ..data.covers import CoverStore
 from ..utils.files import sidecar, write_text_atomic
 from ..utils.integrity import checksum_record, npy_layout
 from ..utils.precision import autocast
+from ..distributed import one_device
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -168,21 +169,6 @@ class ExtractResult:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FeatureExtractionError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FeatureExtractionError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise FeatureExtractionError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    elif device.type != "cpu":
-        raise FeatureExtractionError(f"--device {name!r}: expected cpu, cuda or cuda:N")
-    return device
-
-
 def extract_features(config, output=None, *, spatial: bool = False, device: str = "cpu",
                      batch_size: int | None = None, precision: str | None = None, workers: int | None = None,
                      max_batches: int | None = None, flush_every: int = 8, restart: bool = False,
@@ -205,7 +191,7 @@ def extract_features(config, output=None, *, spatial: bool = False, device: str 
                                      f"{batch_size}, workers={workers}, max_batches={max_batches}")
     if precision not in ("fp32", "bf16", "fp16"):
         raise FeatureExtractionError(f"precision {precision!r}: expected fp32, bf16 or fp16")
-    dev = _device(device)
+    dev = one_device(device)
     files = sidecars(output)
     if output.exists() and not overwrite:
         raise FeatureExtractionError(f"{output} already exists; pass --overwrite to replace it (it is replaced "

@@ -10,7 +10,7 @@ from .config import Config, ModelCatalog, load_config
 from .model import get_model_class, list_models, model_defaults_files
 
 MODELS = ModelCatalog(defaults_files=model_defaults_files, names=list_models,
-                      encodes_covers=lambda name: get_model_class(name).item_source == "covers")
+                      encodes_covers=lambda name: get_model_class(name).encodes_covers)
 
 
 def build_config(layers, overrides=(), require_model: bool = True) -> Config:

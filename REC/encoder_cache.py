@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def prefix_plan(config, model) -> PrefixPlan | None:
     """None for models without covers; else what ``encoder_cache`` means for this model's encoder."""
-    if getattr(model, "item_source", None) != "covers":
+    if not getattr(model, "encodes_covers", False):
         return None
     return model.cover_items_module.prefix_plan(config["encoder_cache"])
 

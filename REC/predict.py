@@ -126,7 +126,7 @@ class Recommender:
         model = model.to(device)  # an image encoder takes its memory format itself (channels_last)
         table = None
         if item_representations is not None:
-            if model.item_source != "covers":
+            if not model.encodes_covers:
                 raise PredictError(f"item_representations: model {config['model']} reads its items from the "
                                  f"checkpoint, not from covers; there is nothing to load")
             table = cls.load_item_table(item_representations, inter.item_tokens.to_list(), model.cover_width)
@@ -170,7 +170,7 @@ class Recommender:
         """Yields [item_num(, ...)] every item's representation, computed on first use. PixelNet: the covers are
         encoded once, and the table is lent to the model only inside this scope (its lookups index it)."""
         with torch.no_grad(), contextlib.ExitStack() as scope:
-            if self.model.item_source == "covers":
+            if self.model.encodes_covers:
                 if self._cover_table is None:
                     self._cover_table = self._encode_covers().cpu()
                 if self._table_on_device is None:
@@ -198,7 +198,7 @@ class Recommender:
     def save_item_representations(self, path: str | Path) -> Path:
         """PixelNet: write ``<path>.npy`` (float32 [item_num, d], row 0 padding) and ``<path>.items.txt`` (the
         original id of each row, ``[PAD]`` first); returns the ``.npy`` path."""
-        if self.model.item_source != "covers":
+        if not self.model.encodes_covers:
             raise PredictError(f"model {self.config['model']} reads its items from the checkpoint, not from covers; "
                              f"only PixelNet runs have item representations to save")
         with self._ranking_scope():  # encodes the covers when not done yet

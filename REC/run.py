@@ -72,7 +72,7 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
                                                                            item_ids=inter.item_tokens.digest()))
     if model.input_type is not None:
         check_negatives_possible(model.input_type, split, config)  # else a tiny catalogue fails in every process
-    if model.item_source == "covers":
+    if model.encodes_covers:
         check_covers(config, inter)
         log_plan(config, model, split)
     if config["init_from"] and resume_dir is None:
@@ -182,15 +182,12 @@ def _build(config: Config, run_dir: Path, device: torch.device):
     log.info("%s", inter.summary(config["dataset"]))
     model = create_model(config["model"], config,
                          DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest())).to(device)
-    if model.item_source == "covers" and device.type == "cuda" and \
-            getattr(model.cover_items_module.visual_encoder, "channels_last", False):
-        # convolutional encoders only (ViT, Swin and BEiT patch convolutions see contiguous inputs), and before
-        # DDP wraps the model, so its gradient buckets see the layout
-        model = model.to(memory_format=torch.channels_last)
+    if model.encodes_covers and hasattr(model.cover_items_module.visual_encoder, "use_layout_for"):
+        model.cover_items_module.visual_encoder.use_layout_for(device)  # the encoders' one channels_last rule
     m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
     evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
     store = item_covers = None
-    if model.item_source == "covers":
+    if model.encodes_covers:
         store = CoverStore(cover_lmdb_path(config), inter.item_tokens)
         item_covers = ItemCoverBatches(store, split.item_num, config["cover_batch_size"], rank, world)
     evaluator = FullRankingEvaluator(config["metrics"], config["topk"], config["metric_decimal_place"], device,

@@ -82,7 +82,7 @@ def test_shipped_combination_builds_on_the_meta_device(files, data):
     model = create_model(config["model"], config, info)
     assert type(model).__name__ == config["model"] and model.family == files[0].split("/")[0]
     assert model.input_type is None or model.input_type in TRAIN_DATASETS, model.input_type
-    assert (model.item_source == "covers") == (model.family == "PixelNet")
+    assert (model.encodes_covers) == (model.family == "PixelNet")
     params = list(model.parameters())
     assert all(p.device.type == "meta" for p in params)  # shapes only: nothing materialised
     if model.input_type is not None:  # a model that trains has something to train

@@ -90,7 +90,7 @@ class RecModel(nn.Module):
     # no epoch. No default: every registered model states it (``register_model`` checks), and it is the one
     # statement of both what a model trains on and whether it trains, so the two cannot disagree.
     input_type: str | None
-    item_source: str = "ids"     # "covers": items are encoded from cover images (PixelNet, REC.model.pixel)
+    encodes_covers: bool = False  # True: items are encoded from their cover images (PixelNet, REC.model.pixel)
     # True: user_representations reads a learned per-user vector (batch["user_id"]), so only users of the
     # training data can be scored, never a bare history of items (REC.predict refuses those)
     needs_user_id: bool = False

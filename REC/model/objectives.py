@@ -251,7 +251,7 @@ def check_supported(name: str, model) -> None:
     if model.target_rows is RecModel.target_rows:
         raise ValueError(f"key 'loss' = {name!r}: model {cls} does not expose its user vectors and targets to a "
                          f"many-negative objective yet; use loss: paper")
-    if model.item_source == "covers" and name == "softmax":
+    if model.encodes_covers and name == "softmax":
         raise ValueError(f"key 'loss' = 'softmax': model {cls} encodes its items from covers, and softmax would "
                          f"encode every cover at every step; use loss: sampled_softmax (the step's items plus "
                          f"num_negatives shared covers)")

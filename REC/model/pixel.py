@@ -201,7 +201,7 @@ class PixelItems:
     ``CoverItems`` of the same width. A table with one row more than the items (BERT4Rec) gets a mask token.
     """
 
-    item_source = "covers"
+    encodes_covers = True
 
     def item_table(self, num: int, d: int, **kwargs) -> nn.Module:
         return nn.Embedding(num, d, device="meta", **kwargs)

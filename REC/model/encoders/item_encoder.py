@@ -126,11 +126,17 @@ class ItemEncoder(nn.Module):
             x = checkpoint(unit, x, use_reentrant=False) if recompute else unit(x)
         return self._read(st.finish(x))
 
+    def use_layout_for(self, device: torch.device) -> None:
+        """Channels-last weights, once, where that is faster on ``device`` (``channels_last_pays``; convolutional
+        backbones with ``channels_last: true`` only). Training calls it before DDP wraps the model, so that the
+        gradient buckets see the layout; otherwise the first forward on the device does."""
+        if self.channels_last and not self._in_channels_last and channels_last_pays(device):
+            self.backbone.to(memory_format=torch.channels_last)
+            self._in_channels_last = True
+
     def _layout_for_device(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and channels_last_pays(images.device):
-            if not self._in_channels_last:
-                self.backbone.to(memory_format=torch.channels_last)
-                self._in_channels_last = True
+            self.use_layout_for(images.device)
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 

@@ -332,7 +332,10 @@ class Recommender:
 # ---------------------------------------------------------------------------------------------- command
 def read_user_file(path: str | Path) -> list[str]:
     """One original user id per line; blank lines are skipped and repeats dropped (first kept)."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PredictError(f"--users {str(path)!r}: not UTF-8 text; expected one user id per line") from None
     return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
 
 

@@ -67,3 +67,10 @@ def test_every_error_class_is_a_user_error_or_named_internal():
             "REC.distributed.DeviceError", "REC.predict.PredictError", "REC.sweep.SweepError",
             "REC.report.ReportError", "REC.model.base.ModelConfigError"} <= user
     assert set(classes) - user - {"REC.utils.errors.UserError"} <= INTERNAL, sorted(set(classes) - user - INTERNAL)
+
+
+def test_a_binary_config_file_is_one_line(seq_data, tmp_path, capsys):
+    binary = tmp_path / "best.pth"
+    binary.write_bytes(b"\x80\x02\xffnot yaml")
+    status, _, err = call_main(launch_main, ["--config_file", str(binary), f"--data_path={seq_data}"], capsys)
+    assert status == 2 and "cannot be read as UTF-8 text" in err and str(binary) in err and "Traceback" not in err

@@ -418,7 +418,12 @@ def _read_file(path: Path, chain: tuple[Path, ...]) -> list[tuple[str, dict]]:
     if path.resolve() in [c.resolve() for c in chain]:
         cycle = " -> ".join(os.path.normpath(str(c)) for c in (*chain, path))
         raise ConfigError(f"{name}: '{INHERIT_KEY}' forms a cycle: {cycle}")
-    data = parse_yaml_text(path.read_text(), name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {name!r}: cannot be read as UTF-8 text ({type(exc).__name__}); is it a "
+                          f"YAML file?") from None
+    data = parse_yaml_text(text, name)
     if data is None:
         data = {}
     if not isinstance(data, dict):

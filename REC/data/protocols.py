@@ -71,6 +71,8 @@ def read_item_file(path: str | Path, item_tokens: TokenTable, dataset: str) -> n
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DataError(f"cold_item_file {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"cold_item_file {str(path)!r}: not UTF-8 text; expected one item id per line") from None
     tokens = pd.unique(pd.Series([t.strip() for t in lines if t.strip()], dtype=object))
     if len(tokens) == 0:
         raise DataError(f"cold_item_file {str(path)!r}: lists no item id; expected one original item id per line")

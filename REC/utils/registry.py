@@ -50,7 +50,11 @@ class Registry:
     def _filled(self) -> None:
         if self._fill is not None:
             fill, self._fill = self._fill, None
-            fill()
+            try:
+                fill()
+            except BaseException:  # a module that fails to import: fail again on the next lookup, not "unknown"
+                self._fill = fill
+                raise
 
     def register(self, name: str):
         def deco(entry):

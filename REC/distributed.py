@@ -22,6 +22,11 @@ class DeviceError(UserError, ValueError):
     """A ``--device`` value this machine cannot run: the message gives the grammar or what is missing."""
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit also accepts '²', which int() then refuses with a traceback."""
+    return text.isascii() and text.isdigit()
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """What ``--device`` asked for: ``cpu`` (1 process), ``cpu:N`` (N gloo processes), ``0,1,...`` (GPUs, NCCL)."""
@@ -37,11 +42,11 @@ class DeviceSpec:
             return cls("cpu", 1)
         if text.startswith("cpu:"):
             n = text[4:]
-            if not n.isdigit() or int(n) < 1:
+            if not _is_number(n) or int(n) < 1:
                 raise DeviceError(f"--device {text!r}: expected cpu:<number of processes>, e.g. cpu:2")
             return cls("cpu", int(n))
         ids = [p.strip() for p in text.split(",")]
-        if not all(p.isdigit() for p in ids) or len(set(ids)) != len(ids):
+        if not all(map(_is_number, ids)) or len(set(map(int, ids))) != len(ids):
             raise DeviceError(f"--device {text!r}: expected cpu, cpu:<n>, or distinct GPU ids such as 0,1,2,3")
         return cls("cuda", len(ids), tuple(int(p) for p in ids))
 

@@ -18,7 +18,8 @@ from .config import ConfigError
 from .data import DataError
 from .data.vocabulary import load_run_interactions
 from .launch import add_launch_args, check_launch_args, launch
-from .run import eval_worker, load_run_config
+from .loaded_run import load_run_config
+from .run import eval_worker
 from .trainer.checkpoint import check_belongs, load as load_checkpoint
 from .utils.errors import UserError
 from .utils.run_layout import BEST_CHECKPOINT, RunDir
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if check.changed or check.trained_on is None:
+    if check.worth_a_warning:
         print(f"warning: {check.describe(args.run_dir)}", file=sys.stderr)
     result = launch(eval_worker, (args.run_dir, args.device, args.checkpoint), args)
     if result is not None:

@@ -19,7 +19,8 @@ import uuid
 from .config import split_config_files
 from .configure import build_config
 from .distributed import DeviceError, DeviceSpec, select_gpus
-from .run import create_run, load_run_config, preflight, worker
+from .loaded_run import load_run_config
+from .run import create_run, preflight, worker
 from .trainer.checkpoint import CheckpointError, saved_world_size
 from .utils.errors import UserError
 from .utils.run_layout import RunDir

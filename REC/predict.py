@@ -29,21 +29,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import EvalBatches, EvalSplit, prepare_run_split
+from .data import EvalBatches, EvalSplit
 from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .data.split import ragged_positions
 from .evaluator.ranking import score_batches, top_unmasked
 from .utils.precision import autocast
-from .model import create_model
 from .utils.files import atomic_output, sidecar, write_text_atomic
 from .utils.integrity import DamagedFileError, checksum_record, npy_layout, verify_file
-from .model.base import DatasetInfo
 from .distributed import one_device
-from .run import load_run_config
-from .trainer.checkpoint import load_weights
+from .loaded_run import load_run
 from .utils.errors import UserError
-from .utils.run_layout import BEST_CHECKPOINT, RunDir
+from .utils.run_layout import BEST_CHECKPOINT
 
 SHOWN = 5  # unknown ids quoted in an error message
 log = logging.getLogger(__name__)
@@ -114,23 +111,17 @@ class Recommender:
         always computed in fp32. ``item_representations``: a table written by ``save_item_representations``
         (PixelNet), used instead of encoding every cover again.
         """
-        config = load_run_config(run_dir)
         device = one_device(device) if isinstance(device, str) else torch.device(device)
+        run = load_run(run_dir, device, checkpoint)  # the run's own ids, whatever the CSV's row order
+        config, model, inter = run.config, run.model, run.inter
         precision = precision or config["precision"]
-        path = RunDir(run_dir).checkpoint(checkpoint)
-        inter, split, check = prepare_run_split(config, run_dir)  # the run's own ids, whatever the CSV's row order
-        if check.changed or check.trained_on is None:
-            log.warning("%s", check.describe(run_dir))
-        model = create_model(config["model"], config, DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest()))
-        load_weights(model, path, Path(run_dir))
-        model = model.to(device)  # an image encoder takes its memory format itself (channels_last)
         table = None
         if item_representations is not None:
             if not model.encodes_covers:
                 raise PredictError(f"item_representations: model {config['model']} reads its items from the "
                                  f"checkpoint, not from covers; there is nothing to load")
             table = cls.load_item_table(item_representations, inter.item_tokens.to_list(), model.cover_width)
-        return cls(config, model, inter, device, precision, table, check)
+        return cls(config, model, inter, device, precision, table, run.data_check)
 
     @staticmethod
     def load_item_table(path: str | Path, item_ids: list[str], width: int) -> torch.Tensor:

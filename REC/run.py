@@ -21,13 +21,14 @@ from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, check_cover
 from .data.covers import CoverStore
 from .data.shared_negatives import SharedNegativeBatches
 from .encoder_cache import attach_prefix_store, log_plan
+from .loaded_run import load_run, load_run_config
 from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model
 from .model.base import SHARED_NEGATIVES_KEY, DatasetInfo
 from .model import get_model_class
 from .model.objectives import check_supported, describe_objective
 from .trainer import Trainer
-from .trainer.checkpoint import load_weights, new_run_id
+from .trainer.checkpoint import new_run_id
 from .trainer.checkpoint import write_json_atomic
 from .trainer.trainer import SHARED_DIR_HINT
 from .trainer.live_log import check_live_log
@@ -117,14 +118,6 @@ def create_run(config_files, overrides=()) -> tuple[Config, Path]:
     return config, run_dir
 
 
-def load_run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"--resume {str(run_dir)!r}: no {CONFIG_FILE} there; expected a run directory "
-                          f"made by main.py")
-    return build_config([path])
-
-
 def worker(run_dir: str | None, device: str, resume: bool = False, timeout_s: int | None = None) -> dict:
     """Train and test in this process (one of ``world_size``); returns the result summary.
 
@@ -173,17 +166,12 @@ def _agree_on_run_dir(run_dir: str | Path | None) -> Path:
     return mine
 
 
-def _build(config: Config, run_dir: Path, device: torch.device):
-    """Interactions and split (through the run's vocabulary), model on ``device``, this rank's evaluation batches
-    and evaluator, and the covers (PixelNet)."""
-    inter, split, check = prepare_run_split(config, run_dir)
-    if check.changed or check.trained_on is None:
-        log.warning("%s", check.describe(run_dir))
+def _build(config: Config, run_dir: Path, device: torch.device, checkpoint: str | None = None):
+    """Interactions and split (through the run's vocabulary), model on ``device`` (with ``checkpoint``'s weights
+    when one is named), this rank's evaluation batches and evaluator, and the covers (PixelNet)."""
+    loaded = load_run(run_dir, device, checkpoint, config)
+    inter, split, model = loaded.inter, loaded.split, loaded.model
     log.info("%s", inter.summary(config["dataset"]))
-    model = create_model(config["model"], config,
-                         DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest())).to(device)
-    if model.encodes_covers and hasattr(model.cover_items_module.visual_encoder, "use_layout_for"):
-        model.cover_items_module.visual_encoder.use_layout_for(device)  # the encoders' one channels_last rule
     m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
     evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
     store = item_covers = None
@@ -215,8 +203,7 @@ def training_batches(model, split: Split, config, store=None, rank: int = 0, wor
 
 
 def _evaluate_checkpoint(config: Config, run_dir: Path, device: torch.device, checkpoint_name: str) -> dict:
-    inter, split, model, evals, evaluator, store = _build(config, run_dir, device)
-    load_weights(model, RunDir(run_dir).checkpoint(checkpoint_name), run_dir)
+    inter, split, model, evals, evaluator, store = _build(config, run_dir, device, checkpoint_name)
     if store is not None:
         attach_prefix_store(config, model, inter, split, device, store, item_covers=evaluator.item_covers)
     results = {}

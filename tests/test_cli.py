@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from REC.launch import main
 
 from .conftest import ROOT, call_main, run_main, sasrec_args
@@ -92,6 +94,10 @@ def test_one_command_line_dispatches_to_every_command(seq_data, tmp_path, capsys
     assert status == 2 and err.startswith("error: ") and str(tmp_path / "nowhere") in err
     status, out, _ = call_main(rec, ["encoders", "16"], capsys)
     assert status == 0 and "clip_vit_b32" in out
+    for argv in (["encoders", "--help"], ["encoders", "wide"]):  # argparse: usage, not int()'s traceback
+        with pytest.raises(SystemExit) as stop:
+            rec(argv)
+        assert stop.value.code == (0 if argv[1] == "--help" else 2)
     status, _, err = call_main(rec, ["train", *sasrec_args(seq_data, tmp_path, "--n_heads=3")], capsys)
     assert status == 2 and "n_heads" in err and not list(tmp_path.rglob("config.yaml"))
 

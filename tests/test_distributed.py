@@ -45,7 +45,7 @@ def test_device_spec_parsing():
     assert DeviceSpec.parse("cpu:2") == DeviceSpec("cpu", 2)
     spec = DeviceSpec.parse("0,1,2,3")
     assert spec.kind == "cuda" and spec.nproc == 4 and spec.backend == "nccl"
-    for bad in ("cpu:0", "gpu", "0,0", "1,x"):
+    for bad in ("cpu:0", "gpu", "0,0", "1,x", "cpu:\u00b2", "0,00", "\u0661"):  # '²' and Arabic-Indic 1 pass isdigit
         with pytest.raises(ValueError, match="--device"):
             DeviceSpec.parse(bad)
 

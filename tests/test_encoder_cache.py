@@ -404,8 +404,8 @@ def test_a_run_with_the_store_equals_a_run_without(log, tmp_path):
     nothing downloads) for one epoch on the tiny log, through main.py: encoder_cache auto stores the frozen
     blocks for it, and its test metrics equal those of its best.pth evaluated without the store (every cover
     through the whole encoder; training equality is the model-level test above)."""
-    from REC.run import _build, load_run_config
-    from REC.trainer.checkpoint import load as load_checkpoint
+    from REC.loaded_run import load_run_config
+    from REC.run import _build
 
     run = run_main(["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", f"--data_path={log.data}",
                     "--dataset=Tiny", "--encoder_pretrained=false", "--epochs=1", "--train_batch_size=4",
@@ -421,8 +421,7 @@ def test_a_run_with_the_store_equals_a_run_without(log, tmp_path):
     assert got["trainable_parameters"] == 18_781_184
 
     config = load_run_config(run_dir)
-    _, _, model, evals, evaluator, _ = _build(config, run_dir, CPU)  # no store attached: whole-encoder path
-    model.load_state_dict(load_checkpoint(run_dir / "best.pth")["model"])
+    _, _, model, evals, evaluator, _ = _build(config, run_dir, CPU, "best.pth")  # no store: whole-encoder path
     assert evaluator.item_covers.prefix is None
     want = evaluator.evaluate(model, evals["test"]).metrics
     assert got["test"].keys() == want.keys()

@@ -44,3 +44,37 @@ def test_a_missing_checkpoint_is_a_user_error_that_says_when_each_is_written(tmp
                                          r"validation and last.pth after every epoch") as err:
         RunDir(tmp_path).checkpoint("last.pth")
     assert isinstance(err.value, FileNotFoundError)
+
+
+def test_load_run_reads_back_the_weights_each_checkpoint_holds(seq_data, tmp_path):
+    """One way to read a run back (training's resume, evaluate, predict): the named checkpoint's exact weights on
+    the model built from config.yaml, or the fresh model when none is named, with the run's own ids."""
+    import torch
+
+    from REC.loaded_run import load_run
+    from REC.trainer.checkpoint import load, state_digest
+
+    from .conftest import run_main, sasrec_args
+
+    run_dir = run_main(sasrec_args(seq_data, tmp_path, "--epochs=1")).run_dir
+    cpu = torch.device("cpu")
+    best = load_run(run_dir, cpu)
+    reference = load_run(run_dir, cpu, None)
+    reference.model.load_state_dict(load(RunDir(run_dir).best)["model"])
+    assert state_digest(best.model) == state_digest(reference.model)
+    assert set(best.checkpoint) >= {"model", "run_id"}
+    fresh = load_run(run_dir, cpu, None)
+    assert fresh.checkpoint is None and state_digest(fresh.model) != state_digest(best.model)
+    assert not best.data_check.worth_a_warning  # the CSV the run was trained on
+    assert best.inter.item_tokens.to_list() == fresh.inter.item_tokens.to_list() and best.split.item_num > 1
+
+
+def test_only_load_run_puts_a_checkpoint_into_a_model_built_from_a_run():
+    """Resume's optimizer state and the trainer's best-epoch reload aside, every reader of a run's weights goes
+    through REC/loaded_run.py: a command that built its own model from config.yaml would drift from it."""
+    callers = []
+    for path in sorted((ROOT / "REC").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "load_weights":
+                callers.append(str(path.relative_to(ROOT)))
+    assert sorted(set(callers)) == ["REC/loaded_run.py", "REC/trainer/trainer.py"], callers

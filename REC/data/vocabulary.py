@@ -41,6 +41,11 @@ class DataCheck:
     unknown_items: int = 0      # distinct item ids of the CSV unknown to the run
     unknown_users: int = 0
 
+    @property
+    def worth_a_warning(self) -> bool:
+        """The run's figures may not be reproduced: the CSV changed, or the run is too old to tell."""
+        return self.changed or self.trained_on is None
+
     def describe(self, run_dir) -> str:
         if self.trained_on is None:
             return (f"run {str(run_dir)!r} has no {VOCABULARY_FILE} (made by an older version), so its ids were "

@@ -4,6 +4,7 @@ Each is built on the meta device (no memory, no weights read), with a head to OU
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -39,13 +40,17 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join([line(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    out_dim = int(argv[0]) if argv else 512
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m REC encoders", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_argument("out_dim", nargs="?", type=int, default=512, help="the head's output width (default 512)")
+    out_dim = p.parse_args(argv).out_dim
+    if out_dim < 1:
+        p.error(f"OUT_DIM {out_dim}: expected a positive width")
     print(format_table(encoder_rows(out_dim)))
     print(f"\nreadout: the first is the default (encoder_readout: null). Parameters include the head to {out_dim}. "
           f"Also: timm/<any timm model name> (timm's pooled features; everything trains).")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -135,7 +135,7 @@ class ItemEncoder(nn.Module):
             self._in_channels_last = True
 
     def _layout_for_device(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and channels_last_pays(images.device):
+        if self._in_channels_last or (self.channels_last and channels_last_pays(images.device)):
             self.use_layout_for(images.device)
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -11,12 +11,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from ..utils.files import atomic_output
+from ..utils.files import atomic_output, remove_stale_temporaries
 from ..utils.errors import UserError
+from .streaming import CHUNK_ROWS, HASH_KEYS, HashCollision, chronological_order, stream_columns
 
 log = logging.getLogger(__name__)
 COLUMNS = ("item_id", "user_id", "timestamp")
@@ -109,29 +111,26 @@ def file_digest(path: Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
-def read_interactions(path: Path) -> Interactions:
-    """Parse the CSV, factorise ids in file order and group chronologically by user."""
-    frame = read_columns(path)
-    timestamps = frame["timestamp"].to_numpy()
-    user_codes, user_uniques = pd.factorize(frame["user_id"])
-    item_codes, item_uniques = pd.factorize(frame["item_id"])
-    del frame  # the id strings are the bulk of the memory; the sorts below need only the codes
-    user_ids = user_codes.astype(np.int64) + 1
-    item_ids = item_codes.astype(np.int64) + 1
-
-    by_time = np.argsort(timestamps, kind="stable")
-    user_sorted = user_ids[by_time]
-    # Users are ordered by their first event in time; a stable sort on that rank keeps each user chronological.
-    first_seen = np.full(len(user_uniques) + 1, len(user_sorted), dtype=np.int64)
-    np.minimum.at(first_seen, user_sorted, np.arange(len(user_sorted)))
-    order = by_time[np.argsort(first_seen[user_sorted], kind="stable")]
-
-    seq_users = user_ids[order]
+def read_interactions(path: Path, chunk_rows: int = CHUNK_ROWS, show_progress: bool = True) -> Interactions:
+    """Parse the CSV ``chunk_rows`` at a time, number ids in order of first appearance and group chronologically
+    by user (``streaming.py`` says how, and why the result equals reading the file whole)."""
+    for keys in HASH_KEYS:
+        try:
+            columns, users, items = stream_columns(path, read_chunks(path, chunk_rows), keys, show_progress)
+            break
+        except HashCollision:
+            log.warning("%s: two ids share a hash under key %s; reading the file again under another", path, keys[0])
+    else:
+        raise DataError(f"{path}: ids collide under every hash key tried; please report this file")
+    order = chronological_order(columns, users.count)
+    seq_users = columns.pop("user_ids")[order]
     starts = np.flatnonzero(np.r_[True, seq_users[1:] != seq_users[:-1]])
     indptr = np.append(starts, len(order)).astype(np.int64)
-    return Interactions(users=seq_users[starts], indptr=indptr, items=item_ids[order],
-                        user_tokens=TokenTable.from_strings(user_uniques.astype(str)),
-                        item_tokens=TokenTable.from_strings(item_uniques.astype(str)))
+    user_of_sequence = seq_users[starts].astype(np.int64)
+    del seq_users
+    sequence_items = columns.pop("item_ids")[order].astype(np.int64)
+    return Interactions(users=user_of_sequence, indptr=indptr, items=sequence_items,
+                        user_tokens=users.token_table(), item_tokens=items.token_table())
 
 
 # Ids are taken verbatim: pandas would read NA, null, nan, None, N/A, ... as missing values, and those are real ids.
@@ -139,9 +138,9 @@ def read_interactions(path: Path) -> Interactions:
 _VERBATIM = dict(keep_default_na=False, na_values=[""])
 
 
-def read_columns(path: Path) -> pd.DataFrame:
-    """The CSV's item_id and user_id (strings) and timestamp (int64) columns; every problem a DataError naming
-    the file."""
+def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The CSV's item_id and user_id (strings) and timestamp (int64) columns, ``chunk_rows`` rows at a time;
+    every problem a DataError naming the file (and the line, counted from the file's start)."""
     try:
         header = pd.read_csv(path, nrows=0, encoding="utf-8").columns.tolist()
     except pd.errors.EmptyDataError:
@@ -151,21 +150,28 @@ def read_columns(path: Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: header is {header}; expected the columns {list(COLUMNS)} (missing {missing})")
-    try:
-        frame = pd.read_csv(path, usecols=list(COLUMNS), engine="c", encoding="utf-8", **_VERBATIM,
-                            dtype={"item_id": str, "user_id": str, "timestamp": np.int64})
-    except UnicodeDecodeError:
-        raise not_utf8_error(path) from None
-    except (ValueError, TypeError, OverflowError):
-        raise _bad_timestamps(path) from None
-    if len(frame) == 0:
+    reader = pd.read_csv(path, usecols=list(COLUMNS), engine="c", encoding="utf-8", **_VERBATIM,
+                         dtype={"item_id": str, "user_id": str, "timestamp": np.int64}, chunksize=chunk_rows)
+    first_line = 2  # the header is line 1
+    with reader:
+        while True:
+            try:
+                frame = next(reader)
+            except StopIteration:
+                break
+            except UnicodeDecodeError:
+                raise not_utf8_error(path) from None
+            except (ValueError, TypeError, OverflowError):
+                raise _bad_timestamps(path) from None
+            empty = frame[["item_id", "user_id"]].isna().any(axis=1).to_numpy()
+            if empty.any():
+                bad = empty.nonzero()[0][:5] + first_line
+                raise DataError(f"{path}: empty item_id or user_id on lines {bad.tolist()} (first few); every row "
+                                f"needs all of {list(COLUMNS)}")
+            first_line += len(frame)
+            yield frame
+    if first_line == 2:
         raise DataError(f"{path}: no interactions (only a header)")
-    empty = frame[["item_id", "user_id"]].isna().any(axis=1).to_numpy()
-    if empty.any():
-        bad = empty.nonzero()[0][:5] + 2
-        raise DataError(f"{path}: empty item_id or user_id on lines {bad.tolist()} (first few); every row needs "
-                        f"all of {list(COLUMNS)}")
-    return frame
 
 
 def not_utf8_error(csv_file: Path, block: int = 1 << 20) -> DataError:
@@ -232,6 +238,8 @@ def load_interactions(data_path: str, dataset: str, cache_dir: str | None = None
                         type(exc).__name__, exc, path)
     inter = replace(read_interactions(path), csv_digest=digest)
     try:
+        for stale in remove_stale_temporaries(cache):
+            log.warning("removed %s, a data cache left half-written by a killed preparation", stale)
         _save_npz_atomic(cache, dict(users=inter.users, indptr=inter.indptr, items=inter.items,
                                      user_blob=inter.user_tokens.blob, user_offsets=inter.user_tokens.offsets,
                                      item_blob=inter.item_tokens.blob, item_offsets=inter.item_tokens.offsets))

@@ -143,3 +143,57 @@ def write_covers(covers: dict[str, np.ndarray], folder: str | Path, ext: str = "
     for token, img in covers.items():
         Image.fromarray(img).save(folder / f"{token}.{ext}")
     return folder
+
+
+def pixel_shaped_lengths(n_interactions: int, rng: np.random.Generator, min_len: int = 5,
+                         max_len: int = 5000) -> np.ndarray:
+    """Per-user sequence lengths shaped like Pixel8M's (17.8 events per user on average, most users near the
+    minimum of 5, a Pareto tail into the thousands), summing to exactly ``n_interactions``."""
+    lengths = np.minimum(min_len + np.floor(rng.pareto(1.3, size=n_interactions // 10 + 1) * 4), max_len)
+    lengths = lengths.astype(np.int64)
+    total = np.cumsum(lengths)
+    n_users = int(np.searchsorted(total, n_interactions)) + 1
+    lengths = lengths[:n_users]
+    lengths[-1] -= int(total[n_users - 1]) - n_interactions  # the last user takes what is left
+    if lengths[-1] < min_len:  # fold a too-short last user into the one before
+        lengths[-2] += lengths[-1]
+        lengths = lengths[:-1]
+    return lengths
+
+
+def pixel_shaped_log(n_interactions: int, n_items: int, seed: int = 0, users_per_chunk: int = 200_000):
+    """Frames (item_id, user_id, timestamp) of a log shaped like Pixel8M, one group of users at a time, so that
+    a log of any size is generated in bounded memory: long-tailed item popularity (Zipf 0.9 over ``n_items``
+    numeric ids), Pareto user lengths (``pixel_shaped_lengths``), events an exponential number of seconds
+    apart with one in ten at the same second as the previous one (real logs have such ties), each frame's rows
+    shuffled (a CSV's row order means nothing)."""
+    rng = np.random.default_rng(seed)
+    lengths = pixel_shaped_lengths(n_interactions, rng)
+    popularity = np.cumsum(1.0 / np.arange(10, n_items + 10) ** 0.9)
+    popularity /= popularity[-1]
+    item_names = rng.permutation(n_items) + 1_000_000
+    user_names = rng.permutation(len(lengths)) + 10_000_000
+    for first in range(0, len(lengths), users_per_chunk):
+        chunk = lengths[first:first + users_per_chunk]
+        n = int(chunk.sum())
+        gaps = np.where(rng.random(n) < 0.1, 0, rng.exponential(3600.0, size=n).astype(np.int64))
+        starts = np.cumsum(chunk) - chunk
+        gaps[starts] = rng.integers(1_600_000_000, 1_630_000_000, size=len(chunk))  # each user's first event
+        stamps = np.cumsum(gaps)
+        stamps -= np.repeat(stamps[starts] - gaps[starts], chunk)  # restart the running sum at every user
+        items = item_names[np.minimum(np.searchsorted(popularity, rng.random(n)), n_items - 1)]
+        users = np.repeat(user_names[first:first + len(chunk)], chunk)
+        order = rng.permutation(n)
+        yield pd.DataFrame({"item_id": items[order], "user_id": users[order], "timestamp": stamps[order]})
+
+
+def write_pixel_shaped_csv(path: str | Path, n_interactions: int, n_items: int, seed: int = 0) -> Path:
+    """``pixel_shaped_log`` written to ``path`` frame by frame (bounded memory at any size)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        for k, frame in enumerate(pixel_shaped_log(n_interactions, n_items, seed)):
+            frame.to_csv(f, index=False, header=k == 0, columns=["item_id", "user_id", "timestamp"])
+    tmp.replace(path)
+    return path

@@ -24,6 +24,30 @@ def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files that ``atomic_output`` left for ``path`` in processes that no longer run (a
+    SIGKILL or power loss skips its clean-up), so a rerun after a kill starts clean instead of leaking a
+    half-written copy per attempt. Returns the files removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isascii() and pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_output(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)

@@ -32,7 +32,6 @@ import torch
 from .data import EvalBatches, EvalSplit
 from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
-from .data.split import ragged_positions
 from .evaluator.ranking import score_batches, top_unmasked
 from .utils.precision import autocast
 from .utils.files import atomic_output, sidecar, write_text_atomic
@@ -228,10 +227,8 @@ class Recommender:
         """The whole sequence of each internal user id, as an EvalSplit without targets."""
         rows = self._row_of_user[users]
         starts, lengths = self.inter.indptr[rows], np.diff(self.inter.indptr)[rows]
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        items = self.inter.items[ragged_positions(starts, lengths)]
-        return EvalSplit(users.astype(np.int64), np.zeros(len(rows), dtype=np.int64), indptr, items)
+        return EvalSplit(users.astype(np.int64), np.zeros(len(rows), dtype=np.int64), starts, lengths,
+                         self.inter.items)  # slices of the interactions, not a copy
 
     @torch.no_grad()
     def rank(self, split: EvalSplit, k: int, exclude_history: bool = True, batch_size: int = 1024,
@@ -274,8 +271,8 @@ class Recommender:
         indptr = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         # user 0 is the padding user: only its count is read, by models that need no user vector
-        split = EvalSplit(np.zeros(len(encoded), dtype=np.int64), np.zeros(len(encoded), dtype=np.int64), indptr,
-                          np.concatenate(encoded))
+        split = EvalSplit.from_csr(np.zeros(len(encoded), dtype=np.int64), np.zeros(len(encoded), dtype=np.int64),
+                                   indptr, np.concatenate(encoded))
         out = []
         for ids, scores in self.rank(split, k, exclude_history, batch_size):
             for row_ids, row_scores in zip(ids, scores):

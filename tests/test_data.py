@@ -42,7 +42,8 @@ def test_leave_one_out_split(hand_log):
     assert split.valid.users.tolist() == [2, 1] and split.valid.targets.tolist() == [5, 4]
     assert split.test.targets.tolist() == [2, 1]
     # test history includes the validation item
-    assert split.test.hist_items[split.test.hist_indptr[0]:split.test.hist_indptr[1]].tolist() == [3, 1, 5]
+    assert split.test.history(0).tolist() == [3, 1, 5]
+    assert split.valid.hist_items is split.test.hist_items  # slices of one array: no copy per split
     assert split.valid.last_items(3).tolist() == [[0, 3, 1], [0, 0, 2]]
 
 

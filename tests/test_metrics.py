@@ -54,7 +54,7 @@ class FixedScores(RecModel):
 
 def split_of(users, targets, histories):
     indptr = np.cumsum([0] + [len(h) for h in histories])
-    return EvalSplit(np.array(users), np.array(targets), indptr, np.array(sum(histories, []), dtype=np.int64))
+    return EvalSplit.from_csr(np.array(users), np.array(targets), indptr, np.array(sum(histories, []), dtype=np.int64))
 
 
 def test_padding_and_history_are_masked():

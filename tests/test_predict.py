@@ -67,8 +67,7 @@ def test_ranking_equals_the_evaluators_on_the_test_split(rec, run):
     run_dir, result = run
     split = leave_one_out(load_interactions(rec.config["data_path"], rec.config["dataset"]))
     test = split.test
-    histories = [[rec.item_ids[i] for i in test.hist_items[a:b]] for a, b in zip(test.hist_indptr[:-1],
-                                                                                 test.hist_indptr[1:])]
+    histories = [[rec.item_ids[i] for i in test.history(k)] for k in range(len(test))]
     got = rec.recommend_histories(histories, K, batch_size=rec.config["eval_batch_size"])
 
     class Capture(FullRankingEvaluator):

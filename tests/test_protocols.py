@@ -65,11 +65,11 @@ def test_cold_split_removes_held_out_items_and_keeps_the_rest(base, cold):
     for name in ("valid", "test"):
         full, ev = getattr(split, name), getattr(c, name)
         expected = [k for k in range(len(full)) if full.targets[k] in held]
-        histories = {k: [i for i in rows_of(full.hist_indptr, full.hist_items)[k] if i not in held] for k in expected}
+        histories = {k: [i for i in full.history(k).tolist() if i not in held] for k in expected}
         expected = [k for k in expected if histories[k]]  # users left without a history item are not evaluated
         assert ev.users.tolist() == full.users[expected].tolist() and len(ev) > 0
         assert np.isin(ev.targets, c.cold_items).all()
-        assert rows_of(ev.hist_indptr, ev.hist_items) == [histories[k] for k in expected]
+        assert [ev.history(k).tolist() for k in range(len(ev))] == [histories[k] for k in expected]
         assert c.protocol["cold_items"][f"{name}_users"] == len(ev)
     assert c.protocol["cold_items"]["train_interactions_removed"] == len(split.train_items) - len(c.train_items)
     assert np.array_equal(c.negative_pool(), np.setdiff1d(np.arange(1, split.item_num), c.cold_items))

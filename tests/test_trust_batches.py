@@ -43,9 +43,9 @@ def disjoint_split() -> Split:
     train = [rng.integers(FIRST_ITEM, ITEM_NUM, size=n) for n in lengths]
     users = np.arange(1, N_USERS, dtype=np.int64)
     targets = rng.integers(FIRST_ITEM, ITEM_NUM, size=len(users))
-    ev = EvalSplit(users=users, targets=targets, hist_indptr=np.concatenate([[0], np.cumsum(lengths)]),
-                   hist_items=np.concatenate(train))
-    return Split(train_users=users, train_indptr=ev.hist_indptr.copy(), train_items=ev.hist_items.copy(),
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    ev = EvalSplit.from_csr(users, targets, indptr, np.concatenate(train))
+    return Split(train_users=users, train_indptr=indptr.copy(), train_items=ev.hist_items.copy(),
                  valid=ev, test=ev, item_num=ITEM_NUM, user_num=N_USERS,
                  cold_items=np.arange(1, FIRST_ITEM, dtype=np.int64))
 
@@ -130,9 +130,9 @@ def tiny_split() -> Split:
     train = [[3, 5, 7, 2, 9, 4, 8], [6], [1, 10, 11]]
     lengths = [len(t) for t in train]
     users = np.arange(1, 4, dtype=np.int64)
-    ev = EvalSplit(users=users, targets=np.array([11, 2, 5]), hist_indptr=np.concatenate([[0], np.cumsum(lengths)]),
-                   hist_items=np.concatenate(train).astype(np.int64))
-    return Split(train_users=users, train_indptr=ev.hist_indptr.copy(), train_items=ev.hist_items.copy(),
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    ev = EvalSplit.from_csr(users, np.array([11, 2, 5]), indptr, np.concatenate(train).astype(np.int64))
+    return Split(train_users=users, train_indptr=indptr.copy(), train_items=ev.hist_items.copy(),
                  valid=ev, test=ev, item_num=13, user_num=4)
 
 

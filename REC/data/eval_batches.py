@@ -27,9 +27,8 @@ class EvalBatches:
     item_keys = ("item_seq", "target", "hist_item")
 
     def __init__(self, split: EvalSplit, max_len: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        self.split, self.batch_size = split, batch_size
+        self.split, self.batch_size, self.max_len = split, batch_size, max_len
         self.start, self.stop = shard_bounds(len(split), rank, world_size)
-        self.item_seq = torch.from_numpy(split.last_items(max_len)[self.start:self.stop])
 
     @property
     def n_users(self) -> int:
@@ -42,12 +41,11 @@ class EvalBatches:
         s = self.split
         for a in range(self.start, self.stop, self.batch_size):
             b = min(a + self.batch_size, self.stop)
-            lo, hi = s.hist_indptr[a], s.hist_indptr[b]
-            counts = np.diff(s.hist_indptr[a:b + 1])
+            counts, history = s.histories(a, b)
             yield {
                 "user_id": torch.from_numpy(s.users[a:b]),
-                "item_seq": self.item_seq[a - self.start:b - self.start],
+                "item_seq": torch.from_numpy(s.last_items(self.max_len, a, b)),  # per batch: no [users, M] table
                 "target": torch.from_numpy(s.targets[a:b]),
                 "hist_row": torch.from_numpy(np.repeat(np.arange(b - a), counts)),
-                "hist_item": torch.from_numpy(s.hist_items[lo:hi]),
+                "hist_item": torch.from_numpy(history),
             }

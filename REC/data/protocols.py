@@ -120,8 +120,8 @@ def _cold_targets(ev: EvalSplit, is_cold: np.ndarray) -> tuple[EvalSplit, int]:
     """The users of ``ev`` whose target is held out, with the held-out items removed from their histories; and
     how many such users were dropped because nothing else was left in their history."""
     rows = np.flatnonzero(is_cold[ev.targets])
-    lengths = np.diff(ev.hist_indptr)[rows]
-    hist = ev.hist_items[ragged_positions(ev.hist_indptr[rows], lengths)]
+    lengths = ev.hist_lengths[rows]
+    hist = ev.hist_items[ragged_positions(ev.hist_starts[rows], lengths)]
     sub_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=sub_indptr[1:])
     indptr, hist = _filter_csr(sub_indptr, hist, ~is_cold[hist])
@@ -133,7 +133,7 @@ def _cold_targets(ev: EvalSplit, is_cold: np.ndarray) -> tuple[EvalSplit, int]:
         indptr = np.zeros(len(keep_rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         rows = rows[keep_rows]
-    return EvalSplit(ev.users[rows], ev.targets[rows], indptr, hist), int((~has_history).sum())
+    return EvalSplit.from_csr(ev.users[rows], ev.targets[rows], indptr, hist), int((~has_history).sum())
 
 
 def _filter_csr(indptr: np.ndarray, values: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,19 +13,40 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """One evaluation target per user, with the full history before it (masked at ranking time)."""
+    """One evaluation target per user, with the full history before it (masked at ranking time).
+
+    Each history is one slice of ``hist_items``, which may be shared: from ``leave_one_out`` it is the
+    interactions' own item array, so validation and test cost two ints per user, not a copy of every event."""
 
     users: np.ndarray         # int64 [U] internal user ids
     targets: np.ndarray       # int64 [U]
-    hist_indptr: np.ndarray   # int64 [U + 1] into hist_items
-    hist_items: np.ndarray    # int64, each user's full chronological history before the target
+    hist_starts: np.ndarray   # int64 [U] where each user's chronological history starts in hist_items
+    hist_lengths: np.ndarray  # int64 [U] its length
+    hist_items: np.ndarray    # int64
+
+    @classmethod
+    def from_csr(cls, users, targets, indptr, items) -> "EvalSplit":
+        """Histories given as CSR rows: user k's is ``items[indptr[k]:indptr[k + 1]]``."""
+        indptr = np.asarray(indptr, dtype=np.int64)
+        return cls(np.asarray(users), np.asarray(targets), indptr[:-1], np.diff(indptr), np.asarray(items))
 
     def __len__(self) -> int:
         return len(self.users)
 
-    def last_items(self, length: int) -> np.ndarray:
-        """[U, length] the most recent ``length`` history items, left-padded with 0 (the model input)."""
-        return left_padded_tails(self.hist_indptr, self.hist_items, length)
+    def history(self, k: int) -> np.ndarray:
+        return self.hist_items[self.hist_starts[k]:self.hist_starts[k] + self.hist_lengths[k]]
+
+    def histories(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Users a..b-1: each one's history length, and their histories concatenated."""
+        lengths = self.hist_lengths[a:b]
+        return lengths, self.hist_items[ragged_positions(self.hist_starts[a:b], lengths)]
+
+    def last_items(self, length: int, a: int = 0, b: int | None = None) -> np.ndarray:
+        """[b - a, length] the most recent ``length`` history items of users a..b-1, left-padded with 0 (the
+        model input)."""
+        b = len(self) if b is None else b
+        take = np.minimum(self.hist_lengths[a:b], length)
+        return left_pad_segments(self.hist_items, self.hist_starts[a:b] + self.hist_lengths[a:b] - take, take, length)
 
 
 @dataclass(frozen=True)
@@ -68,16 +89,9 @@ def leave_one_out(inter: Interactions) -> Split:
 
     keep = ~short
     users, starts_k, ends_k = inter.users[keep], starts[keep], ends[keep]
-    valid = _eval_split(inter.items, users, starts_k, ends_k - 2)
-    test = _eval_split(inter.items, users, starts_k, ends_k - 1)
+    valid = EvalSplit(users, inter.items[ends_k - 2], starts_k, ends_k - 2 - starts_k, inter.items)
+    test = EvalSplit(users, inter.items[ends_k - 1], starts_k, ends_k - 1 - starts_k, inter.items)
     return Split(inter.users, train_indptr, train_items, valid, test, inter.item_num, inter.user_num)
-
-
-def _eval_split(items, users, starts, target_pos) -> EvalSplit:
-    hist_len = target_pos - starts
-    hist_indptr = np.zeros(len(users) + 1, dtype=np.int64)
-    np.cumsum(hist_len, out=hist_indptr[1:])
-    return EvalSplit(users, items[target_pos], hist_indptr, items[ragged_positions(starts, hist_len)])
 
 
 def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

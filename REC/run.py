@@ -73,6 +73,8 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
                                                                            item_ids=inter.item_tokens.digest()))
     if model.input_type is not None:
         check_negatives_possible(model.input_type, split, config)  # else a tiny catalogue fails in every process
+    if config["item_table_updates"] == "sparse":
+        check_sparse_item_table(config, model)
     if model.encodes_covers:
         check_covers(config, inter)
         log_plan(config, model, split)
@@ -80,6 +82,17 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
         check_init_from(model, config)
     log.info("%s", inter.summary(config["dataset"]))
     return inter, split
+
+
+def check_sparse_item_table(config: Config, model) -> None:
+    """Row-sparse item-table updates need an ID table to make sparse, and gradients that clipping can read."""
+    where = config.source_of("item_table_updates")
+    if model.encodes_covers:
+        raise ConfigError(f"{where}: key 'item_table_updates' = 'sparse', but {config['model']} encodes its items "
+                          f"from covers and has no ID item table; expected dense (the default)")
+    if config["clip_grad_norm"]:
+        raise ConfigError(f"{where}: key 'item_table_updates' = 'sparse' cannot be combined with clip_grad_norm "
+                          f"(the norm of a row-sparse gradient is not computed); set clip_grad_norm: null")
 
 
 def new_run_dir(config: Config) -> Path:

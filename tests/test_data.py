@@ -179,3 +179,19 @@ def test_a_damaged_data_cache_is_rebuilt_with_a_warning(tmp_path, caplog, kind):
     assert np.array_equal(again.items, first.items) and np.array_equal(again.users, first.users)
     assert again.item_tokens.to_list() == first.item_tokens.to_list()
     assert load_interactions(str(tmp_path), "C").items.tolist() == first.items.tolist()  # the rebuilt cache
+
+
+def test_gathers_in_blocks_equal_one_gather(monkeypatch):
+    """Big gathers run in blocks of rows to bound their temporaries; the result must not depend on the blocks."""
+    from REC.data import split as split_module
+    rng = np.random.default_rng(0)
+    values = rng.integers(1, 100, size=500)
+    lengths = rng.integers(0, 9, size=60)
+    lengths[7] = 40  # one row longer than a block
+    starts = rng.integers(0, 500 - 40, size=60)
+    whole = values[split_module.ragged_positions(starts, lengths)]
+    padded = split_module.left_pad_segments(values, starts, np.minimum(lengths, 6), 6)
+    monkeypatch.setattr(split_module, "GATHER_BLOCK", 16)
+    assert len(split_module._row_blocks(lengths)) > 5
+    assert np.array_equal(split_module.gather_segments(values, starts, lengths), whole)
+    assert np.array_equal(split_module.left_pad_segments(values, starts, np.minimum(lengths, 6), 6), padded)

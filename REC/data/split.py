@@ -85,7 +85,7 @@ def leave_one_out(inter: Interactions) -> Split:
     train_len = np.maximum(lengths - 2, 0)
     train_indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(train_len, out=train_indptr[1:])
-    train_items = inter.items[ragged_positions(starts, train_len)]
+    train_items = gather_segments(inter.items, starts, train_len)
 
     keep = ~short
     users, starts_k, ends_k = inter.users[keep], starts[keep], ends[keep]
@@ -109,18 +109,50 @@ def left_padded_tails(indptr: np.ndarray, values: np.ndarray, length: int) -> np
     return left_pad_segments(values, indptr[1:] - take, take, length)
 
 
-def left_pad_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
-    """[len(starts), width]: row r holds ``values[starts[r]:starts[r] + lengths[r]]`` right-aligned, 0 before."""
-    out = np.zeros((len(starts), width), dtype=np.int64)
-    src = ragged_positions(starts, lengths)
-    rows = np.repeat(np.arange(len(starts)), lengths)
-    cols = width - np.repeat(lengths, lengths) + (np.arange(len(src)) - np.repeat(np.cumsum(lengths) - lengths, lengths))
-    out[rows, cols] = values[src]
+# values gathered per block of rows: the index arrays of a gather cost ~32 bytes per value, so a whole-array
+# gather at 200M interactions would hold 6 GB of temporaries; in blocks they stay near 130 MB
+GATHER_BLOCK = 1 << 22
+
+
+def _row_blocks(lengths: np.ndarray) -> list[slice]:
+    """Consecutive row ranges each holding about GATHER_BLOCK values (a longer row is a block of its own)."""
+    ends = np.cumsum(lengths)
+    if len(ends) == 0 or ends[-1] <= GATHER_BLOCK:
+        return [slice(0, len(lengths))]
+    cuts = np.unique(np.searchsorted(ends, np.arange(GATHER_BLOCK, ends[-1], GATHER_BLOCK), side="right"))
+    bounds = [0, *(int(c) for c in cuts if 0 < c < len(lengths)), len(lengths)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def gather_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``values[starts[r]:starts[r] + lengths[r]]`` for every r, concatenated: ``values[ragged_positions(...)]``
+    in bounded memory."""
+    out = np.empty(int(lengths.sum()), dtype=values.dtype)
+    offset = 0
+    for rows in _row_blocks(lengths):
+        part = values[ragged_positions(starts[rows], lengths[rows])]
+        out[offset:offset + len(part)] = part
+        offset += len(part)
     return out
 
 
-def sequence_chunks(split: Split, max_len: int) -> np.ndarray:
-    """[n_chunks, max_len + 1] training chunks, left-padded.
+def left_pad_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int,
+                      dtype=np.int64) -> np.ndarray:
+    """[len(starts), width]: row r holds ``values[starts[r]:starts[r] + lengths[r]]`` right-aligned, 0 before."""
+    out = np.zeros((len(starts), width), dtype=dtype)
+    for block in _row_blocks(lengths):
+        starts_b, lengths_b = starts[block], lengths[block]
+        src = ragged_positions(starts_b, lengths_b)
+        rows = np.repeat(np.arange(block.start, block.stop), lengths_b)
+        cols = width - np.repeat(lengths_b, lengths_b) + (np.arange(len(src)) -
+                                                          np.repeat(np.cumsum(lengths_b) - lengths_b, lengths_b))
+        out[rows, cols] = values[src]
+    return out
+
+
+def sequence_chunks(split: Split, max_len: int, dtype=np.int64) -> np.ndarray:
+    """[n_chunks, max_len + 1] training chunks, left-padded (``dtype`` int32 halves a table that each process
+    holds whole, for datasets that make batches of int64 from it).
 
     Each user's training run of L items is cut, newest last, into pieces of C = max_len + 1; when L > C
     the oldest ``L mod C`` items are dropped, as in the original (a documented loss of data that we keep
@@ -131,7 +163,7 @@ def sequence_chunks(split: Split, max_len: int) -> np.ndarray:
     chunk_user = np.repeat(np.arange(len(n_chunks)), n_chunks)
     chunk_rank = np.arange(len(chunk_user)) - (np.cumsum(n_chunks) - n_chunks)[chunk_user]
     chunk_start = split.train_indptr[:-1][chunk_user] + drop[chunk_user] + chunk_rank * c
-    return left_pad_segments(split.train_items, chunk_start, np.minimum(kept, c)[chunk_user], c)
+    return left_pad_segments(split.train_items, chunk_start, np.minimum(kept, c)[chunk_user], c, dtype)
 
 
 def sequence_chunk_users(split: Split, max_len: int) -> np.ndarray:

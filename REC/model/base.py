@@ -100,11 +100,15 @@ class RecModel(nn.Module):
     def __init__(self, config, info: DatasetInfo):
         super().__init__()
         self.item_num, self.user_num = info.item_num, info.user_num
+        self._sparse_item_table = config["item_table_updates"] == "sparse"
         self.objective: nn.Module | None = None  # set by create_model for loss != paper (REC.model.objectives)
 
     def item_table(self, num: int, d: int, **kwargs) -> nn.Module:
-        """The item table of an ID model; PixelNet replaces it by cover encodings (``REC.model.pixel``)."""
-        return nn.Embedding(num, d, **kwargs)
+        """The item table of an ID model; PixelNet replaces it by cover encodings (``REC.model.pixel``). With
+        ``item_table_updates: sparse`` its gradient is row-sparse (``REC.trainer.row_sparse``)."""
+        table = nn.Embedding(num, d, sparse=self._sparse_item_table, **kwargs)
+        table.weight._row_sparse_table = self._sparse_item_table  # the optimizer's cue (REC.trainer.optim)
+        return table
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of a batch: the model's own (``paper_loss``, the paper's), or the configured

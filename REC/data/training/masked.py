@@ -26,7 +26,7 @@ class MaskedBatches(EpochBatches):
     item_keys = ("masked_items", "items", "negatives")  # the mask token (item_num) is no real item: it has no cover
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
-        self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"], np.int32)  # int64 per batch
         check_negatives_exist(split, self.chunks, config["MAX_ITEM_LIST_LENGTH"])
         self.item_num, self.pool = split.item_num, split.negative_pool()
         self.mask_token = split.item_num
@@ -36,7 +36,7 @@ class MaskedBatches(EpochBatches):
         super().__init__(len(self.chunks), config["train_batch_size"], config["seed"], rank, world_size)
 
     def make_batch(self, indices, rng):
-        items = self.chunks[indices]
+        items = self.chunks[indices].astype(np.int64)
         masked = (items != 0) & (rng.random(items.shape) < self.mask_ratio)
         neg = sample_negatives(rng, items, self.item_num, pool=self.pool)
         neg[~masked] = 0

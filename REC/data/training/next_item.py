@@ -23,13 +23,13 @@ class NextItemBatches(EpochBatches):
     item_keys = ("items", "negatives")
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
-        self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
+        self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"], np.int32)  # int64 per batch
         check_negatives_exist(split, self.chunks, config["MAX_ITEM_LIST_LENGTH"])
         self.item_num, self.pool = split.item_num, split.negative_pool()
         super().__init__(len(self.chunks), config["train_batch_size"], config["seed"], rank, world_size)
 
     def make_batch(self, indices, rng):
-        items = self.chunks[indices]
+        items = self.chunks[indices].astype(np.int64)
         neg = sample_negatives(rng, items, self.item_num, pool=self.pool)
         has_target = np.zeros_like(items, dtype=bool)
         has_target[:, 1:] = (items[:, 1:] != 0) & (items[:, :-1] != 0)

@@ -40,6 +40,7 @@ from .distributed import one_device
 from .loaded_run import load_run
 from .utils.errors import UserError
 from .utils.run_layout import BEST_CHECKPOINT
+from .utils.batch_keys import HIST_ITEM, HIST_ROW
 
 SHOWN = 5  # unknown ids quoted in an error message
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ class Recommender:
         with self._ranking_scope() as items:
             batches = EvalBatches(split, self.max_len, batch_size)
             for batch, scores in score_batches(self.model, items, batches, self.device, self.precision):
-                history = (batch["hist_row"], batch["hist_item"]) if exclude_history else (None, None)
+                history = (batch[HIST_ROW], batch[HIST_ITEM]) if exclude_history else (None, None)
                 ids, values, ranked = top_unmasked(scores, k, *history)
                 if progress is not None:
                     progress.update(len(scores))

@@ -24,7 +24,7 @@ from .encoder_cache import attach_prefix_store, log_plan
 from .loaded_run import load_run, load_run_config
 from .evaluator import FullRankingEvaluator, get_metric
 from .model import create_model
-from .model.base import SHARED_NEGATIVES_KEY, DatasetInfo
+from .model.base import DatasetInfo
 from .model import get_model_class
 from .model.objectives import check_supported, describe_objective
 from .trainer import Trainer
@@ -36,6 +36,7 @@ from .trainer.transfer import check_init_from, initialise_from
 from .utils.logging import setup_logging
 from .utils.precision import use_tf32
 from .utils.run_layout import BEST_CHECKPOINT, CONFIG_FILE, RunDir
+from .utils.batch_keys import SHARED_NEGATIVES
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +209,10 @@ def training_batches(model, split: Split, config, store=None, rank: int = 0, wor
     batches = build_train_batches(model.input_type, split, config, rank, world)
     q = model.objective.draw_distribution if model.objective is not None else None
     if q is not None:
-        batches = SharedNegativeBatches(batches, q, config["num_negatives"], config["seed"], SHARED_NEGATIVES_KEY)
+        batches = SharedNegativeBatches(batches, q, config["num_negatives"], config["seed"], SHARED_NEGATIVES)
     if store is not None:
         batches = BatchesWithCovers(batches, store, split.item_num)
-        log.info("%s", batches.describe_step(SHARED_NEGATIVES_KEY if q is not None else None))
+        log.info("%s", batches.describe_step(SHARED_NEGATIVES if q is not None else None))
     return batches
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from ..config import ConfigError
 from .covers import DEFAULT_NAME, CoverStore
 from .eval_batches import shard_bounds
+from ..utils.batch_keys import COVERS, COVER_IDS
 
 
 def cover_lmdb_path(config) -> Path:
@@ -88,11 +89,11 @@ class BatchesWithCovers(Dataset):
     def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
         batch = self.batches[b]
         ids = self.distinct_items(batch)
-        batch["cover_ids"] = ids
+        batch[COVER_IDS] = ids
         if self.prefix is not None:
             batch[self.prefix.batch_key] = self.prefix.rows(ids.numpy())
         else:
-            batch["covers"] = torch.from_numpy(self.store.get(ids.numpy()))
+            batch[COVERS] = torch.from_numpy(self.store.get(ids.numpy()))
         return batch
 
 
@@ -118,4 +119,4 @@ class ItemCoverBatches(Dataset):
         ids = self.ids[b * self.batch_size:(b + 1) * self.batch_size]
         if self.prefix is not None:
             return {self.prefix.batch_key: self.prefix.rows(ids)}
-        return {"covers": torch.from_numpy(self.store.get(ids))}
+        return {COVERS: torch.from_numpy(self.store.get(ids))}

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .split import EvalSplit
+from ..utils.batch_keys import HIST_ITEM, HIST_ROW, ITEM_SEQ, TARGET, USER_ID
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -24,7 +25,7 @@ class EvalBatches:
     covers here, since evaluation encodes every item's cover once (``ItemCoverBatches``) and indexes that table.
     """
 
-    item_keys = ("item_seq", "target", "hist_item")
+    item_keys = (ITEM_SEQ, TARGET, HIST_ITEM)
 
     def __init__(self, split: EvalSplit, max_len: int, batch_size: int, rank: int = 0, world_size: int = 1):
         self.split, self.batch_size, self.max_len = split, batch_size, max_len
@@ -43,9 +44,9 @@ class EvalBatches:
             b = min(a + self.batch_size, self.stop)
             counts, history = s.histories(a, b)
             yield {
-                "user_id": torch.from_numpy(s.users[a:b]),
-                "item_seq": torch.from_numpy(s.last_items(self.max_len, a, b)),  # per batch: no [users, M] table
-                "target": torch.from_numpy(s.targets[a:b]),
-                "hist_row": torch.from_numpy(np.repeat(np.arange(b - a), counts)),
-                "hist_item": torch.from_numpy(history),
+                USER_ID: torch.from_numpy(s.users[a:b]),
+                ITEM_SEQ: torch.from_numpy(s.last_items(self.max_len, a, b)),  # per batch: no [users, M] table
+                TARGET: torch.from_numpy(s.targets[a:b]),
+                HIST_ROW: torch.from_numpy(np.repeat(np.arange(b - a), counts)),
+                HIST_ITEM: torch.from_numpy(history),
             }

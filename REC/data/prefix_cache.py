@@ -48,6 +48,7 @@ import torch
 from ..utils.files import write_text_atomic
 from ..utils.integrity import DamagedFileError, crc32, npy_layout
 from .interactions import DataError
+from ..utils.batch_keys import COVER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class PrefixCache:
     ``chunk`` (the run's ``cover_batch_size``) is how many items a done mark covers in a NEW store; a store found on
     disk keeps its own (``create`` adopts it), since it only says how the build was split, not what the rows are."""
 
-    batch_key = "cover_prefix"
+    batch_key = COVER_PREFIX
 
     def __init__(self, folder: Path, dataset: str, describe: dict, item_num: int, shape: tuple[int, ...],
                  dtype: str, chunk: int):

@@ -22,6 +22,7 @@ import torch
 from .. import distributed as dist
 from ..utils.precision import autocast
 from .metrics import get_metric
+from ..utils.batch_keys import HIST_ITEM, HIST_ROW, TARGET
 
 
 @dataclass(frozen=True)
@@ -111,20 +112,20 @@ class FullRankingEvaluator:
         per popularity bucket (none when they are off) with the sums over its users; the last column counts the
         users. Row 0 is computed exactly as without buckets, so the overall figures do not depend on them."""
         values = self.user_values(scores, batch)
-        n = torch.full((), float(len(batch["target"])), dtype=torch.float64, device=scores.device)
+        n = torch.full((), float(len(batch[TARGET])), dtype=torch.float64, device=scores.device)
         overall = torch.stack([*(v.sum() for v in values), n])[None]
         if self.item_bucket is None:
             return overall
         per_user = torch.stack([*values, torch.ones_like(values[0])], 1)
         buckets = torch.zeros(len(self.bucket_names), per_user.shape[1], dtype=torch.float64, device=scores.device)
-        buckets.index_add_(0, self.item_bucket[batch["target"]], per_user)
+        buckets.index_add_(0, self.item_bucket[batch[TARGET]], per_user)
         return torch.cat([overall, buckets])
 
     def user_values(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Every metric@k of every user of this batch, [U] float64 each, in the order of ``keys``. A target that
         repeats a history item is masked too and can never be hit, as in the original."""
-        top, _, ranked = top_unmasked(scores, self.max_k, batch["hist_row"], batch["hist_item"])
-        hits = (top == batch["target"][:, None]) & ranked
+        top, _, ranked = top_unmasked(scores, self.max_k, batch[HIST_ROW], batch[HIST_ITEM])
+        hits = (top == batch[TARGET][:, None]) & ranked
         n_pos = torch.ones(len(hits), device=hits.device)
         return [fn(hits, n_pos, k) for _, fn in self.metric_fns for k in self.topk]
 

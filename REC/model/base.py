@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.errors import UserError
+from ..utils.batch_keys import SHARED_NEGATIVES
 
 
 class DatasetInfo:
@@ -58,9 +59,6 @@ class DatasetInfo:
         return np.repeat(users, np.diff(indptr))
 
 
-# batch key of a many-negative objective's shared negatives: int64 [num_negatives], the same on every process,
-# drawn by the data pipeline (REC.data.shared_negatives) so that PixelNet batches carry their covers
-SHARED_NEGATIVES_KEY = "shared_negatives"
 
 
 @dataclass
@@ -91,7 +89,7 @@ class RecModel(nn.Module):
     # statement of both what a model trains on and whether it trains, so the two cannot disagree.
     input_type: str | None
     encodes_covers: bool = False  # True: items are encoded from their cover images (PixelNet, REC.model.pixel)
-    # True: user_representations reads a learned per-user vector (batch["user_id"]), so only users of the
+    # True: user_representations reads a learned per-user vector (batch[USER_ID]), so only users of the
     # training data can be scored, never a bare history of items (REC.predict refuses those)
     needs_user_id: bool = False
     family: str
@@ -100,7 +98,8 @@ class RecModel(nn.Module):
     def __init__(self, config, info: DatasetInfo):
         super().__init__()
         self.item_num, self.user_num = info.item_num, info.user_num
-        self._sparse_item_table = config["item_table_updates"] == "sparse"
+        # absent (a bare dict, or no config at all): dense
+        self._sparse_item_table = config is not None and config.get("item_table_updates") == "sparse"
         self.objective: nn.Module | None = None  # set by create_model for loss != paper (REC.model.objectives)
 
     def item_table(self, num: int, d: int, **kwargs) -> nn.Module:
@@ -115,7 +114,7 @@ class RecModel(nn.Module):
         objective over the model's ``target_rows``."""
         if self.objective is None:
             return self.paper_loss(batch)
-        return self.objective(self.target_rows(batch), batch.get(SHARED_NEGATIVES_KEY))
+        return self.objective(self.target_rows(batch), batch.get(SHARED_NEGATIVES))
 
     def paper_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

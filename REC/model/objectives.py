@@ -10,7 +10,7 @@ user vectors against many items:
   their gradients) and ``num_negatives`` items drawn once per step and shared by every row of every process. The
   draw happens in the data pipeline (``REC.data.shared_negatives``, from ``draw_distribution``), so that
   PixelNet batches carry the covers of those items beside the batch's own: a batch holds them under
-  ``SHARED_NEGATIVES_KEY``.
+  ``SHARED_NEGATIVES``.
   Every sampled candidate's logit is corrected by the log of how often it is expected among the candidates
   (``log(N p_target(i) + K q(i))``: N target rows whose items follow the training popularity, K shared draws from
   q), so that the sampled sum estimates the full softmax's instead of over-punishing popular items; the row's own
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist
-from .base import SHARED_NEGATIVES_KEY, RecModel, TargetRows
+from .base import RecModel, TargetRows
+from ..utils.batch_keys import SHARED_NEGATIVES
 
 PAPER = "paper"
 OBJECTIVES: dict[str, type] = {}  # loss name -> Objective class, filled by @register_objective
@@ -112,7 +113,7 @@ class Objective(nn.Module):
         self.rows_seen, self.candidates_seen = float(progress["rows_seen"]), float(progress["candidates_seen"])
 
     def forward(self, rows: TargetRows, shared_negatives: torch.Tensor | None = None) -> torch.Tensor:
-        """``shared_negatives``: the batch's ``SHARED_NEGATIVES_KEY`` (objectives that draw them only)."""
+        """``shared_negatives``: the batch's ``SHARED_NEGATIVES`` (objectives that draw them only)."""
         with torch.autocast(rows.users.device.type, enabled=False):
             return self.loss(rows, shared_negatives)
 
@@ -178,7 +179,7 @@ class SampledSoftmax(Objective):
         if shared_negatives is None:
             if self.num_negatives:
                 raise KeyError(f"sampled_softmax with num_negatives {self.num_negatives}: the training batch has no "
-                               f"{SHARED_NEGATIVES_KEY!r}; build them with REC.run.training_batches, which "
+                               f"{SHARED_NEGATIVES!r}; build them with REC.run.training_batches, which "
                                f"draws them from this objective's draw_distribution")
             shared_negatives = targets.new_zeros(0)
         negative_ids = shared_negatives.to(users.device)

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.precision import autocast
+from ..utils.batch_keys import COVERS, COVER_IDS, COVER_PREFIX
 
 HALF_NORM = (0.5, 0.5, 0.5)  # the original normalised every encoder's input to [-1, 1]
-COVERS_KEY, PREFIX_KEY = "covers", "cover_prefix"  # batch keys: uint8 covers, or stored frozen-prefix rows
 
 
 class MissingCoverError(RuntimeError):
@@ -92,21 +92,21 @@ class CoverItems(nn.Module):
         return torch.ones(1, 3, *self.cover_size, device=device)
 
     def _encode(self, inputs: dict[str, torch.Tensor], with_mask: bool) -> torch.Tensor:
-        if PREFIX_KEY in inputs:  # stored frozen-prefix rows: only the trainable rest runs
-            x = inputs[PREFIX_KEY]
+        if COVER_PREFIX in inputs:  # stored frozen-prefix rows: only the trainable rest runs
+            x = inputs[COVER_PREFIX]
             if with_mask:
                 with torch.no_grad():
                     mask = self.visual_encoder.prefix(self.mask_image(x.device))
                 x = torch.cat([x, mask.to(x.dtype)])
             return self.visual_encoder.from_prefix(x)
-        x = self.pixels(inputs[COVERS_KEY])
+        x = self.pixels(inputs[COVERS])
         if with_mask:  # encoded with the batch: one encoder call per step
             x = torch.cat([x, self.mask_image(x.device)])
         return self.visual_encoder(x)
 
     def encode(self, covers: torch.Tensor) -> torch.Tensor:
         """[n, d] item vectors of uint8 covers [n, 3, h, w]."""
-        return self._encode({COVERS_KEY: covers}, False)
+        return self._encode({COVERS: covers}, False)
 
     def encode_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """[n, d] item vectors of a batch of items given by their covers or their stored prefix rows."""
@@ -218,14 +218,14 @@ class PixelItems:
         return CoverItems(config, d, mask_id, shapes_only=info.shapes_only)
 
     def forward(self, batch):
-        inputs = {k: batch[k] for k in (COVERS_KEY, PREFIX_KEY) if k in batch}
+        inputs = {k: batch[k] for k in (COVERS, COVER_PREFIX) if k in batch}
         try:
-            with self.item_embedding.batch_source(batch["cover_ids"], inputs):
+            with self.item_embedding.batch_source(batch[COVER_IDS], inputs):
                 return super().forward(batch)
         except MissingCoverError as exc:  # name the batch keys that hold the id (slow path: the run stops here)
             # a bool key (target_mask) holds no ids: its True would equal id 1
             keys = tuple(k for k, v in batch.items()
-                         if k not in ("cover_ids", COVERS_KEY, PREFIX_KEY) and v.dtype != torch.bool
+                         if k not in (COVER_IDS, COVERS, COVER_PREFIX) and v.dtype != torch.bool
                          and (v == exc.item_id).any())
             raise MissingCoverError(exc.item_id, exc.misses, keys) from None
 

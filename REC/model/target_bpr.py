@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .base import RecModel, TargetRows, bpr_loss
+from ..utils.batch_keys import ITEMS, NEGATIVES, TARGET
 
 
 class TargetBPRModel(RecModel):
@@ -22,7 +23,7 @@ class TargetBPRModel(RecModel):
     def context(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, object]:
         """The [B, L] item ids the user vector reads, and whatever ``batch_user`` needs that was derived on the way
         (SRGNN's session graph, built once to find its node ids). By default: the history ``items``, nothing."""
-        return batch["items"], None
+        return batch[ITEMS], None
 
     def batch_user(self, batch: dict[str, torch.Tensor], context_emb: torch.Tensor, derived) -> torch.Tensor:
         """[B, d] user vectors from the batch and ``context_emb`` [B, L, d], the embeddings of ``context``'s ids."""
@@ -32,11 +33,11 @@ class TargetBPRModel(RecModel):
         """One row per example: its user vector and its target."""
         ids, derived = self.context(batch)
         user = self.batch_user(batch, self.item_embedding(ids), derived)
-        return TargetRows(user, batch["target"], self.item_embedding, self.item_representations)
+        return TargetRows(user, batch[TARGET], self.item_embedding, self.item_representations)
 
     def paper_loss(self, batch):
         ids, derived = self.context(batch)
-        emb = self.item_embedding(torch.cat([ids, batch["target"][:, None], batch["negatives"][:, None]], 1))
+        emb = self.item_embedding(torch.cat([ids, batch[TARGET][:, None], batch[NEGATIVES][:, None]], 1))
         user = self.batch_user(batch, emb[:, :-2], derived)
         pos, neg = (user * emb[:, -2]).sum(-1), (user * emb[:, -1]).sum(-1)
         return bpr_loss(pos, neg).mean()

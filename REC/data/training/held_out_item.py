@@ -18,6 +18,7 @@ import torch
 
 from ..split import Split, ragged_positions, sequence_chunk_users, sequence_chunks
 from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
+from ...utils.batch_keys import ITEMS, NEGATIVES, TARGET, USER_ID
 
 
 @register_train_dataset("HELD_OUT_ITEM")
@@ -28,7 +29,7 @@ class HeldOutItemBatches(EpochBatches):
     user state that evaluation never shows, since every evaluated user has at least one history item.
     """
 
-    item_keys = ("items", "target", "negatives")
+    item_keys = (ITEMS, TARGET, NEGATIVES)
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"])
@@ -48,5 +49,5 @@ class HeldOutItemBatches(EpochBatches):
         keep = np.arange(chunk.shape[1] - 1)[None, :]
         others = np.take_along_axis(chunk, keep + (keep >= cols[:, None]), 1)
         neg = sample_negatives(rng, chunk, self.item_num, per_row=1, pool=self.pool)[:, 0]
-        return {"items": torch.from_numpy(others), "target": torch.from_numpy(chunk[np.arange(len(rows)), cols]),
-                "negatives": torch.from_numpy(neg), "user_id": torch.from_numpy(self.chunk_users[rows])}
+        return {ITEMS: torch.from_numpy(others), TARGET: torch.from_numpy(chunk[np.arange(len(rows)), cols]),
+                NEGATIVES: torch.from_numpy(neg), USER_ID: torch.from_numpy(self.chunk_users[rows])}

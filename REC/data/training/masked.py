@@ -9,6 +9,7 @@ import torch
 from ...config import ConfigError
 from ..split import Split, sequence_chunks
 from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
+from ...utils.batch_keys import ITEMS, MASKED_ITEMS, NEGATIVES, TARGET_MASK
 
 
 @register_train_dataset("MASKED")
@@ -23,7 +24,7 @@ class MaskedBatches(EpochBatches):
     and then adds no loss.
     """
 
-    item_keys = ("masked_items", "items", "negatives")  # the mask token (item_num) is no real item: it has no cover
+    item_keys = (MASKED_ITEMS, ITEMS, NEGATIVES)  # the mask token (item_num) is no real item: it has no cover
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"], np.int32)  # int64 per batch
@@ -40,6 +41,6 @@ class MaskedBatches(EpochBatches):
         masked = (items != 0) & (rng.random(items.shape) < self.mask_ratio)
         neg = sample_negatives(rng, items, self.item_num, pool=self.pool)
         neg[~masked] = 0
-        return {"masked_items": torch.from_numpy(np.where(masked, self.mask_token, items)),
-                "items": torch.from_numpy(items), "negatives": torch.from_numpy(neg),
-                "target_mask": torch.from_numpy(masked)}
+        return {MASKED_ITEMS: torch.from_numpy(np.where(masked, self.mask_token, items)),
+                ITEMS: torch.from_numpy(items), NEGATIVES: torch.from_numpy(neg),
+                TARGET_MASK: torch.from_numpy(masked)}

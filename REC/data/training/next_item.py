@@ -8,6 +8,7 @@ import torch
 
 from ..split import Split, sequence_chunks
 from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
+from ...utils.batch_keys import ITEMS, NEGATIVES, TARGET_MASK
 
 
 @register_train_dataset("NEXT_ITEM")
@@ -20,7 +21,7 @@ class NextItemBatches(EpochBatches):
     elsewhere the negative is 0 all the same, a padding id with a (zero) cover in PixelNet batches.
     """
 
-    item_keys = ("items", "negatives")
+    item_keys = (ITEMS, NEGATIVES)
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"], np.int32)  # int64 per batch
@@ -34,5 +35,5 @@ class NextItemBatches(EpochBatches):
         has_target = np.zeros_like(items, dtype=bool)
         has_target[:, 1:] = (items[:, 1:] != 0) & (items[:, :-1] != 0)
         neg[~has_target] = 0
-        return {"items": torch.from_numpy(items), "negatives": torch.from_numpy(neg),
-                "target_mask": torch.from_numpy(has_target)}
+        return {ITEMS: torch.from_numpy(items), NEGATIVES: torch.from_numpy(neg),
+                TARGET_MASK: torch.from_numpy(has_target)}

@@ -9,6 +9,7 @@ import torch
 from ..interactions import DataError
 from ..split import Split
 from .base import EpochBatches, draw_items, register_train_dataset
+from ...utils.batch_keys import ITEMS, NEGATIVES, USER_ID
 
 
 @register_train_dataset("PAIR")
@@ -22,7 +23,7 @@ class PairBatches(EpochBatches):
     "is this item in that row's history?" for a whole batch with one ``searchsorted``.
     """
 
-    item_keys = ("items", "negatives")
+    item_keys = (ITEMS, NEGATIVES)
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.indptr, self.items, self.users = split.train_indptr, split.train_items, split.train_users
@@ -48,5 +49,5 @@ class PairBatches(EpochBatches):
         while len(bad):  # redraw only the rejected cells
             neg[bad] = draw_items(rng, self.item_num, self.pool, len(bad))
             bad = bad[self.in_history(rows[bad], neg[bad])]
-        return {"user_id": torch.from_numpy(self.users[rows]), "items": torch.from_numpy(self.items[indices]),
-                "negatives": torch.from_numpy(neg)}
+        return {USER_ID: torch.from_numpy(self.users[rows]), ITEMS: torch.from_numpy(self.items[indices]),
+                NEGATIVES: torch.from_numpy(neg)}

@@ -13,6 +13,7 @@ import torch
 
 from ..split import Split, ragged_positions, sequence_chunks
 from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
+from ...utils.batch_keys import ITEMS, NEGATIVES, TARGET
 
 
 @register_train_dataset("PREFIX")
@@ -23,7 +24,7 @@ class PrefixBatches(EpochBatches):
     items), so an epoch has about (mean chunk length - 1) times as many examples as a NEXT_ITEM epoch.
     """
 
-    item_keys = ("items", "target", "negatives")
+    item_keys = (ITEMS, TARGET, NEGATIVES)
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.max_len = config["MAX_ITEM_LIST_LENGTH"]
@@ -42,6 +43,6 @@ class PrefixBatches(EpochBatches):
         rows, ends = self.rows[indices], self.ends[indices] + self.max_len  # columns of self.padded
         prefix = self.padded[rows[:, None], ends[:, None] + np.arange(-self.max_len, 1)]  # [B, M+1]
         neg = sample_negatives(rng, prefix, self.item_num, per_row=1, pool=self.pool)[:, 0]
-        return {"items": torch.from_numpy(np.ascontiguousarray(prefix[:, :-1])),
-                "target": torch.from_numpy(np.ascontiguousarray(prefix[:, -1])),
-                "negatives": torch.from_numpy(neg)}
+        return {ITEMS: torch.from_numpy(np.ascontiguousarray(prefix[:, :-1])),
+                TARGET: torch.from_numpy(np.ascontiguousarray(prefix[:, -1])),
+                NEGATIVES: torch.from_numpy(neg)}

@@ -13,6 +13,7 @@ from torch import nn
 from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss
 from ..layers import Dropout, TransformerEncoder, init_normal_
 from ..registry import register_model
+from ...utils.batch_keys import ITEMS, ITEM_SEQ, MASKED_ITEMS, NEGATIVES, TARGET_MASK
 
 
 def key_padding_mask(ids: torch.Tensor) -> torch.Tensor:
@@ -47,21 +48,21 @@ class BERT4Rec(RecModel):
         return self.encoder(x, key_padding_mask(ids), last_only)
 
     def paper_loss(self, batch):
-        masked_items, items, negatives = batch["masked_items"], batch["items"], batch["negatives"]
+        masked_items, items, negatives = batch[MASKED_ITEMS], batch[ITEMS], batch[NEGATIVES]
         emb = self.item_embedding(torch.stack([masked_items, items, negatives], 1))  # one lookup, one table gradient
         hidden = self.encode(masked_items, emb[:, 0])
         pos = (hidden * emb[:, 1]).sum(-1)
         neg = (hidden * emb[:, 2]).sum(-1)
-        is_masked = batch["target_mask"].float()  # the masked positions, the only ones with a target
+        is_masked = batch[TARGET_MASK].float()  # the masked positions, the only ones with a target
         # Sum over every masked position of the batch, divided by the number of sequences (the original's
         # normalisation), not by the number of masked positions.
         return (bpr_loss(pos, neg) * is_masked).sum() / items.shape[0]
 
     def target_rows(self, batch):
         """The masked positions: their hidden states and the items they hid."""
-        hidden = self.encode(batch["masked_items"])
-        is_masked = batch["target_mask"]
-        return TargetRows(hidden[is_masked], batch["items"][is_masked], self.item_embedding,
+        hidden = self.encode(batch[MASKED_ITEMS])
+        is_masked = batch[TARGET_MASK]
+        return TargetRows(hidden[is_masked], batch[ITEMS][is_masked], self.item_embedding,
                           self.item_representations)
 
     def item_representations(self):
@@ -70,7 +71,7 @@ class BERT4Rec(RecModel):
     def user_representations(self, batch):
         """The history (its last M items, left-padded to M) followed by the mask token, which thus sits in
         position slot M as the last item of a training chunk does; its output is the user vector."""
-        item_seq = batch["item_seq"][:, -self.max_len:]
+        item_seq = batch[ITEM_SEQ][:, -self.max_len:]
         item_seq = F.pad(item_seq, (self.max_len - item_seq.shape[1], 0))
         mask = torch.full((item_seq.shape[0], 1), self.mask_token, dtype=item_seq.dtype, device=item_seq.device)
         return self.encode(torch.cat([item_seq, mask], 1), last_only=True)[:, -1]

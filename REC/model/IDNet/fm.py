@@ -15,6 +15,7 @@ from torch import nn
 from ..base import DatasetInfo
 from ..registry import register_model
 from ..target_bpr import TargetBPRModel
+from ...utils.batch_keys import ITEMS, ITEM_SEQ
 
 
 class HistoryTower(TargetBPRModel):
@@ -33,13 +34,13 @@ class HistoryTower(TargetBPRModel):
         raise NotImplementedError
 
     def batch_user(self, batch, context_emb, derived):
-        return self.user_vector(context_emb, batch["items"] != 0)
+        return self.user_vector(context_emb, batch[ITEMS] != 0)
 
     def item_representations(self):
         return self.item_embedding.weight
 
     def user_representations(self, batch):
-        item_seq = batch["item_seq"]
+        item_seq = batch[ITEM_SEQ]
         return self.user_vector(self.item_embedding(item_seq), item_seq != 0)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss
 from ..registry import register_model
+from ...utils.batch_keys import ITEMS, NEGATIVES, USER_ID
 
 
 def normalized_adjacency(users: np.ndarray, items: np.ndarray, user_num: int, item_num: int) -> torch.Tensor:
@@ -107,15 +108,15 @@ class LightGCN(RecModel):
     def paper_loss(self, batch):
         # The full propagation runs at every step, as the original.
         users, items = self.propagate()
-        u = users[batch["user_id"]]
-        pos = (u * items[batch["items"]]).sum(-1)
-        neg = (u * items[batch["negatives"]]).sum(-1)
+        u = users[batch[USER_ID]]
+        pos = (u * items[batch[ITEMS]]).sum(-1)
+        neg = (u * items[batch[NEGATIVES]]).sum(-1)
         return bpr_loss(pos, neg).mean()  # the original's -mean(1e-8 + log sigmoid) differs by the constant 1e-8
 
     def target_rows(self, batch):
         """One row per training interaction, from one propagation of the whole graph (as the paper's loss)."""
         users, items = self.propagate()
-        return TargetRows(users[batch["user_id"]], batch["items"], lambda ids: items[ids], lambda: items)
+        return TargetRows(users[batch[USER_ID]], batch[ITEMS], lambda ids: items[ids], lambda: items)
 
     def item_representations(self):
         """Propagates once per evaluation; the user half is kept for the user_representations calls that follow."""
@@ -126,4 +127,4 @@ class LightGCN(RecModel):
     def user_representations(self, batch):
         if self._eval_users is None:
             self._eval_users = self.propagate()[0].detach()
-        return self._eval_users[batch["user_id"]]
+        return self._eval_users[batch[USER_ID]]

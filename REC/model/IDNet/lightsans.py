@@ -26,6 +26,7 @@ from ..base import DatasetInfo, ModelConfigError
 from ..layers import Dropout, FeedForward, check_heads_divide, init_normal_, mask_value
 from ..registry import register_model
 from ..target_bpr import TargetBPRModel
+from ...utils.batch_keys import ITEMS, ITEM_SEQ
 
 
 def _masked_softmax_over_sequence(scores: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -134,10 +135,10 @@ class LightSANs(TargetBPRModel):
         return self.encoder(x, self.position_embedding(positions), item_seq == 0)
 
     def batch_user(self, batch, context_emb, derived):
-        return self.encode(batch["items"], context_emb)[:, -1]
+        return self.encode(batch[ITEMS], context_emb)[:, -1]
 
     def item_representations(self):
         return self.item_embedding.weight
 
     def user_representations(self, batch):
-        return self.encode(batch["item_seq"])[:, -1]
+        return self.encode(batch[ITEM_SEQ])[:, -1]

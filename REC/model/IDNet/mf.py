@@ -8,6 +8,7 @@ from torch import nn
 from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss
 from ..layers import mlp_layers
 from ..registry import register_model
+from ...utils.batch_keys import ITEMS, NEGATIVES, USER_ID
 
 
 @register_model("IDNet")
@@ -29,22 +30,22 @@ class MF(RecModel):
                 nn.init.zeros_(m.bias)
 
     def paper_loss(self, batch):
-        users = self.user_tower(self.user_embedding(batch["user_id"]))
+        users = self.user_tower(self.user_embedding(batch[USER_ID]))
         # Positives and negatives go through the item tower as one [2B, d] batch (one embedding lookup, one set
         # of BatchNorm statistics); that layout is this package's own choice.
-        items = self.item_tower(self.item_embedding(torch.cat([batch["items"], batch["negatives"]])))
+        items = self.item_tower(self.item_embedding(torch.cat([batch[ITEMS], batch[NEGATIVES]])))
         pos, neg = (items.view(2, *users.shape) * users).sum(-1)
         # The original's -mean(1e-8 + log sigmoid) differs by the constant 1e-8 only.
         return bpr_loss(pos, neg).mean()
 
     def target_rows(self, batch):
         """One row per training interaction: the user's vector and the item."""
-        users = self.user_tower(self.user_embedding(batch["user_id"]))
-        return TargetRows(users, batch["items"], lambda ids: self.item_tower(self.item_embedding(ids)),
+        users = self.user_tower(self.user_embedding(batch[USER_ID]))
+        return TargetRows(users, batch[ITEMS], lambda ids: self.item_tower(self.item_embedding(ids)),
                           self.item_representations)
 
     def item_representations(self):
         return self.item_tower(self.item_embedding.weight)
 
     def user_representations(self, batch):
-        return self.user_tower(self.user_embedding(batch["user_id"]))
+        return self.user_tower(self.user_embedding(batch[USER_ID]))

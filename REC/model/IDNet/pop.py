@@ -6,6 +6,7 @@ import torch
 
 from ..base import DatasetInfo, RecModel
 from ..registry import register_model
+from ...utils.batch_keys import USER_ID
 
 
 @register_model("IDNet")
@@ -25,4 +26,4 @@ class Pop(RecModel):
         return self.counts
 
     def user_representations(self, batch):
-        return torch.ones(len(batch["user_id"]), 1, device=self.counts.device)
+        return torch.ones(len(batch[USER_ID]), 1, device=self.counts.device)

@@ -20,6 +20,7 @@ from torch import nn
 from ..base import DatasetInfo
 from ..registry import register_model
 from ..target_bpr import TargetBPRModel
+from ...utils.batch_keys import ITEMS, ITEM_SEQ
 
 
 def session_graphs(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,15 +101,15 @@ class SRGNN(TargetBPRModel):
         return self.transform(torch.cat([pooled, last], -1))
 
     def context(self, batch):
-        graph = session_graphs(batch["items"])
+        graph = session_graphs(batch[ITEMS])
         return graph[0], graph  # the nodes are looked up, not the positions
 
     def batch_user(self, batch, context_emb, derived):
-        return self.readout(batch["items"], derived, context_emb)
+        return self.readout(batch[ITEMS], derived, context_emb)
 
     def item_representations(self):
         return self.item_embedding.weight
 
     def user_representations(self, batch):
-        graph = session_graphs(batch["item_seq"])
-        return self.readout(batch["item_seq"], graph, self.item_embedding(graph[0]))
+        graph = session_graphs(batch[ITEM_SEQ])
+        return self.readout(batch[ITEM_SEQ], graph, self.item_embedding(graph[0]))

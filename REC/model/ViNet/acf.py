@@ -17,6 +17,7 @@ from ..base import DatasetInfo
 from ..registry import register_model
 from ..target_bpr import TargetBPRModel
 from .feature_table import feature_table_from_config
+from ...utils.batch_keys import ITEMS, ITEM_SEQ, USER_ID
 
 CHUNK_ELEMENTS = 1 << 26  # feature values gathered at once when a large evaluation batch is encoded in pieces
 
@@ -66,13 +67,13 @@ class ACF(TargetBPRModel):
         return user + (alpha[..., None] * p).sum(1)
 
     def batch_user(self, batch, context_emb, derived):
-        return self.user_vector(batch["user_id"], batch["items"], context_emb)
+        return self.user_vector(batch[USER_ID], batch[ITEMS], context_emb)
 
     def item_representations(self):
         return self.item_embedding.weight
 
     def user_representations(self, batch):
-        users, profile = batch["user_id"], batch["item_seq"]
+        users, profile = batch[USER_ID], batch[ITEM_SEQ]
         regions, width = self.features.table.shape[1:]
         step = max(1, CHUNK_ELEMENTS // (profile.shape[1] * regions * width))
         return torch.cat([self.user_vector(users[a:a + step], profile[a:a + step])

@@ -14,6 +14,7 @@ from torch import nn
 from ..base import DatasetInfo, RecModel, TargetRows, bpr_loss, config_error
 from ..registry import register_model
 from .feature_table import feature_table_from_config
+from ...utils.batch_keys import ITEMS, NEGATIVES, USER_ID
 
 
 @register_model("ViNet")
@@ -49,14 +50,14 @@ class VBPR(RecModel):
         return torch.cat([gamma, theta, torch.ones_like(gamma[..., :1])], -1)
 
     def paper_loss(self, batch):
-        user = self.user_vectors(batch["user_id"])
-        items = self.item_vectors(torch.stack([batch["items"], batch["negatives"]]))  # [2, B, d + 1]
+        user = self.user_vectors(batch[USER_ID])
+        items = self.item_vectors(torch.stack([batch[ITEMS], batch[NEGATIVES]]))  # [2, B, d + 1]
         pos, neg = (items * user).sum(-1)
         return bpr_loss(pos, neg).mean()
 
     def target_rows(self, batch):
         """One row per training interaction: the user's [gamma, theta, 1] and the item."""
-        return TargetRows(self.user_vectors(batch["user_id"]), batch["items"], self.item_vectors,
+        return TargetRows(self.user_vectors(batch[USER_ID]), batch[ITEMS], self.item_vectors,
                           self.item_representations)
 
     def item_representations(self):
@@ -64,4 +65,4 @@ class VBPR(RecModel):
         return torch.cat([self.item_embedding.weight, self.projection(f), self.bias_projection(f)], -1)
 
     def user_representations(self, batch):
-        return self.user_vectors(batch["user_id"])
+        return self.user_vectors(batch[USER_ID])

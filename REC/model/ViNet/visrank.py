@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..base import DatasetInfo, RecModel
 from ..registry import register_model
 from .feature_table import feature_table_from_config
+from ...utils.batch_keys import HIST_ITEM, HIST_ROW, USER_ID
 
 CHUNK_ELEMENTS = 1 << 24  # similarities held at once per score call (64 MiB in fp32), whatever B and item_num
 
@@ -43,8 +44,8 @@ class VisRank(RecModel):
         """[B, L] the last ``history_limit`` items of each user's full history, left-padded with 0.
 
         ``hist_row`` lists each row's items contiguously and in time order (as EvalBatches yields them)."""
-        rows, items = batch["hist_row"], batch["hist_item"]
-        n_users = len(batch["user_id"])
+        rows, items = batch[HIST_ROW], batch[HIST_ITEM]
+        n_users = len(batch[USER_ID])
         counts = torch.bincount(rows, minlength=n_users)
         width = max(1, min(self.history_limit, int(counts.max()) if len(rows) else 0))
         from_end = (torch.cumsum(counts, 0) - 1)[rows] - torch.arange(len(rows), device=rows.device)  # 0 = newest

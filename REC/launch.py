@@ -169,12 +169,12 @@ def main(argv=None) -> int:
         if args.resume:
             run_dir, config = args.resume, load_run_config(args.resume)
             check_resume(run_dir, args.spec.nproc * args.nnodes)
-            preflight(config, resume_dir=run_dir)
+            preflight(config, resume_dir=run_dir, devices=args.spec, nnodes=args.nnodes)
         elif args.node_rank == 0:
-            config, run_dir = create_run(args.config_file, overrides)
+            config, run_dir = create_run(args.config_file, overrides, args.spec, args.nnodes)
         else:  # node 0 makes the run directory; this node checks its config and data now, so errors come early
             config, run_dir = build_config(args.config_file, overrides), None
-            preflight(config)
+            preflight(config, devices=args.spec, nnodes=args.nnodes)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,12 +41,14 @@ from .utils.batch_keys import SHARED_NEGATIVES
 log = logging.getLogger(__name__)
 
 
-def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Interactions, Split]:
+def preflight(config: Config, resume_dir: str | Path | None = None,
+              devices: dist.DeviceSpec | None = None, nnodes: int = 1) -> tuple[Interactions, Split]:
     """Everything that can be checked before processes start: metric names, the data (prepared and cached
     here, once, so workers only read the cache), the model's shapes (built on the meta device, no memory) and
     whether ``init_from`` fits them (not on resume: a resumed run continues from its own weights).
     ``resume_dir`` (a resumed run): the data is read through the run's vocabulary and must be the CSV it started
-    with, since continuing on other interactions would mix two datasets in one set of weights."""
+    with, since continuing on other interactions would mix two datasets in one set of weights. ``devices`` and
+    ``nnodes``: the launch's layout, for settings that some layouts cannot run."""
     check_live_log(config)  # a missing tensorboard/wandb stops here, not after the data and model are built
     try:  # a loss the model cannot take, before the data is read
         check_supported(config["loss"], get_model_class(config["model"]))
@@ -75,7 +77,7 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
     if model.input_type is not None:
         check_negatives_possible(model.input_type, split, config)  # else a tiny catalogue fails in every process
     if config["item_table_updates"] == "sparse":
-        check_sparse_item_table(config, model)
+        check_sparse_item_table(config, model, devices, nnodes)
     if model.encodes_covers:
         check_covers(config, inter)
         log_plan(config, model, split)
@@ -85,15 +87,24 @@ def preflight(config: Config, resume_dir: str | Path | None = None) -> tuple[Int
     return inter, split
 
 
-def check_sparse_item_table(config: Config, model) -> None:
-    """Row-sparse item-table updates need an ID table to make sparse, and gradients that clipping can read."""
-    where = config.source_of("item_table_updates")
-    if model.encodes_covers:
-        raise ConfigError(f"{where}: key 'item_table_updates' = 'sparse', but {config['model']} encodes its items "
-                          f"from covers and has no ID item table; expected dense (the default)")
+def check_sparse_item_table(config: Config, model, devices: dist.DeviceSpec | None, nnodes: int) -> None:
+    """Row-sparse item-table updates need an ID table built sparse, a loss that reads it by rows (a loss that
+    reads it whole gives a dense gradient, which DDP refuses for a sparse table), gradients that clipping can
+    read, and a backend that all-reduces sparse tensors (gloo; NCCL cannot)."""
+    where = f"{config.source_of('item_table_updates')}: key 'item_table_updates' = 'sparse'"
+    if not any(getattr(p, "_row_sparse_table", False) for p in model.parameters()):
+        what = "encodes its items from covers" if model.encodes_covers else "has no ID item table built by rows"
+        raise ConfigError(f"{where}, but {config['model']} {what}; expected dense (the default)")
+    if model.reads_item_table_whole or config["loss"] == "softmax":
+        why = "propagates over the whole graph" if model.reads_item_table_whole else "scores every item (loss: softmax)"
+        raise ConfigError(f"{where}, but {config['model']}'s training {why}, which reads the whole item table each "
+                          f"step: nothing to save, and DDP refuses the dense gradient; expected dense")
     if config["clip_grad_norm"]:
-        raise ConfigError(f"{where}: key 'item_table_updates' = 'sparse' cannot be combined with clip_grad_norm "
-                          f"(the norm of a row-sparse gradient is not computed); set clip_grad_norm: null")
+        raise ConfigError(f"{where} cannot be combined with clip_grad_norm (the norm of a row-sparse gradient is "
+                          f"not computed); set clip_grad_norm: null")
+    if devices is not None and devices.kind == "cuda" and devices.nproc * nnodes > 1:
+        raise ConfigError(f"{where} with {devices.nproc * nnodes} GPU processes: NCCL cannot all-reduce sparse "
+                          f"gradients; train on one GPU, on CPU processes (gloo), or with dense")
 
 
 def new_run_dir(config: Config) -> Path:
@@ -120,10 +131,12 @@ def new_run_dir(config: Config) -> Path:
     raise RuntimeError(f"cannot create a fresh run directory under {base.parent}")
 
 
-def create_run(config_files, overrides=()) -> tuple[Config, Path]:
-    """Check the config and data, then make the run directory holding the resolved config."""
+def create_run(config_files, overrides=(), devices: dist.DeviceSpec | None = None,
+               nnodes: int = 1) -> tuple[Config, Path]:
+    """Check the config and data (for the launch's layout), then make the run directory holding the resolved
+    config."""
     config = build_config(config_files, overrides)
-    inter, split = preflight(config)
+    inter, split = preflight(config, devices=devices, nnodes=nnodes)
     run_dir = new_run_dir(config)
     new_run_id(run_dir)
     (run_dir / CONFIG_FILE).write_text(config.dump_yaml())

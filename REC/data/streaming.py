@@ -115,6 +115,8 @@ def chronological_order(columns: dict, n_users: int) -> np.ndarray:
     timestamps = columns.pop("timestamps")
     user_ids = columns["user_ids"]
     n = len(timestamps)
+    if (n_users + 1) * max(n, 1) >= 2 ** 63:  # the sort key below: about 3e9 rows with as many users
+        raise OverflowError(f"{n:,} rows and {n_users:,} users do not fit one int64 sort key")
     by_time = np.argsort(timestamps, kind="stable")
     position = timestamps  # row -> its place in time order, written over the timestamps (no longer needed)
     del timestamps

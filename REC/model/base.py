@@ -92,6 +92,9 @@ class RecModel(nn.Module):
     # True: user_representations reads a learned per-user vector (batch[USER_ID]), so only users of the
     # training data can be scored, never a bare history of items (REC.predict refuses those)
     needs_user_id: bool = False
+    # True: training reads the whole item table at every step (LightGCN's propagation), so its gradient is dense
+    # whatever the loss, and item_table_updates: sparse has nothing to save
+    reads_item_table_whole: bool = False
     family: str
     defaults_files: tuple
 

@@ -7,22 +7,17 @@ step (and under DDP the whole table is all-reduced). Here an ``nn.Embedding(spar
 gradient, and a step updates the moments, the decoupled weight decay and the weights of the rows it names
 only: a lazy AdamW, as TensorFlow's LazyAdam or torch's SparseAdam (which has no weight decay). Rows a step does
 not touch keep their moments as they were instead of decaying them, so the option changes the optimisation
-(measured beside the default in bench/README.md). Dense gradients (every other parameter, or a table whose loss
-reads it whole) get the ordinary AdamW update.
+(measured beside the default in bench/README.md). Dense gradients (every other parameter) get the ordinary AdamW
+update; training refuses the option where a loss reads the whole table (REC/run.py says which).
 """
 from __future__ import annotations
 
-import logging
-
 import torch
-
-log = logging.getLogger(__name__)
 
 
 class RowSparseAdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self._said_dense = False
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -57,11 +52,6 @@ class RowSparseAdamW(torch.optim.Optimizer):
                     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
                     p.index_copy_(0, rows, weights.addcdiv_(exp_avg, denom, value=-step_size))
                     continue
-                if getattr(p, "_row_sparse_table", False) and not self._said_dense:
-                    log.warning("item_table_updates: sparse, but this model's loss reads its whole item table (a "
-                                "full or sampled softmax over the table, a graph propagation), so every row still "
-                                "moves each step")
-                    self._said_dense = True
                 p.mul_(1 - lr * wd)
                 state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+
+
+# a temporary file's name says which machine and process write it (a folder may be shared by several nodes)
+_HOST = socket.gethostname().replace("/", "_")
 
 
 @contextlib.contextmanager
@@ -13,7 +18,7 @@ def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
     when the block ends without an error; on an error the temporary file is removed and ``path`` is left as it
     was. The temporary name carries the process id, so processes writing the same file do not collide."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.tmp")
     try:
         with open(tmp, mode, **open_kwargs) as f:
             yield f
@@ -27,11 +32,12 @@ def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Remove the temporary files that ``atomic_output`` left for ``path`` in processes that no longer run (a
     SIGKILL or power loss skips its clean-up), so a rerun after a kill starts clean instead of leaking a
-    half-written copy per attempt. Returns the files removed."""
+    half-written copy per attempt. Only this machine's are judged (the name carries the host: a folder shared by
+    several nodes holds other machines' files too). Returns the files removed."""
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+    for tmp in path.parent.glob(f".{path.name}.{_HOST}.*.tmp"):  # this machine's: another's pids mean nothing here
+        pid = tmp.name[len(f".{path.name}.{_HOST}."):-len(".tmp")]
         if pid.isascii() and pid.isdigit() and not _process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)

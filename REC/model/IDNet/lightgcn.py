@@ -67,6 +67,7 @@ class _SymmetricSpMM(torch.autograd.Function):
 class LightGCN(RecModel):
     input_type = "PAIR"
     needs_user_id = True
+    reads_item_table_whole = True  # the propagation at every step, as the original
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)

@@ -244,6 +244,7 @@ class Recommender:
                 ids, values, ranked = top_unmasked(scores, k, *history)
                 if progress is not None:
                     progress.update(len(scores))
+                del scores, batch  # before the next batch is scored: one [B, items] matrix alive, not two
                 yield ids.cpu().numpy(), values.masked_fill(~ranked, -torch.inf).cpu().numpy()
 
     def recommend_histories(self, histories: list[list[str]], k: int = 10, exclude_history: bool = True,

@@ -90,6 +90,7 @@ class FullRankingEvaluator:
         table = torch.zeros(n_rows, len(self.keys) + 1, dtype=torch.float64, device=self.device)
         for batch, scores in score_batches(model, items, batches, self.device, self.precision):
             table += self.batch_sums(scores, batch)
+            del batch, scores  # before the next batch is scored: one [B, items] matrix alive, not two
         sums = table[0, :-1].contiguous()
         count = torch.tensor([float(batches.n_users)], dtype=torch.float64, device=self.device)
         dist.all_reduce_sum(sums)

@@ -195,3 +195,20 @@ def test_gathers_in_blocks_equal_one_gather(monkeypatch):
     assert len(split_module._row_blocks(lengths)) > 5
     assert np.array_equal(split_module.gather_segments(values, starts, lengths), whole)
     assert np.array_equal(split_module.left_pad_segments(values, starts, np.minimum(lengths, 6), 6), padded)
+
+
+def test_the_cache_is_memory_mapped_so_processes_share_one_copy(tmp_path, caplog):
+    """A warm read maps the cache's arrays instead of copying them (DDP ranks of a node then hold the interactions
+    once, in the page cache), equal to the prepared ones, without a rebuild."""
+    import mmap
+    (tmp_path / "C.csv").write_text(CSV)
+    first = load_interactions(str(tmp_path), "C")
+    with caplog.at_level("WARNING"):
+        again = load_interactions(str(tmp_path), "C")
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    for name in ("users", "indptr", "items"):
+        mapped = getattr(again, name)
+        assert np.array_equal(mapped, getattr(first, name)) and mapped.dtype == np.int64
+        assert isinstance(mapped.base, mmap.mmap) or isinstance(getattr(mapped.base, "base", None), mmap.mmap)
+        assert not mapped.flags.writeable
+    assert again.item_tokens.to_list() == first.item_tokens.to_list()

@@ -9,6 +9,9 @@ from __future__ import annotations
 import codecs
 import hashlib
 import logging
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -249,10 +252,13 @@ def load_interactions(data_path: str, dataset: str, cache_dir: str | None = None
 
 
 def _read_cache(cache: Path, digest: str) -> Interactions:
-    with np.load(cache, allow_pickle=False) as z:
-        inter = Interactions(users=z["users"], indptr=z["indptr"], items=z["items"],
-                             user_tokens=TokenTable(z["user_blob"], z["user_offsets"]),
-                             item_tokens=TokenTable(z["item_blob"], z["item_offsets"]), csv_digest=digest)
+    """The cache's arrays memory-mapped, not copied: every process of a node that reads one cache shares its pages
+    (the page cache holds them once), so DDP ranks hold one copy of the interactions between them. Each member's
+    CRC-32 is checked first, as reading it through zip would (a read of the whole file, shared too)."""
+    z = _mapped_npz(cache)
+    inter = Interactions(users=z["users"], indptr=z["indptr"], items=z["items"],
+                         user_tokens=TokenTable(z["user_blob"], z["user_offsets"]),
+                         item_tokens=TokenTable(z["item_blob"], z["item_offsets"]), csv_digest=digest)
     n_users, n_items = len(inter.user_tokens), len(inter.item_tokens)
     consistent = (inter.indptr[0] == 0 and inter.indptr[-1] == len(inter.items)
                   and len(inter.users) + 1 == len(inter.indptr)
@@ -263,3 +269,43 @@ def _read_cache(cache: Path, digest: str) -> Interactions:
     if not consistent:
         raise ValueError("its arrays do not fit together")
     return inter
+
+
+def _mapped_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read-only memory maps of the members of an uncompressed .npz (``np.savez``), each checked against the CRC-32
+    its zip entry records; any damage or an unexpected layout raises."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename} is not a stored .npy")
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename}: no local file header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            crc, left = 0, info.compress_size
+            f.seek(start)
+            while left > 0:
+                block = f.read(min(left, 1 << 24))
+                if not block:
+                    raise ValueError(f"member {info.filename} is cut short")
+                crc, left = zlib.crc32(block, crc), left - len(block)
+            if crc != info.CRC:
+                raise ValueError(f"member {info.filename}: CRC-32 mismatch")
+            f.seek(start)
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype.hasobject:
+                raise ValueError(f"member {info.filename}: unexpected array layout")
+            offset = f.tell()
+            if offset - start + int(np.prod(shape)) * dtype.itemsize != info.compress_size:
+                raise ValueError(f"member {info.filename}: its header does not match its size")
+            name = info.filename[:-len(".npy")]
+            arrays[name] = (np.zeros(shape, dtype) if int(np.prod(shape)) == 0 else
+                            np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape).view(np.ndarray))
+    return arrays
+

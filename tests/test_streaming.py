@@ -77,7 +77,8 @@ def test_errors_in_a_later_chunk_name_the_line_of_the_file(tmp_path):
     rows = [f"i{k},u{k % 5},{k}" for k in range(40)]
     cases = {
         "Empty": (rows[:25] + [",u1,3"] + rows[25:], r"Empty.csv: empty item_id or user_id on lines \[27\]"),
-        "Stamp": (rows[:30] + ["i1,u1,soon"] + rows[30:], r"Stamp.csv: timestamp 'soon' on line 32"),
+        "Stamp": (rows[:30] + ["i1,u1,soon"] + rows[30:35] + ["i2,u2,99999999999999999999"] + rows[35:],
+                  r"Stamp.csv: timestamp 'soon' on line 32 \(2 such lines\)"),
     }
     for name, (lines, message) in cases.items():
         (tmp_path / f"{name}.csv").write_text("item_id,user_id,timestamp\n" + "\n".join(lines) + "\n")

@@ -165,7 +165,7 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             except UnicodeDecodeError:
                 raise not_utf8_error(path) from None
             except (ValueError, TypeError, OverflowError):
-                raise _bad_timestamps(path) from None
+                raise _bad_timestamps(path, chunk_rows) from None
             empty = frame[["item_id", "user_id"]].isna().any(axis=1).to_numpy()
             if empty.any():
                 bad = empty.nonzero()[0][:5] + first_line
@@ -200,18 +200,25 @@ def not_utf8_error(csv_file: Path, block: int = 1 << 20) -> DataError:
     return DataError(f"{csv_file}: not UTF-8 text{where}; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
-def _bad_timestamps(path: Path) -> DataError:
-    """Slow path, only on error: find the first line whose timestamp is not an integer that fits int64."""
-    ts = pd.read_csv(path, usecols=["timestamp"], dtype=str, engine="c", keep_default_na=False)["timestamp"]
-    text = ts.str.strip()
-    integer = text.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool).copy()
-    long = integer & (text.str.lstrip("+-").str.lstrip("0").str.len() >= 19).to_numpy(bool)
-    for i in np.flatnonzero(long):  # few rows: only 19+ digit numbers can fall outside int64
-        integer[i] = np.iinfo(np.int64).min <= int(text.iloc[i]) <= np.iinfo(np.int64).max
-    bad = np.flatnonzero(~integer)
-    if len(bad) == 0:  # pandas refused the column for a reason not seen above
+def _bad_timestamps(path: Path, chunk_rows: int = CHUNK_ROWS) -> DataError:
+    """Slow path, only on error: find the first line whose timestamp is not an integer that fits int64, and count
+    such lines, reading the column as text ``chunk_rows`` at a time (the whole column as text would cost GBs)."""
+    first, count, line = None, 0, 2
+    for ts in pd.read_csv(path, usecols=["timestamp"], dtype=str, engine="c", keep_default_na=False,
+                          chunksize=chunk_rows):
+        ts = ts["timestamp"]
+        text = ts.str.strip()
+        integer = text.str.fullmatch(r"[+-]?\d+").fillna(False).to_numpy(bool).copy()
+        long = integer & (text.str.lstrip("+-").str.lstrip("0").str.len() >= 19).to_numpy(bool)
+        for i in np.flatnonzero(long):  # few rows: only 19+ digit numbers can fall outside int64
+            integer[i] = np.iinfo(np.int64).min <= int(text.iloc[i]) <= np.iinfo(np.int64).max
+        bad = np.flatnonzero(~integer)
+        if len(bad) and first is None:
+            first = (ts.iloc[bad[0]], line + bad[0])
+        count, line = count + len(bad), line + len(ts)
+    if first is None:  # pandas refused the column for a reason not seen above
         return DataError(f"{path}: cannot read the timestamp column; expected integer timestamps")
-    return DataError(f"{path}: timestamp {ts.iloc[bad[0]]!r} on line {bad[0] + 2} ({len(bad)} such lines) is not "
+    return DataError(f"{path}: timestamp {first[0]!r} on line {first[1]} ({count} such lines) is not "
                      f"an integer in the int64 range; expected integer timestamps (e.g. Unix seconds)")
 
 

@@ -282,7 +282,7 @@ def _mapped_npz(path: Path) -> dict[str, np.ndarray]:
     """Read-only memory maps of the members of an uncompressed .npz (``np.savez``), each checked against the CRC-32
     its zip entry records; any damage or an unexpected layout raises."""
     arrays = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+    with open(path, "rb") as f, zipfile.ZipFile(f) as archive:  # one handle: the file checked is the file mapped
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
                 raise ValueError(f"member {info.filename} is not a stored .npy")
@@ -303,6 +303,8 @@ def _mapped_npz(path: Path) -> dict[str, np.ndarray]:
                 raise ValueError(f"member {info.filename}: CRC-32 mismatch")
             f.seek(start)
             version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"member {info.filename}: .npy format version {version}")
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(f)
@@ -313,6 +315,6 @@ def _mapped_npz(path: Path) -> dict[str, np.ndarray]:
                 raise ValueError(f"member {info.filename}: its header does not match its size")
             name = info.filename[:-len(".npy")]
             arrays[name] = (np.zeros(shape, dtype) if int(np.prod(shape)) == 0 else
-                            np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape).view(np.ndarray))
+                            np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape).view(np.ndarray))
     return arrays
 

@@ -143,12 +143,14 @@ def stream_columns(path: Path, chunks, keys: tuple[str, str], show_progress: boo
     times, user_parts, item_parts = [], [], []
     bar = tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, leave=False,
                disable=None if show_progress else True)  # None: shown on a terminal only
+    frame = None
     with bar:
         for frame in chunks:
             times.append(frame["timestamp"].to_numpy(np.int64))
             user_parts.append(users.codes(frame["user_id"].to_numpy(object)))
             item_parts.append(items.codes(frame["item_id"].to_numpy(object)))
             bar.update(len(frame))
+        del frame  # the last chunk's text, before the columns are joined
     columns = {"timestamps": _concatenate_consuming(times), "user_ids": _concatenate_consuming(user_parts),
                "item_ids": _concatenate_consuming(item_parts)}
     release_freed_memory()  # the chunks' arrays came from the heap: give their pages back before the sorts

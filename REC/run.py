@@ -199,7 +199,8 @@ def _build(config: Config, run_dir: Path, device: torch.device, checkpoint: str 
     loaded = load_run(run_dir, device, checkpoint, config)
     inter, split, model = loaded.inter, loaded.split, loaded.model
     log.info("%s", inter.summary(config["dataset"]))
-    m, b, rank, world = config["MAX_ITEM_LIST_LENGTH"], config["eval_batch_size"], dist.rank(), dist.world_size()
+    m, rank, world = config["MAX_ITEM_LIST_LENGTH"], dist.rank(), dist.world_size()
+    b = eval_users_per_batch(config, split.item_num)
     evals = {name: EvalBatches(getattr(split, name), m, b, rank, world) for name in ("valid", "test")}
     store = item_covers = None
     if model.encodes_covers:
@@ -211,6 +212,18 @@ def _build(config: Config, run_dir: Path, device: torch.device, checkpoint: str 
                                      item_counts=np.bincount(split.train_items, minlength=split.item_num),
                                      popularity_buckets=config["popularity_buckets"])
     return inter, split, model, evals, evaluator, store
+
+
+def eval_users_per_batch(config: Config, item_num: int) -> int:
+    """Users per evaluation batch: ``eval_batch_size``, cut so that a batch's float32 scores of every item fit
+    ``eval_memory_mib`` when that is set; logged with what a batch's scores take."""
+    users = config["eval_batch_size"]
+    row_mib = item_num * 4 / 2 ** 20
+    if config["eval_memory_mib"] is not None:
+        users = max(1, min(users, int(config["eval_memory_mib"] / row_mib)))
+    log.info("evaluation: %d users per batch x %d items = %.0f MiB of scores per batch%s", users, item_num,
+             users * row_mib, f" (eval_memory_mib {config['eval_memory_mib']})" if config["eval_memory_mib"] else "")
+    return users
 
 
 def training_batches(model, split: Split, config, store=None, rank: int = 0, world: int = 1):

@@ -103,3 +103,19 @@ def test_one_score_matrix_is_alive_at_a_time():
     model = Watched(table)
     FullRankingEvaluator(["Recall"], [5], 7, torch.device("cpu")).evaluate(model, EvalBatches(split, 3, 4))
     assert len(model.alive_at_next) == 10 and not any(model.alive_at_next)
+
+
+def test_an_evaluation_memory_budget_cuts_the_users_per_batch(caplog):
+    """eval_memory_mib bounds one batch's [users, items] float32 scores; never more users than eval_batch_size,
+    never fewer than one; the log says what a batch takes (the metrics do not depend on it: the test above)."""
+    from REC.configure import build_config
+    from REC.run import eval_users_per_batch
+
+    from .conftest import ROOT
+    files = [ROOT / "IDNet" / "sasrec.yaml", ROOT / "overall" / "ID.yaml"]
+    assert eval_users_per_batch(build_config(files), 400_001) == 1024
+    with caplog.at_level("INFO"):
+        assert eval_users_per_batch(build_config(files, ["--eval_memory_mib=100"]), 400_001) == 65
+    assert "65 users per batch x 400001 items = 99 MiB of scores per batch (eval_memory_mib 100)" in caplog.text
+    assert eval_users_per_batch(build_config(files, ["--eval_memory_mib=100"]), 1_000) == 1024
+    assert eval_users_per_batch(build_config(files, ["--eval_memory_mib=1"]), 10_000_000) == 1

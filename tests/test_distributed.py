@@ -38,6 +38,8 @@ def test_two_process_training_run(seq_data, tmp_path):
                                                          "--optim_args.weight_decay=0")]).result
     assert result["world_size"] == 2 and result["epochs_run"] == 4
     assert result["test"]["ndcg@10"] > 0.2  # it learns: popularity gets 0.148 on this log
+    # the training examples were built once, by rank 0, and mapped by both ranks from the prepared-data folder
+    assert list((seq_data / ".pixelrec_cache").glob("chunks-*.npy"))
 
 
 def test_device_spec_parsing():

@@ -11,7 +11,8 @@ Every measurement runs in a fresh child process, so each peak (VmHWM) belongs to
 - cold: preparation from the CSV (parse, number ids, sort, write the cache);
 - warm, 1 rank: cache read, leave-one-out split, SASRec's training examples (chunks of 51), one batch of them,
   and a pass over the first evaluation batches; the RSS after each phase;
-- warm, 2 ranks: the same in two processes at once (each its own rank); their summed peak and PSS.
+- warm, N ranks: the same in N processes at once, joined in a gloo process group as DDP ranks are (so what rank 0
+  builds for all, the training examples, is shared); their summed peak and PSS.
 
 Then a least-squares line through the cold peaks (MiB = a + b * interactions) and a power law through the cold
 times (s = c * interactions^p), projected to Pixel8M (158.5M) and PixelRec (195.8M). The last line printed is
@@ -46,14 +47,25 @@ from REC.data import EvalBatches, leave_one_out, load_interactions
 from REC.data.training.next_item import NextItemBatches
 from REC.utils.memory import peak_rss_mib, pss_mib, rss_mib
 folder, name, cache, rank, world = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+if world > 1:  # a real process group, as DDP ranks have: what one rank builds for all is shared
+    import torch.distributed
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[6]}", rank=rank,
+                                         world_size=world)
 phases = {}
 def phase(label, fn):
     t = time.perf_counter(); out = fn()
     phases[label] = dict(seconds=time.perf_counter() - t, rss_mib=rss_mib(), peak_mib=peak_rss_mib())
     return out
 inter = phase("cache read", lambda: load_interactions(folder, name, cache))
-split = phase("split", lambda: leave_one_out(inter))
-config = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 64, "seed": 0}
+def shared_split():  # as REC.loaded_run does for a run: the training part is shared by the ranks of a node
+    import dataclasses
+    from REC.data.node_shared import shared_on_node
+    split = leave_one_out(inter)
+    return dataclasses.replace(split, train_items=shared_on_node("train-items", lambda: cache,
+                                                                  lambda: split.train_items))
+split = phase("split", shared_split)
+config = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 64, "seed": 0, "data_path": folder, "dataset": name,
+          "cache_dir": cache}
 examples = phase("training examples", lambda: NextItemBatches(split, config, rank, world))
 phase("one training batch", lambda: next(iter(examples)))
 evals = EvalBatches(split.test, 50, 4096, rank, world)
@@ -84,6 +96,13 @@ def children(code: str, argsets: list[tuple]) -> list[dict]:
     return results
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def count(text: str) -> int:
     text = text.strip().upper()
     scale = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}.get(text[-1:], 1)
@@ -101,7 +120,8 @@ def measure(csv: Path, ranks: list[int]) -> dict:
           f"({cold['seconds'] / cold['interactions'] * 1e6:.2f} s per M interactions)")
     row = dict(cold, warm={})
     for world in ranks:
-        results = children(WARM, [(folder, name, cache, r, world) for r in range(world)])
+        port = free_port()
+        results = children(WARM, [(folder, name, cache, r, world, port) for r in range(world)])
         row["warm"][world] = results
         if world == 1:
             for label, p in results[0]["phases"].items():

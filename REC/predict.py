@@ -111,6 +111,9 @@ class Recommender:
         always computed in fp32. ``item_representations``: a table written by ``save_item_representations``
         (PixelNet), used instead of encoding every cover again.
         """
+        if not checkpoint:  # load_run would leave the weights as built: recommendations from an untrained model
+            raise PredictError(f"checkpoint: expected a checkpoint file of the run ({BEST_CHECKPOINT} or its "
+                               f"last.pth), got {checkpoint!r}")
         device = one_device(device) if isinstance(device, str) else torch.device(device)
         run = load_run(run_dir, device, checkpoint)  # the run's own ids, whatever the CSV's row order
         config, model, inter = run.config, run.model, run.inter

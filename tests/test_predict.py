@@ -12,7 +12,7 @@ from REC.data import EvalBatches, leave_one_out, load_interactions
 from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.predict import KnownUsersOnlyError, Recommender, UnknownIdError, main, write_recommendations
+from REC.predict import KnownUsersOnlyError, PredictError, Recommender, UnknownIdError, main, write_recommendations
 from REC.configure import build_config
 from REC.utils.run_layout import CONFIG_FILE
 from REC.trainer.checkpoint import save_atomic
@@ -297,3 +297,9 @@ def test_a_run_from_before_run_ids_still_loads(run, tmp_path):
     save_atomic(ckpt, old / "best.pth")
     rec = Recommender.from_run(old)
     assert rec.recommend(rec.inter.item_tokens.to_list()[1:4], k=3)
+
+
+def test_a_run_is_never_read_without_its_weights(run):
+    with pytest.raises(PredictError, match="expected a checkpoint file"):
+        Recommender.from_run(run[0], checkpoint=None)
+

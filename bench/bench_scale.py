@@ -109,9 +109,12 @@ def count(text: str) -> int:
     return int(float(text.rstrip("KMG")) * scale)
 
 
-def measure(csv: Path, ranks: list[int]) -> dict:
+def measure(csv: Path, ranks: list[int], work: Path) -> dict:
+    """``work``: where the prepared cache and the shared arrays go (never beside a given CSV, whose folder may
+    be read-only or shared)."""
     folder, name = csv.parent, csv.stem
-    cache = folder / f".bench_scale_cache_{name}"
+    cache = work / f".bench_scale_cache_{name}"
+    cache.mkdir(parents=True, exist_ok=True)
     for f in cache.glob("*"):
         f.unlink()
     cold = child(COLD, folder, name, cache)
@@ -151,7 +154,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--interactions", default="8M,32M,64M", help="comma-separated sizes (K/M suffixes)")
     p.add_argument("--items", type=int, default=400_000)
-    p.add_argument("--folder", default="/tmp/pixelrec_scale")
+    p.add_argument("--folder", default="/tmp/pixelrec_scale", help="generated logs, caches and shared arrays")
     p.add_argument("--csv", help="measure this log instead of generated ones")
     p.add_argument("--ranks", default="1,2", help="warm measurements with these numbers of processes")
     args = p.parse_args()
@@ -168,7 +171,7 @@ def main():
                 write_pixel_shaped_csv(csv, size, args.items, seed=0)
                 print(f"wrote {csv} ({size:,} rows) in {time.perf_counter() - t:.0f} s")
             csvs.append(csv)
-    rows = [measure(csv, ranks) for csv in csvs]
+    rows = [measure(csv, ranks, Path(args.folder)) for csv in csvs]
     fit(rows)
     print(f"peak_rss_mib={max(rows, key=lambda r: r['interactions'])['peak_mib']:.0f}")
 

@@ -12,7 +12,6 @@ import torch
 from .config import Config, ConfigError
 from .configure import build_config
 from .data import Interactions, Split, prepare_run_split
-from .data.interactions import prepared_data_dir
 from .data.node_shared import shared_on_node
 from .data.vocabulary import DataCheck
 from .model import create_model
@@ -53,8 +52,7 @@ def load_run(run_dir: str | Path, device: torch.device, checkpoint: str | None =
     inter, split, check = prepare_run_split(config, run_dir)
     # every rank holds the same training part: one file-backed copy per node (REC.data.node_shared), kept
     # before anything else refers to this rank's own copy, which is then freed
-    folder = prepared_data_dir(config["data_path"], config["dataset"], config["cache_dir"])
-    split = replace(split, train_items=shared_on_node("train-items", lambda: folder, lambda: split.train_items))
+    split = replace(split, train_items=shared_on_node("train-items", config, lambda: split.train_items))
     if check.worth_a_warning:
         log.warning("%s", check.describe(run_dir))
     info = DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest())

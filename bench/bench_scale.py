@@ -57,15 +57,14 @@ def phase(label, fn):
     phases[label] = dict(seconds=time.perf_counter() - t, rss_mib=rss_mib(), peak_mib=peak_rss_mib())
     return out
 inter = phase("cache read", lambda: load_interactions(folder, name, cache))
+config = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 64, "seed": 0, "data_path": folder, "dataset": name,
+          "cache_dir": cache}
 def shared_split():  # as REC.loaded_run does for a run: the training part is shared by the ranks of a node
     import dataclasses
     from REC.data.node_shared import shared_on_node
     split = leave_one_out(inter)
-    return dataclasses.replace(split, train_items=shared_on_node("train-items", lambda: cache,
-                                                                  lambda: split.train_items))
+    return dataclasses.replace(split, train_items=shared_on_node("train-items", config, lambda: split.train_items))
 split = phase("split", shared_split)
-config = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 64, "seed": 0, "data_path": folder, "dataset": name,
-          "cache_dir": cache}
 examples = phase("training examples", lambda: NextItemBatches(split, config, rank, world))
 phase("one training batch", lambda: next(iter(examples)))
 evals = EvalBatches(split.test, 50, 4096, rank, world)

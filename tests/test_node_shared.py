@@ -29,7 +29,7 @@ def _rank(rank: int, port: int, folder: str, damage: bool, out):
             bad = good.copy()
             bad[5, 5] = -1
             np.save(path, bad)
-        array = shared_on_node("chunks", lambda: folder, build)
+        array = shared_on_node("chunks", {"data_path": None, "dataset": None, "cache_dir": folder}, build)
         out.put((rank, bool(built), isinstance(array, np.memmap), int(array.sum()), array.shape))
     finally:
         torch_dist.destroy_process_group()

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..utils.files import atomic_output, remove_stale_temporaries
 from ..utils.errors import UserError
+from ..utils.integrity import read_npy_header
 from .streaming import CHUNK_ROWS, HASH_KEYS, HashCollision, chronological_order, stream_columns
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,17 @@ class TokenTable:
 
     @classmethod
     def from_strings(cls, tokens) -> "TokenTable":
-        encoded = [t.encode("utf-8") for t in ["[PAD]", *tokens]]
-        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        encoded = [t.encode("utf-8") for t in tokens]
+        return cls.from_utf8(b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
+
+    @classmethod
+    def from_utf8(cls, blob: bytes, lengths) -> "TokenTable":
+        """The tokens whose UTF-8 bytes are ``blob`` concatenated, ``lengths`` bytes each, after ``[PAD]``."""
+        pad = "[PAD]".encode("utf-8")
+        lengths = np.concatenate([[len(pad)], np.asarray(lengths, dtype=np.int64)]).astype(np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        return cls(blob, offsets)
+        return cls(np.frombuffer(pad + blob, dtype=np.uint8), offsets)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -302,12 +308,7 @@ def _mapped_npz(path: Path) -> dict[str, np.ndarray]:
             if crc != info.CRC:
                 raise ValueError(f"member {info.filename}: CRC-32 mismatch")
             f.seek(start)
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0), (3, 0)):
-                raise ValueError(f"member {info.filename}: .npy format version {version}")
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
+            shape, fortran, dtype = read_npy_header(f)
             if fortran or dtype.hasobject:
                 raise ValueError(f"member {info.filename}: unexpected array layout")
             offset = f.tell()

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import distributed as dist
 from ..utils.files import atomic_output
+from .interactions import prepared_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,17 @@ def content_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def shared_on_node(name: str, folder: Callable[[], Path], build: Callable[[], np.ndarray]) -> np.ndarray:
-    """``build()``'s array; with several processes, rank 0's, memory-mapped by every rank that sees ``folder()``
-    (a file ``<name>-<content hash>.npy`` there, kept for later runs of the same examples)."""
+def shared_on_node(name: str, config, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """``build()``'s array; with several processes, rank 0's, memory-mapped by every rank that sees the run's
+    prepared-data folder (``data_path``, ``dataset``, ``cache_dir`` of ``config``: a file ``<name>-<content
+    hash>.npy`` there, kept for later runs of the same data and settings)."""
     if dist.world_size() == 1:
         return build()
     array, where = None, None
     if dist.rank() == 0:
         array = build()
         digest = content_digest(array)
-        path = Path(folder()) / f"{name}-{digest}.npy"
+        path = prepared_data_dir(config["data_path"], config["dataset"], config["cache_dir"]) / f"{name}-{digest}.npy"
         try:
             if not path.is_file() or content_digest(np.load(path, mmap_mode="r")) != digest:
                 path.parent.mkdir(parents=True, exist_ok=True)  # missing, or damaged since it was written

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .interactions import DataError, TokenTable
-from .split import EvalSplit, Split, ragged_positions
+from .split import EvalSplit, Split, gather_segments
 from ..utils.run_layout import COLD_ITEMS_FILE, PROTOCOL_FILE
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _cold_targets(ev: EvalSplit, is_cold: np.ndarray) -> tuple[EvalSplit, int]:
     how many such users were dropped because nothing else was left in their history."""
     rows = np.flatnonzero(is_cold[ev.targets])
     lengths = ev.hist_lengths[rows]
-    hist = ev.hist_items[ragged_positions(ev.hist_starts[rows], lengths)]
+    hist = gather_segments(ev.hist_items, ev.hist_starts[rows], lengths)
     sub_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=sub_indptr[1:])
     indptr, hist = _filter_csr(sub_indptr, hist, ~is_cold[hist])
@@ -129,7 +129,7 @@ def _cold_targets(ev: EvalSplit, is_cold: np.ndarray) -> tuple[EvalSplit, int]:
     if not has_history.all():
         keep_rows = np.flatnonzero(has_history)
         lengths = np.diff(indptr)[keep_rows]
-        hist = hist[ragged_positions(indptr[keep_rows], lengths)]
+        hist = gather_segments(hist, indptr[keep_rows], lengths)
         indptr = np.zeros(len(keep_rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         rows = rows[keep_rows]
@@ -159,7 +159,7 @@ def keep_training_users(split: Split, ratio: float, cap: int | None, seed: int) 
     new_lengths = np.where(chosen, lengths, 0)
     indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(new_lengths, out=indptr[1:])
-    train_items = split.train_items[ragged_positions(split.train_indptr[:-1][chosen], lengths[chosen])]
+    train_items = gather_segments(split.train_items, split.train_indptr[:-1][chosen], lengths[chosen])
     sizes = {"users_with_training": len(candidates), "users_kept": int(count),
              "train_interactions_removed": len(split.train_items) - len(train_items),
              "train_interactions_kept": len(train_items)}

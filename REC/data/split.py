@@ -39,7 +39,7 @@ class EvalSplit:
     def histories(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Users a..b-1: each one's history length, and their histories concatenated."""
         lengths = self.hist_lengths[a:b]
-        return lengths, self.hist_items[ragged_positions(self.hist_starts[a:b], lengths)]
+        return lengths, gather_segments(self.hist_items, self.hist_starts[a:b], lengths)
 
     def last_items(self, length: int, a: int = 0, b: int | None = None) -> np.ndarray:
         """[b - a, length] the most recent ``length`` history items of users a..b-1, left-padded with 0 (the
@@ -101,12 +101,6 @@ def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     seg_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - seg_start)
-
-
-def left_padded_tails(indptr: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
-    """[rows, length]: the last ``length`` values of each CSR row, left-padded with 0."""
-    take = np.minimum(np.diff(indptr), length)
-    return left_pad_segments(values, indptr[1:] - take, take, length)
 
 
 # values gathered per block of rows: the index arrays of a gather cost ~32 bytes per value, so a whole-array

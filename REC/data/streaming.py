@@ -75,7 +75,7 @@ class IdMap:
         self._lengths: list[np.ndarray] = []
 
     def codes(self, values: np.ndarray) -> np.ndarray:
-        """int64 internal ids of a chunk's ids (object array of str), numbering the ids not seen before."""
+        """int32 internal ids of a chunk's ids (object array of str), numbering the ids not seen before."""
         local, uniques = pd.factorize(values)  # uniques in order of first appearance within the chunk
         uniques = np.asarray(uniques, dtype=object)
         hashes = pd.util.hash_array(uniques, hash_key=self.hash_key, categorize=False)
@@ -101,12 +101,7 @@ class IdMap:
     def token_table(self):
         """The ids in internal order as a TokenTable ([PAD] first)."""
         from .interactions import TokenTable
-        pad = b"[PAD]"
-        lengths = np.concatenate([[len(pad)], *self._lengths]).astype(np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        blob = np.frombuffer(pad + b"".join(self._encoded), dtype=np.uint8)
-        return TokenTable(blob, offsets)
+        return TokenTable.from_utf8(b"".join(self._encoded), np.concatenate([np.zeros(0, np.int64), *self._lengths]))
 
 
 def chronological_order(columns: dict, n_users: int) -> np.ndarray:

@@ -35,6 +35,16 @@ def crc32(data) -> int:
     return zlib.crc32(memoryview(data).cast("B")) & 0xFFFFFFFF
 
 
+def read_npy_header(f) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy header at ``f``'s position, leaving ``f`` at the data; a
+    ValueError for a format version this project does not write (1.0 and 2.0 are what numpy writes here)."""
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"npy format version {version}")
+    return read(f)
+
+
 def npy_layout(path: str | Path, shape: tuple[int, ...] | None = None, dtype=None,
                fortran_ok: bool = False) -> tuple[int, tuple, np.dtype]:
     """(data offset, shape, dtype) of the ``.npy`` file ``path``, read from its header only; DamagedFileError
@@ -43,11 +53,7 @@ def npy_layout(path: str | Path, shape: tuple[int, ...] | None = None, dtype=Non
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read is None:
-                raise ValueError(f"npy format version {version}")
-            got_shape, fortran, got_dtype = read(f)
+            got_shape, fortran, got_dtype = read_npy_header(f)
             offset = f.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise DamagedFileError(path, f"its .npy header cannot be read ({exc})") from None

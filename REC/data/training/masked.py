@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from ...config import ConfigError
-from ..interactions import prepared_data_dir
 from ..node_shared import shared_on_node
 from ..split import Split, sequence_chunks
 from .base import EpochBatches, check_negatives_exist, register_train_dataset, sample_negatives
@@ -30,8 +29,7 @@ class MaskedBatches(EpochBatches):
 
     def __init__(self, split: Split, config, rank: int = 0, world_size: int = 1):
         self.chunks = shared_on_node(  # one copy per node for all ranks; int32 (int64 per batch)
-            "chunks", lambda: prepared_data_dir(config["data_path"], config["dataset"], config["cache_dir"]),
-            lambda: sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"], np.int32))
+            "chunks", config, lambda: sequence_chunks(split, config["MAX_ITEM_LIST_LENGTH"], np.int32))
         check_negatives_exist(split, self.chunks, config["MAX_ITEM_LIST_LENGTH"])
         self.item_num, self.pool = split.item_num, split.negative_pool()
         self.mask_token = split.item_num

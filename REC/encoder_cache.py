@@ -17,7 +17,8 @@ from tqdm import tqdm
 from . import distributed as dist
 from .data.cover_batches import cover_lmdb_path
 from .data.interactions import prepared_data_dir
-from .data.prefix_cache import PrefixCache, PrefixCacheError, files_digest, human_bytes
+from .data.item_array import human_bytes, read_json
+from .data.prefix_cache import PrefixCache, PrefixCacheError, files_digest
 from .utils.integrity import folder_is_writable
 from .utils.precision import autocast
 from .model.pixel import PrefixPlan
@@ -103,7 +104,7 @@ def _reusable_store_exists(probe: PrefixCache) -> bool:
     """A complete store of the same dataset and shape may be this run's (its key needs the real weights,
     known only once processes run); the room check is then left to the build."""
     for meta_path in probe.meta_path.parent.glob(probe.meta_path.name.replace(probe.key, "*")):
-        meta = PrefixCache.read_json(meta_path)
+        meta = read_json(meta_path)
         if meta and meta.get("complete") and meta.get("shape") == list(probe.shape):
             return True
     return False

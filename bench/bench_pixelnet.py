@@ -33,7 +33,8 @@ from REC.data import build_train_batches, leave_one_out, load_interactions
 from REC.data.cover_batches import BatchesWithCovers, ItemCoverBatches
 from REC.data.cover_pack import pack_covers
 from REC.data.covers import CoverStore
-from REC.data.prefix_cache import PrefixCache, human_bytes
+from REC.data.item_array import human_bytes
+from REC.data.prefix_cache import PrefixCache
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
 from REC.encoder_cache import describe_store, fill_store, prefix_shape, store_dtype
 from bench.main_runs import ROOT, run_main

@@ -21,7 +21,8 @@ from REC.data import build_train_batches, leave_one_out, load_interactions
 from REC.data.cover_batches import BatchesWithCovers, ItemCoverBatches
 from REC.data.cover_pack import pack_covers
 from REC.data.covers import CoverStore
-from REC.data.prefix_cache import PrefixCache, PrefixCacheError, cache_key, human_bytes
+from REC.data.item_array import human_bytes, read_json
+from REC.data.prefix_cache import PrefixCache, PrefixCacheError, cache_key
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
 from REC.encoder_cache import attach_prefix_store, describe_store, fill_store, log_plan, prefix_plan, store_dtype
 from REC.evaluator import FullRankingEvaluator
@@ -215,7 +216,7 @@ def test_a_killed_build_resumes_with_the_missing_chunks_only(vit, tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         fill_store(store, items, killed, CPU, "fp32", False, 0)
     assert not store.complete and store.pending() == [1]
-    assert store.read_meta()["complete"] is False
+    assert not store.meta_path.exists() and read_json(store.part_meta_path)["complete"] is False
 
     again = CountingCovers(vit.covers)
     fill_store(store, items, again, CPU, "fp32", False, 0)
@@ -372,8 +373,9 @@ def test_sampled_softmax_encodes_its_shared_negatives_with_the_batch_alike_with_
             losses.append(train_steps(model, batch, steps=3, lr=1e-4))
         assert losses[0][-1] < losses[0][0], losses
         # the store's rows equal the computed ones to fp32 rounding (they were computed in other batches); a loss
-        # falling 30x in three steps carries that rounding to ~1e-5 absolute on some CPUs: a wrong row moves it >1e-2
-        assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=5e-5)
+        # falling 30x in three steps carries that rounding to ~1e-5 absolute with AVX-512 kernels and 5.3e-5 with
+        # AVX2 ones (ATEN_CPU_CAPABILITY=avx2): a wrong row moves it >1e-2
+        assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=2e-4)
         assert model.objective.candidates_per_row > 1
     finally:
         model.objective = None

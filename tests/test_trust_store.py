@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from REC.config import ConfigError
-from REC.data.prefix_cache import PrefixCache, PrefixCacheError, human_bytes
+from REC.data.item_array import human_bytes
+from REC.data.prefix_cache import PrefixCache, PrefixCacheError
 from REC.encoder_cache import attach_prefix_store, fill_store
 from REC.launch import main as launch_main
 from REC.model.encoders import build_item_encoder, list_encoders

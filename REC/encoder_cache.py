@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as dist
-from .data.cover_batches import cover_lmdb_path
+from .data.cover_batches import ChunkCovers, cover_lmdb_path
 from .data.interactions import prepared_data_dir
 from .data.item_array import human_bytes, read_json
 from .data.prefix_cache import PrefixCache, PrefixCacheError, files_digest
@@ -214,7 +214,7 @@ def _encode_pending(store, state, items, covers, device, precision, show_progres
     was_training = items.training
     items.eval()  # the stored prefix is its evaluation-mode output (the same in training mode where auto uses it)
     t0 = time.perf_counter()
-    loader = torch.utils.data.DataLoader(_Chunks(store, covers, mine), batch_size=None, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ChunkCovers(store, covers, mine), batch_size=None, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     try:
         for c, chunk_covers in tqdm(loader, total=len(mine), desc="encoder cache", unit="chunk",
@@ -238,17 +238,3 @@ def _encode_pending(store, state, items, covers, device, precision, show_progres
     log.info("encoder_cache: %s complete (%s) in %.1f s", store.path, human_bytes(store.nbytes),
              time.perf_counter() - t0)
     return pending
-
-
-class _Chunks(torch.utils.data.Dataset):
-    """(chunk index, uint8 covers of its items) for the chunks this rank encodes."""
-
-    def __init__(self, store: PrefixCache, covers, chunks: list[int]):
-        self.store, self.covers, self.chunks = store, covers, chunks
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, i: int):
-        c = self.chunks[i]
-        return c, torch.from_numpy(self.covers.get(self.store.chunk_items(c)))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import logging
 import os
 import sys
@@ -34,8 +33,9 @@ from .data.cover_batches import ItemCoverBatches, cover_lmdb_path
 from .data.covers import CoverStore
 from .evaluator.ranking import score_batches, top_unmasked
 from .utils.precision import autocast
-from .utils.files import atomic_output, sidecar, write_text_atomic
-from .utils.integrity import DamagedFileError, checksum_record, npy_layout, verify_file
+from .data.item_array import ItemArrayError, ItemArrayFile, ItemIdentity, read_json
+from .utils.files import atomic_output, sidecar
+from .utils.integrity import DamagedFileError, npy_layout, verify_file
 from .distributed import one_device
 from .loaded_run import load_run
 from .utils.errors import UserError
@@ -43,6 +43,7 @@ from .utils.run_layout import BEST_CHECKPOINT
 from .utils.batch_keys import HIST_ITEM, HIST_ROW
 
 SHOWN = 5  # unknown ids quoted in an error message
+TABLE_KIND, TABLE_CHUNK = "item-table", 4096  # saved item tables: kind, and items per CRC-32
 log = logging.getLogger(__name__)
 
 
@@ -64,15 +65,32 @@ def _unknown(kind: str, missing: list[str], total: int, where: str) -> UnknownId
                           f"{', ...' if len(missing) > SHOWN else ''}")
 
 
-def _read_record(path: Path) -> dict | None:
-    """The checksum record in ``path`` (a table's ``.json``), None when there is none; an unreadable one is
-    damage."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())["checksum"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DamagedFileError(path, f"its checksum record cannot be read ({type(exc).__name__})") from None
+def _legacy_table(npy: Path, txt: Path, item_ids: list[str], redo: str) -> np.ndarray:
+    """A table saved before the shared per-item file type: its ids in ``txt`` compared with the run's, its bytes
+    with the whole-file checksum record in its ``.json`` (tables saved by hand have none)."""
+    if not txt.is_file():
+        raise ItemArrayError(f"{npy} has neither a description ({sidecar(npy, 'json').name}) nor an id list "
+                             f"({txt.name}): which items its rows are cannot be checked")
+    npy_layout(npy, dtype=np.float32)
+    meta_path = sidecar(npy, "json")
+    if meta_path.is_file():
+        record = read_json(meta_path)
+        if record is None or "checksum" not in record:
+            raise DamagedFileError(meta_path, "its checksum record cannot be read")
+        verify_file(npy, record["checksum"], redo)
+    else:
+        log.warning("item representations: %s has no checksum record beside it (%s): its bytes cannot be checked",
+                    npy, meta_path.name)
+    saved_ids = txt.read_text(encoding="utf-8").split("\n")[:-1]
+    table = np.load(npy, allow_pickle=False)
+    if table.ndim != 2 or table.shape[0] != len(saved_ids):
+        raise ItemArrayError(f"{npy}: shape {table.shape} does not match the {len(saved_ids)} ids of {txt}")
+    if saved_ids != item_ids:
+        diff = sum(a != b for a, b in zip(saved_ids, item_ids)) + abs(len(saved_ids) - len(item_ids))
+        raise ItemArrayError(f"{txt}: {len(saved_ids)} rows, but the run's dataset has {len(item_ids)} items "
+                             f"(padding row included) and {diff} rows differ; the table was saved from another "
+                             f"dataset or another version of it")
+    return table
 
 
 def _table_files(path: str | Path) -> tuple[Path, Path]:
@@ -123,40 +141,35 @@ class Recommender:
             if not model.encodes_covers:
                 raise PredictError(f"item_representations: model {config['model']} reads its items from the "
                                  f"checkpoint, not from covers; there is nothing to load")
-            table = cls.load_item_table(item_representations, inter.item_tokens.to_list(), model.cover_width)
+            table = cls.load_item_table(item_representations, inter.item_tokens, model.cover_width,
+                                        config["dataset"])
         return cls(config, model, inter, device, precision, table, run.data_check)
 
     @staticmethod
-    def load_item_table(path: str | Path, item_ids: list[str], width: int) -> torch.Tensor:
-        """A saved [item_num, d] table, checked against the run's items (same ids in the same rows) and width."""
+    def load_item_table(path: str | Path, tokens, width: int, dataset: str = "") -> torch.Tensor:
+        """A saved [item_num, d] table, checked against the run's items (``tokens``: the same ids in the same rows),
+        its bytes against their CRC-32s, and its width. Tables saved before the shared per-item file type (an
+        ``.items.txt`` id list, a whole-file checksum record) are checked by their ids."""
         npy, txt = _table_files(path)
-        for f in (npy, txt):
-            if not f.is_file():
-                raise FileNotFoundError(f"item representations: {f} does not exist (save_item_representations "
-                                        f"writes <path>.npy and <path>.items.txt)")
-        redo = "save it again (REC.predict --save_item_representations)"
+        redo = "save it again (REC.predict --save_items)"
+        if not npy.is_file():
+            raise FileNotFoundError(f"item representations: {npy} does not exist (save_item_representations "
+                                    f"writes <path>.npy, <path>.json and <path>.items.txt)")
         try:
-            npy_layout(npy, dtype=np.float32)
-            record = _read_record(sidecar(npy, "json"))
-            if record is None:
-                log.warning("item representations: %s has no checksum record beside it (%s, written since "
-                            "checksums were added): its bytes cannot be checked", npy, sidecar(npy, "json").name)
+            found = ItemArrayFile.on_disk(npy)
+            if found is not None:
+                if found.kind != TABLE_KIND:
+                    raise ItemArrayError(f"{npy} holds {found.kind}, not an item table saved by REC.predict")
+                found.check_items(ItemIdentity.of(dataset, tokens), redo)
+                table = found.array(redo)
             else:
-                verify_file(npy, record, redo)
-        except DamagedFileError as exc:
+                table = _legacy_table(npy, txt, tokens.to_list(), redo)
+        except (ItemArrayError, DamagedFileError) as exc:
             raise PredictError(f"item representations: {exc}" + ("" if redo in str(exc) else f"; {redo}")) from None
-        table = np.load(npy, allow_pickle=False)
-        saved_ids = txt.read_text(encoding="utf-8").split("\n")[:-1]
-        if table.ndim != 2 or table.shape[0] != len(saved_ids):
-            raise PredictError(f"{npy}: shape {table.shape} does not match the {len(saved_ids)} ids of {txt}")
-        if saved_ids != item_ids:
-            diff = sum(a != b for a, b in zip(saved_ids, item_ids)) + abs(len(saved_ids) - len(item_ids))
-            raise PredictError(f"{txt}: {len(saved_ids)} rows, but the run's dataset has {len(item_ids)} items "
-                             f"(padding row included) and {diff} rows differ; the table was saved from "
-                             f"another dataset or another version of it")
-        if table.shape[1] != width:
-            raise PredictError(f"{npy}: rows of width {table.shape[1]}, but the model's items have width {width}")
-        return torch.from_numpy(table.astype(np.float32, copy=False))
+        if table.ndim != 2 or table.shape[1] != width:
+            raise PredictError(f"{npy}: rows of shape {list(table.shape[1:])}, but the model's items have width "
+                               f"{width}")
+        return torch.from_numpy(np.asarray(table, dtype=np.float32))
 
     # --------------------------------------------------------------------------------------------- items
     @contextlib.contextmanager
@@ -190,19 +203,28 @@ class Recommender:
         return torch.cat([torch.zeros(1, rows.shape[1], device=rows.device), rows])
 
     def save_item_representations(self, path: str | Path) -> Path:
-        """PixelNet: write ``<path>.npy`` (float32 [item_num, d], row 0 padding) and ``<path>.items.txt`` (the
-        original id of each row, ``[PAD]`` first); returns the ``.npy`` path."""
+        """PixelNet: write ``<path>.npy`` (float32 [item_num, d], row 0 padding) as a per-item array file
+        (``REC.data.item_array``: ``<path>.json`` says which dataset's items its rows are, ``<path>.items.txt``
+        the original id of each row, ``[PAD]`` first); returns the ``.npy`` path."""
         if not self.model.encodes_covers:
             raise PredictError(f"model {self.config['model']} reads its items from the checkpoint, not from covers; "
                              f"only PixelNet runs have item representations to save")
         with self._ranking_scope():  # encodes the covers when not done yet
             pass
-        npy, txt = _table_files(path)
-        with atomic_output(npy, "wb") as f:
-            np.save(f, self._cover_table.float().numpy(), allow_pickle=False)
-        with atomic_output(txt, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(f"{i}\n" for i in self.item_ids)
-        write_text_atomic(sidecar(npy, "json"), json.dumps({"checksum": checksum_record(npy)}, indent=1))
+        npy, _ = _table_files(path)
+        rows = self._cover_table.float().numpy()
+        table = ItemArrayFile(npy, ItemIdentity.of(self.config["dataset"], self.inter.item_tokens), TABLE_KIND,
+                              rows.shape[1:], "float32", TABLE_CHUNK,
+                              settings={"model": self.config["model"], "encoder": self.config["encoder"]},
+                              room_hint="choose another --save_items path")
+        table.create(restart=True, rebuild=True)
+        try:
+            for c in table.pending():
+                items = table.chunk_items(c)
+                table.write(c, rows[items[0]:items[-1] + 1])
+        finally:
+            table.release()
+        table.finish(self.inter.item_tokens)
         return npy
 
     # -------------------------------------------------------------------------------------------- ids

@@ -18,7 +18,7 @@ import torch
 
 from REC.data.prefix_cache import PrefixCache
 from REC.encoder_cache import verify_store
-from REC.utils.integrity import checksum_record, verify_file
+from REC.data.item_array import ItemArrayFile, ItemIdentity
 
 PIXEL200K_ITEMS = 96_282
 
@@ -79,10 +79,18 @@ def main() -> None:
               f"{int(lazy.verified.sum())} of {lazy.n_chunks} chunks checked")
 
         features = Path(tmp) / "features.npy"
-        np.save(features, np.random.default_rng(0).standard_normal((args.items * 10, 2048), dtype=np.float32))
-        record = checksum_record(features)
+        rows = np.random.default_rng(0).standard_normal((args.items * 10 + 1, 2048), dtype=np.float32)
+        written = ItemArrayFile(features, ItemIdentity("Bench", None, len(rows)), "features", (2048,), "float32",
+                                chunk=args.chunk)
+        written.create()
+        for c in written.pending():
+            items = written.chunk_items(c)
+            written.write(c, rows[items[0]:items[-1] + 1])
+        written.finish()
+        del rows
         t0 = time.perf_counter()
-        verify_file(features, record, "")
+        reader = ItemArrayFile.on_disk(features)
+        assert reader.sound_complete()[0] and reader.verify() == []
         s = time.perf_counter() - t0
         size = features.stat().st_size / 1e9
         print(f"feature file {args.items * 10:,} x 2048 float32 ({size:.2f} GB): check {s:.2f} s = "

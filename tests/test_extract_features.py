@@ -3,6 +3,7 @@ weights (the same weights in every process: they are drawn after seeding with th
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from REC.data import load_interactions
 from REC.data.cover_pack import pack_covers
 from REC.data.covers import CoverStore
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
-from REC.features import FeatureExtractionError, FeatureExtractor, feature_config, sidecars
+from REC.features import FeatureExtractionError, FeatureExtractor, feature_config
+from REC.utils.files import sidecar
 from REC.features.__main__ import main
 from REC.model import list_models
 from REC.model.encoders import Backbone, build_item_encoder
@@ -46,6 +48,16 @@ def args(data, *extra):
             "--show_progress=false", "--num_workers=0", *extra]
 
 
+def sidecars(out: Path) -> dict[str, Path]:
+    """The files that go with the feature file ``out`` (a per-item array file) finished, or being built."""
+    return {"items": sidecar(out, "items.txt"), "meta": sidecar(out, "json"), "partial": Path(f"{out}.part"),
+            "progress": sidecar(out, "part.json"), "done": sidecar(out, "done"), "sums": sidecar(out, "sums")}
+
+
+def chunks_done(out: Path) -> list[int]:
+    return np.fromfile(sidecars(out)["done"], dtype=np.uint8).tolist()
+
+
 def extract(data, out, *extra) -> np.ndarray:
     assert main(args(data, "--output", str(out), *extra)) == 0
     return np.load(out)
@@ -76,10 +88,13 @@ def test_rows_are_the_frozen_backbone_output_without_head(data, features):
     assert (files["items"].name, files["meta"].name) == ("full.items.txt", "full.json")
     assert files["items"].read_text().splitlines() == inter.item_tokens.to_list()
     meta = json.loads(files["meta"].read_text())
-    assert meta["items_file"] == "full.items.txt"
-    assert meta["shape"] == [inter.item_num, WIDTH] and meta["encoder"] == "timm/test_resnet"
-    assert meta["readout"] == "pool" and meta["image_size"] == COVER
-    assert not files["partial"].exists() and not files["progress"].exists()
+    assert meta["format"] == "pixelrec-item-array" and meta["kind"] == "features" and meta["complete"]
+    assert meta["items_file"] == "full.items.txt" and meta["items_sha256"] == inter.item_tokens.digest()
+    assert meta["item_num"] == inter.item_num and meta["shape"] == [WIDTH] and len(meta["crc32"]) == 3
+    settings = meta["settings"]
+    assert settings["shape"] == [inter.item_num, WIDTH] and settings["encoder"] == "timm/test_resnet"
+    assert settings["readout"] == "pool" and settings["image_size"] == COVER
+    assert not any(files[k].exists() for k in ("partial", "progress", "done", "sums"))
 
 
 def test_spatial_is_the_map_before_pooling(data, tmp_path):
@@ -111,11 +126,10 @@ def test_resume_after_interruption_equals_one_run(data, features, tmp_path, caps
     out = tmp_path / "resumed.npy"
     assert main(args(data, "--output", str(out), "--batch_size=32", "--max_batches=2")) == 0
     files = sidecars(out)
-    assert not out.exists() and files["partial"].exists()
-    assert json.loads(files["progress"].read_text())["rows_done"] == 65
+    assert not out.exists() and files["partial"].exists() and chunks_done(out) == [1, 1, 0]
     capsys.readouterr()
     resumed = extract(data, out, "--batch_size=32")
-    assert "continuing at row 65" in capsys.readouterr().out
+    assert "continuing with 1 of 3 chunks left" in capsys.readouterr().out
     np.testing.assert_array_equal(resumed, full)
     # the rest with another batch size (e.g. after running out of memory): the same rows, up to float rounding
     out = tmp_path / "smaller_batches.npy"
@@ -123,23 +137,40 @@ def test_resume_after_interruption_equals_one_run(data, features, tmp_path, caps
     np.testing.assert_allclose(extract(data, out, "--batch_size=5"), full, rtol=1e-5, atol=1e-6)
 
 
-def test_files_of_the_earlier_names_still_serve(data, features, tmp_path, capsys):
-    """Before the sidecar rule, F.npy came with F.npy.items.txt and F.npy.json, and an interrupted run left
-    F.npy.partial: a feature file of those names loads as it is, and such a partial file is continued."""
-    _, full = features
+@pytest.mark.parametrize("names", ["sidecar", "npy suffix"])
+def test_files_of_the_earlier_formats_still_serve(data, features, tmp_path, capsys, names):
+    """Before the shared per-item file type, a feature file came with F.json (F.npy.json before the sidecar rule)
+    holding its items' sha256 and a whole-file checksum record, and an interrupted run left F.partial with its
+    progress in F.partial.json (F.npy.partial, F.npy.partial.json): such a feature file loads as it is, its
+    identity and bytes still checked, and such a partial file is continued, not started afresh."""
+    from REC.model.ViNet.feature_table import FeatureFileError
+    from REC.utils.integrity import checksum_record
+    full_path, full = features
+    settings = json.loads(sidecars(full_path)["meta"].read_text())["settings"]
+    inter = load_interactions(str(data), "Vis")
     out = tmp_path / "old.npy"
-    assert main(args(data, "--output", str(out), "--batch_size=32", "--max_batches=1")) == 0
-    files = sidecars(out)
-    files["partial"].rename(f"{out}.partial")
-    files["progress"].rename(f"{out}.partial.json")
+    stem = "old" if names == "sidecar" else "old.npy"
+    partial = np.lib.format.open_memmap(tmp_path / f"{stem}.partial", mode="w+", dtype=np.float32, shape=full.shape)
+    partial[1:40] = full[1:40]  # rows 1..39 done by batches of 32: one whole chunk, and 7 rows of the next
+    partial.flush()
+    del partial
+    (tmp_path / f"{stem}.partial.json").write_text(json.dumps(
+        {"format": "pixelrec-features", "version": 1, "settings": settings, "rows_done": 40, "batch_size": 32}))
     capsys.readouterr()
     np.testing.assert_array_equal(extract(data, out, "--batch_size=32"), full)
-    assert "continuing at row 33" in capsys.readouterr().out
-    assert not any(p.name.startswith("old.npy.") for p in tmp_path.iterdir())
-    for kind in ("items", "meta"):
-        files[kind].rename(f"{out}.{files[kind].name.removeprefix('old.')}")  # old.npy.items.txt, old.npy.json
-    table = load_item_features(out, len(full), expected_width=WIDTH)  # the ViNet models' loader reads the .npy
+    assert "continuing with 2 of 3 chunks left" in capsys.readouterr().out
+    # the lock stays (removing it could let a process that waited on it build beside a new one); nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.items.txt", "old.json", "old.lock", "old.npy"]
+    # a finished file of the earlier format
+    legacy = tmp_path / "legacy.npy"
+    np.save(legacy, full)
+    meta_name = "legacy.json" if names == "sidecar" else "legacy.npy.json"
+    meta = {"format": "pixelrec-features", "version": 1, **settings, "checksum": checksum_record(legacy)}
+    (tmp_path / meta_name).write_text(json.dumps(meta))
+    table = load_item_features(legacy, len(full), expected_width=WIDTH, item_ids=inter.item_tokens.digest())
     np.testing.assert_array_equal(table.numpy(), full)
+    with pytest.raises(FeatureFileError, match="with another item list"):
+        load_item_features(legacy, len(full), expected_width=WIDTH, item_ids="0" * 64)
 
 
 def test_a_partial_file_of_other_settings_is_an_error_until_restart(data, features, tmp_path, capsys):
@@ -150,7 +181,7 @@ def test_a_partial_file_of_other_settings_is_an_error_until_restart(data, featur
     assert main(args(data, "--output", str(out), "--image_size=24")) == 2
     err = capsys.readouterr().err
     assert "was started with other settings (image_size: 32 then, 24 now" in err and "--restart" in err
-    assert sidecars(out)["partial"].exists()  # kept
+    assert sidecars(out)["partial"].exists() and chunks_done(out) == [1, 0, 0, 0, 0]  # kept
     np.testing.assert_array_equal(extract(data, out, "--restart"), full)
 
 
@@ -169,7 +200,7 @@ def test_an_interrupted_batch_loop_keeps_the_rows_done(data, features, tmp_path,
 
     monkeypatch.setattr(FeatureExtractor, "forward", interrupted)
     assert main(args(data, "--output", str(out), "--batch_size=32")) == 130
-    assert json.loads(sidecars(out)["progress"].read_text())["rows_done"] == 33
+    assert chunks_done(out) == [1, 0, 0]
     monkeypatch.setattr(FeatureExtractor, "forward", forward)
     np.testing.assert_array_equal(extract(data, out, "--batch_size=32"), full)
 
@@ -262,7 +293,7 @@ def test_a_damaged_feature_file_is_one_line_naming_it(data, features, tmp_path, 
     with pytest.raises(FeatureFileError) as err:
         load_item_features(path, inter.item_num, expected_width=WIDTH, item_ids=inter.item_tokens.digest())
     message = str(err.value)
-    why = {"two rows swapped": "(chunk 0) are not the ones written", "bytes flipped": "(chunk 0) are not the ones",
+    why = {"two rows swapped": "chunks are not the ones written", "bytes flipped": "chunks are not the ones written",
            "header damaged": "header cannot be read", "cut by 64 bytes": "truncated"}[kind]
     assert "\n" not in message and str(path) in message and why in message and "REC.features" in message, message
 
@@ -287,7 +318,8 @@ def test_features_of_another_dataset_with_as_many_items_are_refused_before_the_r
                                              f"--v_feat_dim={WIDTH}", f"--output_dir={tmp_path / 'runs'}"], capsys)
     line = err.strip().splitlines()[-1]
     assert status == 2 and "Traceback" not in err, err[-2000:]
-    assert line.startswith("error: ") and "was extracted for dataset 'Vis' with another item list" in line, line
+    assert line.startswith("error: ") and "was made for dataset 'Vis'" in line, line
+    assert "not for this run's items" in line and "the same ones in another order" in line, line
     assert not (tmp_path / "runs").exists()
 
 
@@ -298,8 +330,8 @@ def test_an_incomplete_checksum_record_is_one_line(data, features, tmp_path):
     path = copy_features(out, tmp_path / "f")
     meta_path = sidecars(path)["meta"]
     meta = json.loads(meta_path.read_text())
-    del meta["checksum"]["sums"]
+    del meta["crc32"][-1]
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(FeatureFileError, match="its checksum record is missing, incomplete or unreadable") as err:
+    with pytest.raises(FeatureFileError, match="records no checksum per chunk") as err:
         load_item_features(path, inter.item_num, item_ids=inter.item_tokens.digest())
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)

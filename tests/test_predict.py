@@ -219,9 +219,19 @@ def test_pixelnet_item_representations_round_trip(vis_data, tmp_path):  # noqa: 
     history = [encoded.item_ids[3], encoded.item_ids[7]]
     assert loaded.recommend(history, k=5) == encoded.recommend(history, k=5)
 
+    import json
+    meta = json.loads((tmp_path / "items.json").read_text())
+    assert (meta["format"], meta["kind"], meta["dataset"]) == ("pixelrec-item-array", "item-table", "Vis")
+    assert meta["items_sha256"] == encoded.inter.item_tokens.digest() and meta["complete"]
+    other = {**meta, "items_sha256": "0" * 64}  # what a table saved from another item order records
+    (tmp_path / "items.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"items.npy was made for dataset 'Vis' .* not for this run's dataset 'Vis'"):
+        Recommender.from_run(run_dir, item_representations=tmp_path / "items.npy")
+    (tmp_path / "items.json").write_text(json.dumps(meta))
+
     from .damage import swap_rows
-    swap_rows(npy, 1, 2)  # damaged after it was saved: its checksum record says so, in one line
-    with pytest.raises(ValueError, match=r"items.npy: bytes .* \(chunk 0\) are not the ones written") as err:
+    swap_rows(npy, 1, 2)  # damaged after it was saved: its checksums say so, in one line
+    with pytest.raises(ValueError, match=r"items.npy: the rows of 1 of 1 chunks are not the ones written") as err:
         Recommender.from_run(run_dir, item_representations=tmp_path / "items.npy")
     assert "\n" not in str(err.value) and "save it again" in str(err.value)
 

@@ -120,3 +120,19 @@ class ItemCoverBatches(Dataset):
         if self.prefix is not None:
             return {self.prefix.batch_key: self.prefix.rows(ids)}
         return {COVERS: torch.from_numpy(self.store.get(ids))}
+
+
+class ChunkCovers(Dataset):
+    """(chunk index, uint8 covers ``[n, 3, H, W]`` of its items) for the given chunks of a per-item array being
+    built (``REC.data.item_array.ItemArrayFile``): the frozen-prefix store and the feature files both encode the
+    covers a chunk at a time, in a loader's workers."""
+
+    def __init__(self, array_file, store: CoverStore, chunks: list[int]):
+        self.array_file, self.store, self.chunks = array_file, store, list(chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        c = self.chunks[i]
+        return c, torch.from_numpy(self.store.get(self.array_file.chunk_items(c)))

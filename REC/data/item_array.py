@@ -341,12 +341,12 @@ class ItemArrayFile:
             raise
         return "new"
 
-    def adopt_rows(self, part: Path, rows_done: int) -> None:
+    def adopt_rows(self, part: Path, rows_done: int, chunk: int) -> None:
         """Continue a build of an earlier format: ``part`` (a ``.npy`` of this file's full shape and dtype, rows
-        ``1..rows_done-1`` written) becomes this build's ``.part``, its whole chunks counted done, with their
-        CRC-32s computed now. Call before ``create``."""
+        ``1..rows_done-1`` written) becomes this build's ``.part`` in chunks of ``chunk`` items, those wholly
+        written counted done, with their CRC-32s computed now. Call before ``create``."""
         npy_layout(part, (self.item_num, *self.shape), DTYPES[self.dtype][0])
-        self.chunk = self._new_chunk
+        self.chunk = max(1, int(chunk))
         done = np.zeros(self.n_chunks, np.uint8)
         sums = np.zeros(self.n_chunks, np.uint32)
         rows = np.load(part, mmap_mode="r")
@@ -442,11 +442,12 @@ class ItemArrayFile:
         mine = self.identity
         if identity.items_sha256 is not None and mine.items_sha256 != identity.items_sha256 \
                 or mine.item_num != identity.item_num:
+            theirs = f"dataset {identity.dataset!r}" if identity.dataset else "items"
             raise self.error(
                 f"{self.path} was made for dataset {mine.dataset!r} ({mine.item_num - 1} items, items_sha256 "
-                f"{str(mine.items_sha256)[:12]}...), and this run's dataset {identity.dataset!r} has "
-                f"{identity.item_num - 1} items (items_sha256 {str(identity.items_sha256)[:12]}...): its rows are "
-                f"other items, or the same ones in another order; {redo}")
+                f"{str(mine.items_sha256)[:12]}...), not for this run's {theirs} ({identity.item_num - 1} items, "
+                f"items_sha256 {str(identity.items_sha256)[:12]}...): its rows are other items, or the same ones in "
+                f"another order; {redo}")
 
     def _to_numpy(self, rows) -> np.ndarray:
         if isinstance(rows, np.ndarray):
@@ -514,20 +515,34 @@ class ItemArrayFile:
         sound, why = self.sound_complete()
         if not sound:
             raise self.error(f"{self.path}: {why}; {redo}")
-        stat = self.path.stat()
-        version = f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        if version not in os.environ.get(VERIFIED_ENV, "").split("|"):
+        if not verified_before(self.path):
             bad = self.verify()
             if bad:
                 raise self.error(f"{self.damage_message(bad)}; {redo}")
-            known = {v for v in os.environ.get(VERIFIED_ENV, "").split("|") if v}
-            os.environ[VERIFIED_ENV] = "|".join(sorted(known | {version}))  # inherited by later processes
+            mark_verified(self.path)
         self._rows = None
         return self._mapped("c")
 
     def __getstate__(self):
         # a memory map is reopened by each process, never pickled; the lock stays with the process that took it
         return {**self.__dict__, "_rows": None, "_lock": None}
+
+
+def _version(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def verified_before(path: Path) -> bool:
+    """Whether every byte of the file at ``path`` (this version of it: size and modification time) was checked
+    against its checksums in this process or in the launcher that started it."""
+    return _version(Path(path)) in os.environ.get(VERIFIED_ENV, "").split("|")
+
+
+def mark_verified(path: Path) -> None:
+    """Record that ``path`` was checked whole; processes started after this inherit the record."""
+    known = {v for v in os.environ.get(VERIFIED_ENV, "").split("|") if v}
+    os.environ[VERIFIED_ENV] = "|".join(sorted(known | {_version(Path(path))}))
 
 
 def read_json(path: Path) -> dict | None:

@@ -43,7 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, metavar="N",
                    help="DataLoader processes decoding covers (default: the config's num_workers; 0 = in process)")
     p.add_argument("--max_batches", type=int, metavar="N",
-                   help="stop after N batches and keep the partial file (for time-limited jobs); rerun to continue")
+                   help="stop after N chunks of --batch_size items and keep the partial file (for time-limited jobs); "
+                        "rerun to continue")
     p.add_argument("--restart", action="store_true",
                    help="discard a partial file left by an earlier run instead of continuing it (needed when the "
                         "settings changed)")

@@ -85,8 +85,9 @@ def file_checksums(path: str | Path, offset: int, chunk_bytes: int = CHUNK_BYTES
 
 
 def checksum_record(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> dict:
-    """What a sidecar records to verify the ``.npy`` file ``path`` later (``verify_file``): the CRC-32s of its
-    rows' bytes, after its header."""
+    """The whole-file checksum record of the earlier feature-file and item-table formats (``verify_file`` still
+    reads it for files written then; this project now writes per-chunk CRC-32s, ``REC.data.item_array``): the
+    CRC-32s of the rows' bytes of the ``.npy`` file ``path``, after its header."""
     offset = npy_layout(path, fortran_ok=True)[0]
     return {"algorithm": ALGORITHM, "offset": int(offset), "chunk_bytes": int(chunk_bytes),
             "sums": file_checksums(path, offset, chunk_bytes)}

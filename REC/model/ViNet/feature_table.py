@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ...utils.files import sidecar
+from ...data.item_array import ItemArrayError, ItemArrayFile, ItemIdentity, mark_verified, verified_before
 from ...utils.integrity import DamagedFileError, npy_layout, verify_file
 from ..base import key_source
 from ...utils.errors import UserError
@@ -35,16 +35,9 @@ def _describe_ndim(ndim: tuple[int, ...]) -> str:
     return " or ".join(shapes.get(n, f"{n}-d") for n in ndim)
 
 
-# (path, size, mtime) of the files checked in this process, or by the launcher before it started this one: the
-# launcher's preflight checks a feature file once and passes the result on through the environment, so the
-# processes of a run do not read the whole file again
-VERIFIED_ENV = "PIXELREC_VERIFIED_FEATURES"
-_VERIFIED: set[str] = set()
-
-
 def feature_sidecar(path: Path) -> dict | None:
-    """``F.json`` written with ``F.npy`` by ``python -m REC.features`` (what the rows were made for and their
-    CRC-32s), or its earlier name ``F.npy.json``; None for a file made by other tools."""
+    """The description of a feature file of the earlier format (``F.json``, or its earlier name ``F.npy.json``:
+    what the rows were made for and their CRC-32s); None for a file made by other tools."""
     for meta_path in (sidecar(path, "json"), Path(f"{path}.json")):
         if meta_path.is_file():
             try:
@@ -56,10 +49,18 @@ def feature_sidecar(path: Path) -> dict | None:
     return None
 
 
-def check_feature_file(path: Path, where: str, item_ids: str | None) -> None:
+def check_feature_file(path: Path, where: str, item_ids: str | None) -> np.ndarray | None:
     """The file's layout, what it was made for and its bytes (once per process and file version): a file made for
-    another dataset with the same number of items, or one damaged after it was written, is an error naming it."""
+    another dataset with the same number of items, or one damaged after it was written, is an error naming it.
+    Returns the checked rows (memory-mapped copy-on-write) of a file of the shared per-item format, else None."""
     redo = "extract the features again (python -m REC.features)"
+    try:
+        found = ItemArrayFile.on_disk(path)
+        if found is not None:
+            found.check_items(ItemIdentity("", item_ids, found.item_num), redo)  # the row count: below
+            return found.array(redo)
+    except ItemArrayError as exc:
+        raise FeatureFileError(f"{where}: {exc}") from None
     meta = feature_sidecar(path)
     try:
         npy_layout(path, fortran_ok=meta is None)  # other tools may write Fortran order; this project never does
@@ -68,22 +69,19 @@ def check_feature_file(path: Path, where: str, item_ids: str | None) -> None:
     if meta is None:
         log.warning("%s has no description beside it (%s): what dataset its rows were made for and whether its "
                     "bytes are intact cannot be checked", where, sidecar(path, "json").name)
-        return
+        return None
     made_for = meta.get("items_sha256")
     if item_ids is not None and made_for is not None and made_for != item_ids:
         raise FeatureFileError(f"{where} was extracted for dataset {meta.get('dataset')!r} with another item list "
                                f"(items_sha256 {made_for[:12]}..., this run's {item_ids[:12]}...): its rows are other "
                                f"items, or the same ones in another order; {redo} for this dataset")
-    stat = path.stat()
-    version = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    if "checksum" not in meta or version in _VERIFIED or version in os.environ.get(VERIFIED_ENV, "").split("|"):
-        return
-    try:
-        verify_file(path, meta["checksum"], redo)
-    except DamagedFileError as exc:
-        raise FeatureFileError(f"{where}: {exc.why}") from None
-    _VERIFIED.add(version)
-    os.environ[VERIFIED_ENV] = "|".join(sorted(_VERIFIED))  # inherited by the processes started after this
+    if "checksum" in meta and not verified_before(path):
+        try:
+            verify_file(path, meta["checksum"], redo)
+        except DamagedFileError as exc:
+            raise FeatureFileError(f"{where}: {exc.why}") from None
+        mark_verified(path)
+    return None
 
 
 def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[int, ...] = (2,),
@@ -107,9 +105,10 @@ def load_item_features(path: str | Path | None, item_num: int, *, ndim: tuple[in
     if not path.is_file():
         raise FeatureFileError(f"{where} does not exist (resolved: {path.resolve()}); relative paths are relative to "
                                f"the working directory, and the features must be extracted for this dataset first")
-    check_feature_file(path, where, item_ids)
+    array = check_feature_file(path, where, item_ids)
     try:
-        array = np.load(path, mmap_mode="c", allow_pickle=False)
+        if array is None:
+            array = np.load(path, mmap_mode="c", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise FeatureFileError(f"{where} is not a numeric .npy array ({exc})") from None
     if not isinstance(array, np.ndarray) or not (np.issubdtype(array.dtype, np.floating)

@@ -32,7 +32,10 @@ from .utils.errors import UserError
 
 SUMMARY_FILE = "summary.csv"
 LOCK_FILE = "sweep.lock"
-MAIN = Path(__file__).resolve().parents[1] / "main.py"
+# a trial runs the train command of this same package (``python -m REC train`` = main.py), found through
+# PYTHONPATH: an installed package has no main.py beside it, a checkout's cwd may be anywhere
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["-m", "REC", "train"]
 # what must match for a rerun to continue a sweep: any of these changes which trials exist or what they train;
 # `resolved` is the base config after merging (the files' contents, not only their names)
 RECORDED = ("config_files", "base_overrides", "grid", "trials", "seed", "resolved")
@@ -176,7 +179,7 @@ def trial_run_dir(sweep_dir: Path, trial: dict) -> Path | None:
 def trial_command(sweep_dir: Path, trial: dict, settings: dict, device: str) -> tuple[list[str], str]:
     """main.py's arguments for a trial, and how it starts: a trial left ``running`` by a killed sweep continues
     from its last checkpoint when it wrote one (main.py --resume), and starts again otherwise."""
-    head = [sys.executable, str(MAIN), "--device", device]
+    head = [sys.executable, *TRAIN, "--device", device]
     if trial["state"] == "running":
         run_dir = trial_run_dir(sweep_dir, trial)
         if run_dir is not None and RunDir(run_dir).last.is_file():
@@ -281,7 +284,7 @@ def run_trial(sweep_dir: Path, record: dict, trial: dict, device: str, lock: Swe
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"# {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(command)}\n")
         log.flush()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(MAIN.parent),
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                          os.environ.get("PYTHONPATH")])))
         # its own process group, so that stopping it reaches every process it started; the lock passed down
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,

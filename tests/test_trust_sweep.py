@@ -81,7 +81,7 @@ def test_a_trial_with_list_and_mapping_values_reaches_main_as_overrides(tmp_path
     trial = {"id": "trial-000", "state": "pending", "overrides": sweep.combination(grid, 0)}
     settings = {"config_files": ["IDNet/sasrec.yaml", "overall/ID.yaml"], "base_overrides": ["--epochs=1"]}
     command, _ = sweep.trial_command(tmp_path, trial, settings, "cpu")
-    args, overrides = parse_args(command[2:])  # after python and main.py
+    args, overrides = parse_args(command[4:])  # after python -m REC train
     config = build_config(args.config_file, overrides)
     assert list(config["topk"]) == [5, 10]
     assert dict(config["optim_args"]) == {"learning_rate": 0.002, "weight_decay": 0.1}
@@ -216,7 +216,7 @@ def running_trial_pid(sweep_dir: Path, sweep_pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     try:  # the lock names the sweep, or its trial once one runs (and, until a rerun starts one, the last holder)
-        is_trial = b"main.py" in Path(f"/proc/{holder}/cmdline").read_bytes()
+        is_trial = b"-m\x00REC\x00train" in Path(f"/proc/{holder}/cmdline").read_bytes()
     except OSError:
         return None
     return holder if record["trial_list"][0]["state"] == "running" and is_trial else None

@@ -34,8 +34,8 @@ class RunDir:
 
     path: Path
 
-    def __init__(self, path: str | Path):
-        object.__setattr__(self, "path", Path(path))
+    def __post_init__(self):  # a str is taken too; frozen, so set through object
+        object.__setattr__(self, "path", Path(self.path))
 
     @property
     def config(self) -> Path:

@@ -222,9 +222,10 @@ class Recommender:
             for c in table.pending():
                 items = table.chunk_items(c)
                 table.write(c, rows[items[0]:items[-1] + 1])
-        finally:
+        except BaseException:
             table.release()
-        table.finish(self.inter.item_tokens)
+            raise
+        table.finish(self.inter.item_tokens)  # still holding the lock; finish releases it
         return npy
 
     # -------------------------------------------------------------------------------------------- ids

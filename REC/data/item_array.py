@@ -515,13 +515,14 @@ class ItemArrayFile:
         sound, why = self.sound_complete()
         if not sound:
             raise self.error(f"{self.path}: {why}; {redo}")
+        self._rows = None
+        rows = self._mapped("c")  # one map, checked and then returned
         if not verified_before(self.path):
             bad = self.verify()
             if bad:
                 raise self.error(f"{self.damage_message(bad)}; {redo}")
             mark_verified(self.path)
-        self._rows = None
-        return self._mapped("c")
+        return rows
 
     def __getstate__(self):
         # a memory map is reopened by each process, never pickled; the lock stays with the process that took it

@@ -228,20 +228,23 @@ def extract_features(config, output=None, *, spatial: bool = False, device: str 
                 target.write(c, torch.cat(feats) if len(feats) > 1 else feats[0])  # on disk, then marked done
                 images, chunks = images + len(covers), chunks + 1
                 bar.update(len(covers))
-    finally:  # also on Ctrl-C: the chunks written so far are kept for the next run
+    except BaseException:  # also on Ctrl-C: the chunks written so far are kept for the next run
+        target.release()
+        raise
+    finally:
         seconds = time.perf_counter() - start
         if flushing:
             torch.set_flush_denormal(False)  # the process default
         bar.close()
-        target.release()
 
     left = target.pending()
     rows_done = item_num - _items_in(target, left)
     if left:
+        target.release()
         log.info("stopped after %d chunks at %d of %d rows; rerun the same command to continue (%s)",
                  chunks, rows_done, item_num, target.part_path)
         return ExtractResult(target.part_path, shape, rows_done, False, images, seconds)
-    target.finish(inter.item_tokens)
+    target.finish(inter.item_tokens)  # still holding the lock: no other build starts before the rename
     log.info("wrote %s %s: %d covers in %.1f s (%.1f images/s)", output, list(shape), images, seconds,
              images / seconds if seconds > 0 else float("nan"))
     return ExtractResult(output, shape, rows_done, True, images, seconds)

@@ -1,9 +1,9 @@
 """One command line for PixelRec: ``python -m REC <command> [its arguments]``, or ``pixelrec <command>`` after
 ``pip install -e .``. ``python -m REC <command> --help`` shows a command's own options.
 
-Each command is the module beside its name; nothing is imported until a command is chosen, so ``python -m REC
-report`` starts without torch. ``main.py`` (= ``train``) and ``generate_lmdb.py`` (= ``pack``) stay as the
-paper's users type them.
+Each command is a module of ``REC.app`` (or, for ``import`` and ``encoders``, beside what it serves); nothing is
+imported until a command is chosen, so ``python -m REC report`` starts without torch. ``main.py`` (= ``train``) and
+``generate_lmdb.py`` (= ``pack``) stay as the paper's users type them.
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import sys
 
 # command -> (module whose main(argv) -> exit status runs it, what it does)
 COMMANDS = {
-    "train": ("REC.launch", "train and test a model; the same as main.py"),
-    "evaluate": ("REC.evaluate", "test a finished or killed run's checkpoint again"),
-    "predict": ("REC.predict", "top-k recommendations of a run, for its users or given histories"),
-    "sweep": ("REC.sweep", "hyper-parameter search: one training run per combination"),
-    "report": ("REC.report", "one table (and plots) of finished runs"),
-    "features": ("REC.features.__main__", "extract frozen visual features for the ViNet models"),
-    "pack": ("REC.pack", "pack item covers into the LMDB; the same as generate_lmdb.py"),
+    "train": ("REC.app.launch", "train and test a model; the same as main.py"),
+    "evaluate": ("REC.app.evaluate", "test a finished or killed run's checkpoint again"),
+    "predict": ("REC.app.predict", "top-k recommendations of a run, for its users or given histories"),
+    "sweep": ("REC.app.sweep", "hyper-parameter search: one training run per combination"),
+    "report": ("REC.app.report", "one table (and plots) of finished runs"),
+    "features": ("REC.app.features", "extract frozen visual features for the ViNet models"),
+    "pack": ("REC.app.pack", "pack item covers into the LMDB; the same as generate_lmdb.py"),
     "import": ("REC.datasets.microlens", "import MicroLens pairs and covers into PixelRec's CSV format"),
     "encoders": ("REC.model.encoders.__main__", "list the image encoders, their readouts and sizes"),
 }

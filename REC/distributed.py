@@ -88,7 +88,7 @@ def compose_visible_devices(gpu_ids: tuple[int, ...], visible: str | None) -> st
 
 
 def one_device(text: str) -> torch.device:
-    """The device of a command that runs in one process (``REC.predict``, ``REC.features``), in the launcher's
+    """The device of a command that runs in one process (``REC.app.predict``, ``REC.app.extract``), in the launcher's
     ``--device`` grammar: ``cpu``, or one GPU id such as ``0`` (``cuda`` and ``cuda:N`` are read as GPU 0 and N).
     A GPU that does not exist, or CUDA that is not there, is a DeviceError naming the value."""
     given = text
@@ -100,12 +100,21 @@ def one_device(text: str) -> torch.device:
     if spec.kind == "cpu":
         return torch.device("cpu")
     gpu = spec.gpu_ids[0]
-    if not torch.cuda.is_available():
-        raise DeviceError(f"--device {given!r}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-    if gpu >= torch.cuda.device_count():
-        raise DeviceError(f"--device {given!r}: GPU {gpu} does not exist; this machine shows "
-                          f"{torch.cuda.device_count()} GPU(s)")
+    check_cuda_shows(repr(given), gpu + 1, os.environ.get("CUDA_VISIBLE_DEVICES"))
     return torch.device("cuda", gpu)
+
+
+def check_cuda_shows(device_text: str, count: int, visible: str | None) -> None:
+    """CUDA is usable and shows at least ``count`` GPUs, else one DeviceError naming the ``--device`` value, the
+    torch build and what restricts the GPUs: the one check of the launcher and of the one-process commands."""
+    seen = f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device_text}: no CUDA GPU is usable here (torch {torch.__version__}, built for "
+                          f"CUDA {torch.version.cuda}{seen}); use --device cpu or cpu:N")
+    shown = torch.cuda.device_count()
+    if shown < count:
+        raise DeviceError(f"--device {device_text}: CUDA shows only {shown} GPU(s){seen} and this needs {count}; "
+                          f"--device counts GPUs from 0")
 
 
 def select_gpus(spec: DeviceSpec) -> None:
@@ -115,12 +124,7 @@ def select_gpus(spec: DeviceSpec) -> None:
     ids = ",".join(map(str, spec.gpu_ids))
     visible = compose_visible_devices(spec.gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
     os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    if not torch.cuda.is_available():
-        raise DeviceError(f"--device {ids}: no CUDA GPU is usable here (torch {torch.__version__}, built for CUDA "
-                         f"{torch.version.cuda}, CUDA_VISIBLE_DEVICES={visible!r}); use --device cpu or cpu:N")
-    if torch.cuda.device_count() < spec.nproc:
-        raise DeviceError(f"--device {ids}: CUDA finds only {torch.cuda.device_count()} of these {spec.nproc} GPUs "
-                         f"(CUDA_VISIBLE_DEVICES={visible!r}); this machine has fewer")
+    check_cuda_shows(ids, spec.nproc, visible)  # the chosen GPUs are now ids 0..nproc-1
 
 
 def is_initialized() -> bool:

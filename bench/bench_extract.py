@@ -1,4 +1,4 @@
-"""Feature extraction speed (python -m REC.features): covers encoded per second, fp32 and bf16.
+"""Feature extraction speed (python -m REC features): covers encoded per second, fp32 and bf16.
 
     python -m bench.bench_extract [--items 300] [--device cpu] [--workers 0] [--rn50_batches 4]
 
@@ -20,7 +20,7 @@ import torch
 
 from REC.data.cover_pack import pack_covers
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
-from REC.features import extract_features, feature_config
+from REC.app.extract import extract_features, feature_config
 
 
 def make_data(folder: Path, n_items: int, size: int) -> Path:

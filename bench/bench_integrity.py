@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from REC.data.prefix_cache import PrefixCache
-from REC.encoder_cache import verify_store
+from REC.app.prefix_store import verify_store
 from REC.data.item_array import ItemArrayFile, ItemIdentity
 
 PIXEL200K_ITEMS = 96_282

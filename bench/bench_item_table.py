@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from REC.configure import build_config
+from REC.app.configure import build_config
 from REC.model import create_model
 from REC.model.base import DatasetInfo
 from REC.trainer.optim import build_optimizer

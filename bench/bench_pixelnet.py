@@ -36,12 +36,12 @@ from REC.data.covers import CoverStore
 from REC.data.item_array import human_bytes
 from REC.data.prefix_cache import PrefixCache
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
-from REC.encoder_cache import describe_store, fill_store, prefix_shape, store_dtype
+from REC.app.prefix_store import describe_store, fill_store, prefix_shape, store_dtype
 from bench.main_runs import ROOT, run_main
 from REC.utils.precision import autocast
 from REC.model import create_model
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 
 def make_data(folder: Path, args) -> None:

@@ -1,4 +1,4 @@
-"""Serving speed of REC.predict: users per second for top-k lists of every user, fp32 and bf16.
+"""Serving speed of REC.app.predict: users per second for top-k lists of every user, fp32 and bf16.
 
     python -m bench.bench_predict                                   # IDNet SASRec on ../shared/data/Beauty, CPU
     python -m bench.bench_predict --run_dir runs/SASRec-Beauty-...  # an existing run instead of a fresh one
@@ -6,7 +6,7 @@
 Without ``--run_dir`` it first trains one epoch (bf16) into a temporary folder: the speed of predicting does not
 depend on how well the model is trained. Each precision is timed in this process: loading the run (config,
 cached data, checkpoint), then ranking every user from their whole history and writing the CSV, as
-``python -m REC.predict RUN_DIR`` does. The load average is printed: the figures mean little on a busy machine.
+``python -m REC predict RUN_DIR`` does. The load average is printed: the figures mean little on a busy machine.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from REC.data import EvalBatches, leave_one_out
 from REC.evaluator import FullRankingEvaluator
-from REC.predict import Recommender, write_recommendations
+from REC.app.predict import Recommender, write_recommendations
 from bench.main_runs import run_main
 
 

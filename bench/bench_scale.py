@@ -59,7 +59,7 @@ def phase(label, fn):
 inter = phase("cache read", lambda: load_interactions(folder, name, cache))
 config = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 64, "seed": 0, "data_path": folder, "dataset": name,
           "cache_dir": cache}
-def shared_split():  # as REC.loaded_run does for a run: the training part is shared by the ranks of a node
+def shared_split():  # as REC.app.loaded_run does for a run: the training part is shared by the ranks of a node
     import dataclasses
     from REC.data.node_shared import shared_on_node
     split = leave_one_out(inter)

@@ -53,7 +53,7 @@ def pretrain_group_classifier(covers: dict, groups: dict, args, path: Path) -> N
 
 def extract(folder: Path, args, output: Path, spatial: bool, weights: Path | None) -> float:
     source = ["--encoder_pretrained=true", f"--encoder_weights={weights}"] if weights else ["--encoder_pretrained=false"]
-    cmd = [sys.executable, "-m", "REC.features", "--config_file", "overall/ResNet50.yaml",
+    cmd = [sys.executable, "-m", "REC", "features", "--config_file", "overall/ResNet50.yaml",
            "--output", str(output), f"--data_path={folder}", "--dataset=Vis", f"--encoder={args.encoder}",
            *source, f"--image_size={args.cover}", "--encoder_readout=pool"]
     if spatial:

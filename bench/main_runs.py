@@ -1,6 +1,6 @@
 """Run ``main.py`` as a user would, for the bench scripts and the tests (tests/conftest.py imports this module):
 a child process whose run directory comes from the line that a finished run prints last on stdout,
-``run_dir=<absolute path>`` (REC/launch.py)."""
+``run_dir=<absolute path>`` (REC/app/launch.py)."""
 from __future__ import annotations
 
 import json

@@ -13,10 +13,10 @@ import torch
 from REC.config import ConfigError
 from REC.data.cover_batches import ItemCoverBatches
 from REC.data.covers import CoverStore
-from REC.encoder_cache import attach_prefix_store
+from REC.app.prefix_store import attach_prefix_store
 from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 from .conftest import run_main, train_steps
 from .test_encoder_cache import CPU, SMALL, log, tiny  # noqa: F401
@@ -68,7 +68,7 @@ def test_a_store_rung_trains_its_small_part_from_stored_states_and_ranks(log, tm
     calls = []
     hook = enc.backbone.net.register_forward_hook(lambda *a: calls.append(1))
     try:
-        from REC.run import training_batches
+        from REC.app.train import training_batches
         batches = training_batches(model, log.split, cfg, covers)
         batches.prefix = store
         batch = batches[0]
@@ -99,7 +99,7 @@ def test_side_refuses_an_encoder_it_cannot_cut(log, tmp_path):
 @pytest.mark.slow
 def test_side_trains_under_ddp_then_evaluate_predict_and_init_from_read_it(log, tmp_path):
     """main.py with adaptation side under DDP (2 gloo processes; the store built sharded across them, ResNet-50
-    with its BatchNorm in evaluation mode), then REC.evaluate on its best.pth in 1 process: the same test metrics,
+    with its BatchNorm in evaluation mode), then REC.app.evaluate on its best.pth in 1 process: the same test metrics,
     the store reused; predict; and a frozen-rung run initialised from it (init_from): the recommender and the
     head's shapes match and load, the side network has no place in the frozen rung and is reported so."""
     import json
@@ -119,14 +119,14 @@ def test_side_trains_under_ddp_then_evaluate_predict_and_init_from_read_it(log, 
     import yaml
     per_process = yaml.safe_load((run.run_dir / "config.yaml").read_text())["train_batch_size"]
     assert result["global_batch_size"] == 2 * per_process  # two processes trained
-    ev = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run.run_dir)], cwd=ROOT, capture_output=True,
+    ev = subprocess.run([sys.executable, "-m", "REC", "evaluate", str(run.run_dir)], cwd=ROOT, capture_output=True,
                         text=True)
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert "encoder_cache: reusing" in ev.stdout + ev.stderr
     got = json.loads(ev.stdout[ev.stdout.index("{"):])
     assert got["test"]["ndcg@10"] == pytest.approx(result["test"]["ndcg@10"], abs=1e-6)
     out = tmp_path / "recs.csv"  # predict encodes every cover itself (no store): the same rung, the same model
-    pr = subprocess.run([sys.executable, "-m", "REC.predict", str(run.run_dir), "--output", str(out), "--topk", "3"],
+    pr = subprocess.run([sys.executable, "-m", "REC", "predict", str(run.run_dir), "--output", str(out), "--topk", "3"],
                         cwd=ROOT, capture_output=True, text=True)
     assert pr.returncode == 0, pr.stderr[-2000:]
     import pandas as pd
@@ -193,7 +193,7 @@ def test_lora_counts_merges_to_the_same_scores_and_trains_from_the_blocks_store(
     torch.testing.assert_close(store.rows(ids), items.prefix_of_covers(torch.from_numpy(covers.get(ids))),
                                rtol=1e-5, atol=1e-5)
 
-    from REC.run import training_batches
+    from REC.app.train import training_batches
     batches = training_batches(model, log.split, cfg, covers)
     batches.prefix = store
     model.train()

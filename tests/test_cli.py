@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from REC.launch import main
+from REC.app.launch import main
 
 from .conftest import ROOT, call_main, run_main, sasrec_args
 
@@ -114,7 +114,7 @@ def test_python_m_rec_report_starts_without_torch(tmp_path):
 def test_commands_load_timm_and_open_clip_only_for_an_image_model():
     """The store's record of library versions comes from their metadata, so importing the commands (predict,
     evaluate, a run) loads neither library; the versions are still the libraries' own."""
-    code = ("import sys, REC.predict, REC.evaluate, REC.run, REC.encoder_cache as ec; "
+    code = ("import sys, REC.app.predict, REC.app.evaluate, REC.app.train, REC.app.prefix_store as ec; "
             "loaded = [m for m in ('timm', 'open_clip') if m in sys.modules]; "
             "import timm, open_clip; v = ec.library_versions(); "
             "print(loaded, v['timm'] == timm.__version__, v['open_clip'] == open_clip.__version__)")

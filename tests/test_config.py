@@ -2,7 +2,7 @@
 import pytest
 
 from REC.config import Config, ConfigError
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 BASE = ["IDNet/sasrec.yaml", "overall/ID.yaml"]
 
@@ -112,7 +112,7 @@ def test_a_model_inherits_the_defaults_of_the_model_it_subclasses():
     """No copied defaults files: MOSASRec(PixelItems, SASRec) has SASRec's keys from SASRec's file; MOGRU4Rec's own
     file changes only embedding_size; FSASRec(SASRec) adds its feature keys to SASRec's."""
     from REC.model import get_model_class, list_models
-    from REC.configure import build_config as build
+    from REC.app.configure import build_config as build
     sas = build([], ["--model=SASRec"])
     mosas = build([], ["--model=MOSASRec"])
     for key in ("n_layers", "n_heads", "embedding_size", "inner_size", "hidden_act", "initializer_range"):

@@ -12,10 +12,10 @@ from REC.config import ConfigError
 from REC.config.config import DEFAULTS_FILE, read_defaults
 from REC.model import create_model, list_models, model_defaults_files
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
-from REC.run import preflight
+from REC.app.configure import build_config
+from REC.app.train import preflight
 
-from REC.launch import main
+from REC.app.launch import main
 
 from .conftest import ROOT, call_main, sasrec_args
 

@@ -5,7 +5,7 @@ import pytest
 
 from REC.data import (DataError, EvalBatches, build_train_batches, leave_one_out, load_interactions,
                       sample_negatives, sequence_chunks, shard_bounds)
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 CSV = """item_id,user_id,timestamp
 a,u1,5

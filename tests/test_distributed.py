@@ -12,7 +12,7 @@ from .conftest import ROOT, run_main, sasrec_args
 
 
 def evaluate(run_dir, device):
-    proc = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run_dir), "--device", device],
+    proc = subprocess.run([sys.executable, "-m", "REC", "evaluate", str(run_dir), "--device", device],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{\n"):])
@@ -65,5 +65,12 @@ def test_one_process_commands_take_the_launchers_device_grammar(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert one_device("1") == one_device("cuda:1") == torch.device("cuda", 1)
     assert one_device("cuda") == torch.device("cuda", 0)
-    with pytest.raises(DeviceError, match="GPU 2 does not exist; this machine shows 2 GPU"):
+    with pytest.raises(DeviceError, match=r"CUDA shows only 2 GPU\(s\) and this needs 3"):
         one_device("2")
+    # the launcher's check is the same one, after it has restricted the job to the chosen GPUs
+    from REC.distributed import DeviceSpec, select_gpus
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # what select_gpus sets is undone with it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match=r"--device 0,2: CUDA shows only 1 GPU\(s\), "
+                                          r"CUDA_VISIBLE_DEVICES='4,7' and this needs 2"):
+        select_gpus(DeviceSpec.parse("0,2"))

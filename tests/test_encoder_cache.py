@@ -24,15 +24,15 @@ from REC.data.covers import CoverStore
 from REC.data.item_array import human_bytes, read_json
 from REC.data.prefix_cache import PrefixCache, PrefixCacheError, cache_key
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
-from REC.encoder_cache import attach_prefix_store, describe_store, fill_store, log_plan, prefix_plan, store_dtype
+from REC.app.prefix_store import attach_prefix_store, describe_store, fill_store, log_plan, prefix_plan, store_dtype
 from REC.evaluator import FullRankingEvaluator
-from REC.launch import main as launch_main
+from REC.app.launch import main as launch_main
 from REC.model import create_model
 from REC.model.base import DatasetInfo
 from REC.model.encoders import ItemEncoder
 from REC.model.encoders.backbone import set_trainable_blocks
 from REC.model.pixel import CoverItems
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 from .conftest import call_main, run_main, train_steps
 from .test_encoders import meta
@@ -292,7 +292,7 @@ def test_auto_leaves_out_a_frozen_part_that_training_mode_changes(log, encoder, 
     assert on.use and on.frozen_units == plan.frozen_units > 0 and any(why in c for c in on.changes)
     cfg, model = meta_model(log, f"--encoder={encoder}", "--encoder_readout=null", "--encoder_trainable_blocks=null",
                             "--encoder_cache=on")
-    with caplog.at_level(logging.INFO, logger="REC.encoder_cache"):
+    with caplog.at_level(logging.INFO, logger="REC.app.prefix_store"):
         assert log_plan(cfg, model, log.split).use
     assert f"encoder_cache: on, although {why}" in caplog.text and "is stored once per item" in caplog.text
 
@@ -346,7 +346,7 @@ def test_sampled_softmax_encodes_its_shared_negatives_with_the_batch_alike_with_
     """PixelNet with loss: sampled_softmax: the shared negatives are more items of the step's distinct set (their
     covers, or their stored rows), and the two routes train to the same losses in fp32."""
     from REC.model.objectives import build_objective
-    from REC.run import training_batches
+    from REC.app.train import training_batches
     cfg = vit_config(vit.data, log.store_dir, "--loss=sampled_softmax", "--num_negatives=6", "--temperature=0.5")
     model = vit.model
     counts = np.bincount(vit.split.train_items, minlength=vit.split.item_num)
@@ -406,8 +406,8 @@ def test_a_run_with_the_store_equals_a_run_without(log, tmp_path):
     nothing downloads) for one epoch on the tiny log, through main.py: encoder_cache auto stores the frozen
     blocks for it, and its test metrics equal those of its best.pth evaluated without the store (every cover
     through the whole encoder; training equality is the model-level test above)."""
-    from REC.loaded_run import load_run_config
-    from REC.run import _build
+    from REC.app.loaded_run import load_run_config
+    from REC.app.train import _build
 
     run = run_main(["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml", f"--data_path={log.data}",
                     "--dataset=Tiny", "--encoder_pretrained=false", "--epochs=1", "--train_batch_size=4",

@@ -262,7 +262,7 @@ def test_channels_last_where_it_pays(monkeypatch, capability, converted):
     ("swin_t", "pool", 224), ("swin_t", "cls", 224),                  # Swin: NHWC
 ])
 def test_pooled_and_feature_map_equal_the_direct_computation(name, readout, size):
-    """What ``REC.features`` writes, bit for bit as computed from the library's modules: ``pooled`` is the readout
+    """What ``REC.app.extract`` writes, bit for bit as computed from the library's modules: ``pooled`` is the readout
     a head would receive (the ViT ``mean`` readout: the average token), ``feature_map`` the last map channels
     last or the patch tokens without the class token (the CLIP ViT's before ln_post, whatever the readout)."""
     b = real(name, readout).backbone
@@ -376,7 +376,7 @@ def test_too_many_trainable_blocks_is_an_error_naming_key_value_and_blocks():
 
 
 def test_config_errors_name_the_source():
-    from REC.configure import build_config
+    from REC.app.configure import build_config
     config = build_config(["PixelNet/sasrec.yaml", "overall/ViT.yaml"],
                           ["--encoder_pretrained=false", "--encoder_trainable_blocks=99"])
     with pytest.raises(ConfigError, match="command line: key 'encoder_trainable_blocks': 99"), torch.device("meta"):

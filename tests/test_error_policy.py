@@ -9,7 +9,7 @@ import pkgutil
 import pytest
 
 import REC
-from REC.launch import main as launch_main
+from REC.app.launch import main as launch_main
 from REC.utils.errors import UserError
 
 from .conftest import call_main, sasrec_args
@@ -17,11 +17,11 @@ from .conftest import call_main, sasrec_args
 
 def test_a_bug_in_preflight_keeps_its_traceback(seq_data, tmp_path, monkeypatch, capsys):
     """A numpy-style ValueError from inside the data preparation is not dressed up as 'error: ...' with status 2."""
-    import REC.run
+    import REC.app.train
 
     def broken(config):
         raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
-    monkeypatch.setattr(REC.run, "prepare_split", broken)
+    monkeypatch.setattr(REC.app.train, "prepare_split", broken)
     with pytest.raises(ValueError, match="could not be broadcast"):
         call_main(launch_main, sasrec_args(seq_data, tmp_path, "--epochs=1"), capsys)
     assert not list(tmp_path.rglob("result.json"))
@@ -53,8 +53,8 @@ def _error_classes():
 INTERNAL = {"REC.model.registry.UnknownModelError",      # a KeyError that the config layer turns into a ConfigError
             "REC.model.encoders.backbone.NoFeatureMapError",  # caught by the feature extractor and re-raised
             "REC.model.pixel.MissingCoverError",         # an item looked up outside its batch's covers: a bug
-            "REC.report.BadRunFile",                     # caught per run: the report skips it with a warning
-            "REC.sweep.Stopped",                         # a signal turned into an exception, not an error
+            "REC.app.report.BadRunFile",                     # caught per run: the report skips it with a warning
+            "REC.app.sweep.Stopped",                         # a signal turned into an exception, not an error
             "REC.trainer.trainer.NonFiniteLossError",    # training diverged: its traceback shows where
             "REC.config.config.DuplicateKeyError",       # a YAML error turned into a ConfigError by the loader
             "REC.data.streaming.HashCollision"}          # caught by the CSV reader, which reads again under other keys
@@ -65,8 +65,8 @@ def test_every_error_class_is_a_user_error_or_named_internal():
     assert "REC.config.config.ConfigError" in classes and "REC.data.interactions.DataError" in classes
     user = {name for name, cls in classes.items() if issubclass(cls, UserError)}
     assert {"REC.trainer.checkpoint.CheckpointError", "REC.utils.integrity.DamagedFileError",
-            "REC.distributed.DeviceError", "REC.predict.PredictError", "REC.sweep.SweepError",
-            "REC.report.ReportError", "REC.model.base.ModelConfigError"} <= user
+            "REC.distributed.DeviceError", "REC.app.predict.PredictError", "REC.app.sweep.SweepError",
+            "REC.app.report.ReportError", "REC.model.base.ModelConfigError"} <= user
     assert set(classes) - user - {"REC.utils.errors.UserError"} <= INTERNAL, sorted(set(classes) - user - INTERNAL)
 
 

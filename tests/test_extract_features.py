@@ -1,4 +1,4 @@
-"""Feature extraction for ViNet (python -m REC.features): a real covers LMDB, a real timm encoder with random
+"""Feature extraction for ViNet (python -m REC features): a real covers LMDB, a real timm encoder with random
 weights (the same weights in every process: they are drawn after seeding with the config's seed)."""
 import json
 import subprocess
@@ -14,9 +14,9 @@ from REC.data import load_interactions
 from REC.data.cover_pack import pack_covers
 from REC.data.covers import CoverStore
 from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
-from REC.features import FeatureExtractionError, FeatureExtractor, feature_config
+from REC.app.extract import FeatureExtractionError, FeatureExtractor, feature_config
 from REC.utils.files import sidecar
-from REC.features.__main__ import main
+from REC.app.features import main
 from REC.model import list_models
 from REC.model.encoders import Backbone, build_item_encoder
 from REC.model.ViNet.feature_table import load_item_features
@@ -233,7 +233,7 @@ def test_an_existing_output_needs_overwrite(data, features, capsys):
 
 def test_command_line_exit_status_without_traceback(data, tmp_path):
     argv = args(data, "--output", str(tmp_path / "f.npy"), "--cover_lmdb=/nonexistent")
-    proc = subprocess.run([sys.executable, "-m", "REC.features", *argv], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "REC", "features", *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: covers database /nonexistent")
@@ -295,7 +295,7 @@ def test_a_damaged_feature_file_is_one_line_naming_it(data, features, tmp_path, 
     message = str(err.value)
     why = {"two rows swapped": "chunks are not the ones written", "bytes flipped": "chunks are not the ones written",
            "header damaged": "header cannot be read", "cut by 64 bytes": "truncated"}[kind]
-    assert "\n" not in message and str(path) in message and why in message and "REC.features" in message, message
+    assert "\n" not in message and str(path) in message and why in message and "python -m REC features" in message, message
 
 
 def test_features_of_another_dataset_with_as_many_items_are_refused_before_the_run(data, features, tmp_path, capsys):
@@ -303,7 +303,7 @@ def test_features_of_another_dataset_with_as_many_items_are_refused_before_the_r
     fits, the rows do not. The launcher refuses it in one line, before any process starts."""
     import pandas as pd
 
-    from REC.launch import main as launch_main
+    from REC.app.launch import main as launch_main
 
     from .conftest import call_main
     out, _ = features

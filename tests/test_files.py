@@ -21,7 +21,7 @@ def test_an_error_mid_write_leaves_the_previous_file_and_no_temporary(tmp_path):
 
 
 def test_sidecars_replace_the_npy_suffix():
-    """One rule for feature files (REC.features) and saved item tables (REC.predict --save_items)."""
+    """One rule for feature files (REC.app.extract) and saved item tables (REC.app.predict --save_items)."""
     assert sidecar("out/RN50.npy", "items.txt") == Path("out/RN50.items.txt")
     assert sidecar("out/RN50.npy", "json") == Path("out/RN50.json")
     assert sidecar("items.npy", "items.txt") == Path("items.items.txt")  # predict's table: the name it always had

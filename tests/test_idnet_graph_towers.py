@@ -9,7 +9,7 @@ from REC.data.split import Split
 from REC.model import create_model
 from REC.model.base import DatasetInfo
 from REC.model.IDNet.srgnn import session_graphs
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 M = 10
 

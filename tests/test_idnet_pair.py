@@ -11,7 +11,7 @@ import torch
 from REC.data import build_train_batches, leave_one_out, load_interactions
 from REC.model.base import DatasetInfo
 from REC.model.IDNet.lightgcn import LightGCN, normalized_adjacency
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 
 def pair_config(seq_data, name="mf", *extra):

@@ -9,7 +9,7 @@ import torch
 from REC.data import build_train_batches, leave_one_out, load_interactions, sequence_chunks
 from REC.model import create_model
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 ITEM_NUM = 40
 SMALL = {

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from REC.config import ConfigError
-from REC.configure import build_config
-from REC.run import preflight
+from REC.app.configure import build_config
+from REC.app.train import preflight
 from REC.trainer import live_log
 
 DEMO = ["IDNet/sasrec.yaml", "overall/ID.yaml", "demo/demo.yaml"]

@@ -108,8 +108,8 @@ def test_one_score_matrix_is_alive_at_a_time():
 def test_an_evaluation_memory_budget_cuts_the_users_per_batch(caplog):
     """eval_memory_mib bounds one batch's [users, items] float32 scores; never more users than eval_batch_size,
     never fewer than one; the log says what a batch takes (the metrics do not depend on it: the test above)."""
-    from REC.configure import build_config
-    from REC.run import eval_users_per_batch
+    from REC.app.configure import build_config
+    from REC.app.train import eval_users_per_batch
 
     from .conftest import ROOT
     files = [ROOT / "IDNet" / "sasrec.yaml", ROOT / "overall" / "ID.yaml"]

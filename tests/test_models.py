@@ -6,7 +6,7 @@ import torch
 from REC.data import EvalBatches, build_train_batches, leave_one_out, load_interactions
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 from .conftest import pop_test_metrics, run_main, train_steps
 from .model_cases import BEAT_POP, SMALL

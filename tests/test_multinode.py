@@ -69,7 +69,7 @@ def test_two_nodes_make_one_run_and_test_the_same_weights(two_node_run):
     assert result["world_size"] == 2 and result["epochs_run"] == 2
     assert node0 == node1 == result["test"]
     # the saved best weights, re-evaluated on the same layout, give the figures both nodes reported
-    proc = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run), "--device", "cpu:2"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "REC", "evaluate", str(run), "--device", "cpu:2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads(proc.stdout[proc.stdout.index("{\n"):])["test"] == result["test"]
@@ -122,4 +122,4 @@ def test_resume_refuses_another_world_size(two_node_run):
     assert proc.stderr.strip() == (
         f"error: --resume {two_node_run[0]}: its last.pth was written by 2 process(es) and this launch starts 1; "
         f"data sharding and per-rank seeds depend on that number, so resume it on 2 process(es) in all (e.g. "
-        f"--device cpu:2); python -m REC.evaluate re-evaluates its checkpoints on any layout")
+        f"--device cpu:2); python -m REC evaluate re-evaluates its checkpoints on any layout")

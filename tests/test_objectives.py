@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from REC import distributed as dist
-from REC.configure import build_config
+from REC.app.configure import build_config
 from REC.model import create_model
 from REC.model.base import DatasetInfo, TargetRows
 from REC.model.objectives import FullSoftmax, SampledSoftmax
@@ -161,7 +161,7 @@ def seq_split(seq_data):
 @pytest.mark.parametrize("name", sorted(ID_FILES))
 @pytest.mark.parametrize("loss", ["softmax", "sampled_softmax"])
 def test_every_id_model_trains_with_each_loss(name, loss, seq_split):
-    from REC.run import training_batches
+    from REC.app.train import training_batches
     split, data = seq_split
     config = model_config(name, loss, f"--data_path={data}", "--dataset=Seq", "--train_batch_size=32")
     torch.manual_seed(0)
@@ -269,7 +269,7 @@ def test_two_processes_train_exactly_like_one_with_the_global_batch(tmp_path, lo
 
 
 def test_a_refused_loss_is_one_line_before_any_run(tmp_path, capsys):
-    from REC.launch import main as launch_main
+    from REC.app.launch import main as launch_main
 
     from .conftest import call_main
     status, _, err = call_main(launch_main, ["--config_file", "PixelNet/sasrec.yaml", "overall/ViT.yaml",
@@ -297,7 +297,7 @@ def test_the_shipped_sweep_and_settings_build(capsys):
 
 def test_the_cold_items_protocols_held_out_items_reach_the_objective_and_are_never_drawn(seq_data):
     from REC.data import prepare_split
-    from REC.run import training_batches
+    from REC.app.train import training_batches
     config = build_config(["IDNet/sasrec.yaml", "overall/ID.yaml"],
                           [f"--data_path={seq_data}", "--dataset=Seq", "--loss=sampled_softmax", "--num_negatives=64",
                            "--cold_item_ratio=0.2", *SMALL["SASRec"]])

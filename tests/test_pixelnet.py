@@ -15,10 +15,10 @@ from REC.data.synthetic import group_covers, visual_log, write_covers, write_csv
 from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 from REC.trainer.optim import build_optimizer
 
-from REC.launch import main as launch_main
+from REC.app.launch import main as launch_main
 
 from .conftest import ROOT, call_main, run_main, train_steps
 from .model_cases import SMALL
@@ -157,7 +157,7 @@ def test_ddp_training_and_evaluation_match_one_process(vis_data, tmp_path):
     assert len(list((tmp_path / "store").glob("prefix-Vis-*.npy"))) == 1
     result = run.result
     assert result["world_size"] == 2 and result["epochs_run"] == 1 and result["cover_encode_seconds"] > 0
-    one = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run.run_dir), "--device", "cpu"], cwd=ROOT,
+    one = subprocess.run([sys.executable, "-m", "REC", "evaluate", str(run.run_dir), "--device", "cpu"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     assert "encoder_cache: reusing" in one.stdout + one.stderr

@@ -1,4 +1,4 @@
-"""Recommendations from a trained run (REC.predict): original ids, the evaluator's ranking, bad inputs, atomic output."""
+"""Recommendations from a trained run (REC.app.predict): original ids, the evaluator's ranking, bad inputs, atomic output."""
 import math
 import subprocess
 import sys
@@ -12,8 +12,8 @@ from REC.data import EvalBatches, leave_one_out, load_interactions
 from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.predict import KnownUsersOnlyError, PredictError, Recommender, UnknownIdError, main, write_recommendations
-from REC.configure import build_config
+from REC.app.predict import KnownUsersOnlyError, PredictError, Recommender, UnknownIdError, main, write_recommendations
+from REC.app.configure import build_config
 from REC.utils.run_layout import CONFIG_FILE
 from REC.trainer.checkpoint import save_atomic
 
@@ -117,7 +117,7 @@ def test_unknown_users_exit_2_before_writing(run, cli_csv, tmp_path):
     known = cli_csv["user_id"].unique()[:2].tolist()
     users.write_text("\n".join([known[0], "ghost-1", known[1], "ghost-2", "ghost-3"]) + "\n")
     out = tmp_path / "recs.csv"
-    proc = subprocess.run([sys.executable, "-m", "REC.predict", str(run[0]), "--users", str(users), "--output",
+    proc = subprocess.run([sys.executable, "-m", "REC", "predict", str(run[0]), "--users", str(users), "--output",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "3 of the 5 user ids" in proc.stderr and "'ghost-1', 'ghost-2', 'ghost-3'" in proc.stderr
@@ -126,7 +126,7 @@ def test_unknown_users_exit_2_before_writing(run, cli_csv, tmp_path):
 
 def test_unknown_items_are_left_out_with_a_warning(rec, cli_csv, caplog):
     known = cli_csv["item_id"].iloc[0]
-    with caplog.at_level("WARNING", logger="REC.predict"):
+    with caplog.at_level("WARNING", logger="REC.app.predict"):
         mixed = rec.recommend(["nope-1", known, "nope-2"])
     assert "2 of the 3 item ids" in caplog.text and "'nope-1', 'nope-2'" in caplog.text
     assert mixed == rec.recommend([known])
@@ -258,7 +258,7 @@ def one_error_line(err: str) -> str:
 
 def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_predict(run, tmp_path, capsys):
     """Two runs of one config have checkpoints of the same shapes: only the run id inside tells them apart."""
-    from REC.evaluate import main as evaluate_main
+    from REC.app.evaluate import main as evaluate_main
     from REC.trainer.checkpoint import RUN_ID_FILE, new_run_id, read_run_id
 
     from .conftest import call_main
@@ -276,7 +276,7 @@ def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_predict(run, tmp
 
 
 def test_weights_that_do_not_fit_the_runs_config_are_one_line(run, tmp_path, capsys):
-    from REC.evaluate import main as evaluate_main
+    from REC.app.evaluate import main as evaluate_main
 
     from .conftest import call_main
     edited = copied_run(run[0], tmp_path, "edited")

@@ -15,7 +15,7 @@ from REC.evaluator import FullRankingEvaluator
 from REC.evaluator.ranking import bucket_names
 from REC.model import create_model
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 from .conftest import run_main
 

@@ -1,4 +1,4 @@
-"""python -m REC.report: the table, its sorting and best marks, CSV, markdown and the two plots, on real runs.
+"""python -m REC report: the table, its sorting and best marks, CSV, markdown and the two plots, on real runs.
 
 Two real demo runs (different learning rates, trained at the same time, on 100 training users so that both
 take seconds) and a copy of each with another embedding_size in config.yaml and other numbers in result.json:

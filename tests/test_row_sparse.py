@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from REC.config import ConfigError
-from REC.configure import build_config
+from REC.app.configure import build_config
 from REC.model import create_model
 from REC.model.base import DatasetInfo
 from REC.trainer.optim import build_optimizer
@@ -110,7 +110,7 @@ def test_the_option_is_refused_where_it_cannot_apply(seq_data, tmp_path, capsys,
     where there is no ID table to make sparse, where gradients are clipped, and on NCCL, which cannot all-reduce
     sparse tensors."""
     from REC.distributed import DeviceSpec
-    from REC.run import preflight
+    from REC.app.train import preflight
 
     settings = {"clip_grad_norm": ["--clip_grad_norm=1.0"], "softmax": ["--loss=softmax"],
                 "PixelNet": ["--encoder_pretrained=false"]}.get(case, [])
@@ -124,6 +124,6 @@ def test_the_option_is_refused_where_it_cannot_apply(seq_data, tmp_path, capsys,
     expected = {"clip_grad_norm": "clip_grad_norm", "softmax": "loss: softmax", "LightGCN": "whole graph",
                 "PixelNet": "encodes its items from covers", "GPUs": "NCCL"}[case]
     assert expected in str(refused.value)
-    status, _, err = call_main(__import__("REC.launch", fromlist=["main"]).main, sasrec_args(
+    status, _, err = call_main(__import__("REC.app.launch", fromlist=["main"]).main, sasrec_args(
         seq_data, tmp_path, "--item_table_updates=sparse", "--clip_grad_norm=1.0"), capsys)
     assert status == 2 and "clip_grad_norm" in err and not list(tmp_path.rglob("config.yaml"))

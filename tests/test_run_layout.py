@@ -51,7 +51,7 @@ def test_load_run_reads_back_the_weights_each_checkpoint_holds(seq_data, tmp_pat
     the model built from config.yaml, or the fresh model when none is named, with the run's own ids."""
     import torch
 
-    from REC.loaded_run import load_run
+    from REC.app.loaded_run import load_run
     from REC.trainer.checkpoint import load, state_digest
 
     from .conftest import run_main, sasrec_args
@@ -71,10 +71,10 @@ def test_load_run_reads_back_the_weights_each_checkpoint_holds(seq_data, tmp_pat
 
 def test_only_load_run_puts_a_checkpoint_into_a_model_built_from_a_run():
     """Resume's optimizer state and the trainer's best-epoch reload aside, every reader of a run's weights goes
-    through REC/loaded_run.py: a command that built its own model from config.yaml would drift from it."""
+    through REC/app/loaded_run.py: a command that built its own model from config.yaml would drift from it."""
     callers = []
     for path in sorted((ROOT / "REC").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "load_weights":
                 callers.append(str(path.relative_to(ROOT)))
-    assert sorted(set(callers)) == ["REC/loaded_run.py", "REC/trainer/trainer.py"], callers
+    assert sorted(set(callers)) == ["REC/app/loaded_run.py", "REC/trainer/trainer.py"], callers

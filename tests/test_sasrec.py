@@ -5,7 +5,7 @@ import torch
 from REC.data import EvalBatches, leave_one_out, load_interactions
 from REC.model import create_model, get_model_class, list_models
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 from .conftest import SMALL_MODEL, run_main, sasrec_args
 

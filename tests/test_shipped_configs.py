@@ -18,7 +18,7 @@ from REC.data.synthetic import sequential_log, write_csv
 from REC.data.training import TRAIN_DATASETS
 from REC.model import create_model
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""python -m REC.sweep: a real 2 x 2 sweep killed during its third trial and resumed, and the input checks that must
+"""python -m REC sweep: a real 2 x 2 sweep killed during its third trial and resumed, and the input checks that must
 fail before any trial runs."""
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def read_record(sweep_dir: Path) -> dict | None:
 
 def start_sweep(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "REC.sweep", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "REC", "sweep", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

@@ -13,7 +13,7 @@ import torch
 from REC.data.synthetic import sequential_log, write_csv
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
-from REC.configure import build_config
+from REC.app.configure import build_config
 from REC.trainer.checkpoint import save_atomic
 from REC.utils.run_layout import TRANSFER_REPORT_FILE
 from REC.trainer.transfer import TransferError, check_init_from, id_tables, initialise_from

@@ -23,8 +23,8 @@ from REC.model.IDNet.lightsans import LightTransformerEncoder
 from REC.model.IDNet.sasrec import SASRec
 from REC.model.layers import TransformerEncoder, causal_padding_mask
 from REC.model.pixel import CoverItems, PixelItems
-from REC.configure import build_config
-from REC.launch import main as launch_main
+from REC.app.configure import build_config
+from REC.app.launch import main as launch_main
 import generate_lmdb  # the top-level script, called in this process
 
 from .conftest import call_main

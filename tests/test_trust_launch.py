@@ -13,8 +13,8 @@ import torch
 import torch.multiprocessing as mp
 
 from REC.distributed import compose_visible_devices
-from REC.evaluate import main as evaluate_main
-from REC.launch import launch_config, main, parse_args
+from REC.app.evaluate import main as evaluate_main
+from REC.app.launch import launch_config, main, parse_args
 from REC.trainer.checkpoint import CheckpointError, load
 
 from .conftest import call_main, run_main, sasrec_args
@@ -107,7 +107,7 @@ def test_checkpoint_errors_and_world_size_on_resume(seq_data, tmp_path, capsys):
     assert status == 2 and error_line(err) == (
         f"error: --resume {run}: its last.pth was written by 1 process(es) and this launch starts 2; data sharding "
         f"and per-rank seeds depend on that number, so resume it on 1 process(es) in all (e.g. --device cpu); "
-        f"python -m REC.evaluate re-evaluates its checkpoints on any layout")
+        f"python -m REC evaluate re-evaluates its checkpoints on any layout")
     assert sorted(p.name for p in run.iterdir()) == before
 
     broken = tmp_path / "broken"
@@ -128,7 +128,7 @@ def test_checkpoint_errors_and_world_size_on_resume(seq_data, tmp_path, capsys):
 # ---------------------------------------------------------------------------------- collectives, 2 gloo processes
 def _two_ranks(rank: int, store: str, run_dir: str, out: str) -> None:
     from REC import distributed as dist
-    from REC.run import _agree_on_run_dir
+    from REC.app.train import _agree_on_run_dir
     from REC.trainer.trainer import NonFiniteLossError, Trainer
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)

@@ -1,4 +1,4 @@
-"""python -m REC.report against the ways a table can mislead (issue 25): a best run chosen on its test split, runs
+"""python -m REC report against the ways a table can mislead (issue 25): a best run chosen on its test split, runs
 behind symlinks left out, runs on different data ranked together, tracebacks for a missing output folder or one
 malformed result.json.
 

@@ -19,8 +19,8 @@ import torch
 from REC.config import ConfigError
 from REC.data.item_array import human_bytes
 from REC.data.prefix_cache import PrefixCache, PrefixCacheError
-from REC.encoder_cache import attach_prefix_store, fill_store
-from REC.launch import main as launch_main
+from REC.app.prefix_store import attach_prefix_store, fill_store
+from REC.app.launch import main as launch_main
 from REC.model.encoders import build_item_encoder, list_encoders
 
 from . import damage as damage_rows

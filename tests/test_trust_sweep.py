@@ -15,9 +15,9 @@ import pytest
 
 from REC import sweep
 from REC.config import ConfigError
-from REC.configure import build_config
-from REC.launch import main as launch_main
-from REC.launch import parse_args
+from REC.app.configure import build_config
+from REC.app.launch import main as launch_main
+from REC.app.launch import parse_args
 
 from .conftest import ROOT, call_main
 
@@ -234,7 +234,7 @@ def test_a_stopped_or_killed_sweep_takes_its_trial_with_it(seq_data, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for how in ("SIGTERM", "SIGKILL"):
         out_path = tmp_path / f"sweep-{how}.out"
-        proc = subprocess.Popen([sys.executable, "-m", "REC.sweep", *argv], cwd=ROOT, env=env, text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "REC", "sweep", *argv], cwd=ROOT, env=env, text=True,
                                 stdout=open(out_path, "w"), stderr=subprocess.STDOUT)
         try:
             trial = wait_for(lambda: running_trial_pid(sweep_dir, proc.pid) or proc.poll() is not None, 120,

@@ -15,9 +15,9 @@ from REC.evaluator import FullRankingEvaluator
 from REC.model import create_model, list_models
 from REC.model.base import DatasetInfo
 from REC.model.ViNet.feature_table import FeatureFileError, FeatureTable, load_item_features
-from REC.launch import main as launch_main
-from REC.configure import build_config
-from REC.run import create_run
+from REC.app.launch import main as launch_main
+from REC.app.configure import build_config
+from REC.app.train import create_run
 
 from .conftest import ROOT, call_main, pop_test_metrics, run_main, train_steps
 from .model_cases import SMALL
@@ -274,7 +274,7 @@ def test_two_process_vbpr_and_its_checkpoint_reload_the_features(vis_data, tmp_p
                     *data_args(vis_data, "ViNet/vbpr.yaml", tmp_path), *FAST["ViNet/vbpr.yaml"]])
     result = run.result
     assert result["world_size"] == 2 and result["test"]["ndcg@10"] > 0.15
-    ev = subprocess.run([sys.executable, "-m", "REC.evaluate", str(run.run_dir), "--device", "cpu"],
+    ev = subprocess.run([sys.executable, "-m", "REC", "evaluate", str(run.run_dir), "--device", "cpu"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert '"ndcg@10": ' + str(result["test"]["ndcg@10"]) in ev.stdout
@@ -284,7 +284,7 @@ def test_two_process_vbpr_and_its_checkpoint_reload_the_features(vis_data, tmp_p
 @pytest.mark.parametrize("config_file", [f for f in TRAINED if f != "ViNet/sasrec_vid.yaml"])  # one per model
 def test_many_negative_losses_train_vinet_models(config_file, loss, vis_data):
     """ViNet models expose their rows like the ID models: the same objectives apply (REC/model/objectives.py)."""
-    from REC.run import training_batches
+    from REC.app.train import training_batches
     cfg, split, model = build(config_file, vis_data, f"--loss={loss}", "--num_negatives=16")
     batch = training_batches(model, split, cfg)[0]
     model.eval()

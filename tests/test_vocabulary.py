@@ -16,22 +16,22 @@ from REC.data.vocabulary import DATA_FILE, VOCABULARY_FILE, through_vocabulary
 from REC.evaluator import FullRankingEvaluator
 from REC.evaluator.ranking import top_unmasked
 
-from REC.evaluate import check_run
-from REC.evaluate import main as evaluate_main
-from REC.launch import main as launch_main
-from REC.predict import main as predict_main
+from REC.app.evaluate import check_run
+from REC.app.evaluate import main as evaluate_main
+from REC.app.launch import main as launch_main
+from REC.app.predict import main as predict_main
 
 from .conftest import ROOT, SMALL_MODEL, call_main, run_main
 
 
 def _figures(proc: subprocess.CompletedProcess) -> dict:
-    """The JSON that REC.evaluate prints after the workers' log lines."""
+    """The JSON that REC.app.evaluate prints after the workers' log lines."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{\n"):])
 
 
-def _module(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", name, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+def _module(command: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "REC", command, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
                     "--dataset=V", f"--output_dir={folder / 'runs'}", *SMALL_MODEL, "--epochs=2", "--topk=[5,10]"])
     run_dir = run.run_dir
     recs = folder / "recs.csv"
-    assert _module("REC.predict", run_dir, "--output", recs).returncode == 0
+    assert _module("predict", run_dir, "--output", recs).returncode == 0
     return folder, frame, run_dir, run.result, pd.read_csv(recs, dtype=str, keep_default_na=False)
 
 
@@ -70,12 +70,12 @@ def test_reordered_csv_same_predictions_and_evaluate_refuses_unless_asked(traine
         status, _, err = call_main(evaluate_main, [run_dir], capsys)
         assert status == 2 and err.count("\n") == 1, err  # one line, no traceback
         assert "has changed since run" in err and "--allow_changed_data" in err
-        allowed = _module("REC.evaluate", run_dir, "--allow_changed_data")
+        allowed = _module("evaluate", run_dir, "--allow_changed_data")
         figures = _figures(allowed)
         assert figures["test"] == result["test"] and figures["valid"] == result["best_valid"]
         assert figures["data"]["changed"] and figures["data"]["rows_dropped"] == 0
         out = tmp_path / "recs.csv"
-        proc = _module("REC.predict", run_dir, "--output", out)
+        proc = _module("predict", run_dir, "--output", out)
         assert proc.returncode == 0 and "has changed since run" in proc.stderr
         again = pd.read_csv(out, dtype=str, keep_default_na=False)
         key = ["user_id", "rank"]
@@ -96,13 +96,13 @@ def test_new_items_and_users_in_the_csv_are_skipped_and_counted(trained, tmp_pat
     try:
         write_csv(pd.concat([frame, extra]), folder / "V.csv")
         out = tmp_path / "recs.csv"
-        proc = _module("REC.predict", run_dir, "--output", out)
+        proc = _module("predict", run_dir, "--output", out)
         assert proc.returncode == 0, proc.stderr  # no state-dict size mismatch: the model keeps the run's tables
         assert "3 interactions skipped (1 item ids and 1 user ids the run never saw)" in proc.stderr
         recs = pd.read_csv(out, dtype=str, keep_default_na=False)
         assert "newcomer" not in set(recs["user_id"]) and "brand-new" not in set(recs["item_id"])
         assert recs["user_id"].nunique() == frame["user_id"].nunique()
-        allowed = _module("REC.evaluate", run_dir, "--allow_changed_data")
+        allowed = _module("evaluate", run_dir, "--allow_changed_data")
         assert _figures(allowed)["data"]["unknown_items"] == 1
     finally:
         (folder / "V.csv").write_bytes(original)
@@ -143,7 +143,7 @@ def test_old_run_without_vocabulary_still_evaluates_with_a_warning(trained, tmp_
     shutil.copytree(run_dir, old)
     (old / VOCABULARY_FILE).unlink()
     (old / DATA_FILE).unlink()
-    proc = _module("REC.evaluate", old)
+    proc = _module("evaluate", old)
     assert "no vocabulary.npz" in proc.stderr and _figures(proc)["test"] == result["test"]
     (old / VOCABULARY_FILE).write_bytes(b"not a zip")
     (old / DATA_FILE).write_text("{}")

@@ -1,5 +1,5 @@
 """One file type for every per-item array this project writes: the encoder's frozen-prefix store, the ViNet
-feature files and the item tables that ``REC.predict`` saves.
+feature files and the item tables that ``REC.app.predict`` saves.
 
 All three are ``[item_num, *shape]`` arrays whose row i belongs to internal item id i of one dataset's item order,
 written in chunks of items by a process that may be killed, and read later by runs that must not take another

@@ -11,7 +11,7 @@ resumable after a kill, each chunk's CRC-32 checked before its rows are used), i
 the rows (``describe``: encoder, the frozen weights' hash, cover size and normalisation, where the cut falls,
 dtype, the covers database, the run's item ids, library versions). Rows are float32, or uint16 holding bfloat16
 bits (numpy has no bfloat16). The launcher checks every chunk once, sharded over the ranks, before training
-(``REC.encoder_cache``). Opening a complete store takes no lock and writes nothing, so a store prepared once can
+(``REC.app.prefix_store``). Opening a complete store takes no lock and writes nothing, so a store prepared once can
 be shared from a read-only folder.
 """
 from __future__ import annotations

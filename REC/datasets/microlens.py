@@ -1,6 +1,6 @@
 """MicroLens pairs file + cover folder -> PixelRec's layout:
 
-    python -m REC.datasets.microlens --pairs MicroLens-100K_pairs.tsv --covers <folder> --out dataset/
+    python -m REC import --pairs MicroLens-100K_pairs.tsv --covers <folder> --out dataset/
 
 MicroLens ships sequences, one user per line (``user<TAB>item item item ...``, items in time order), and no
 timestamps; PixelRec reads ``<data_path>/<dataset>.csv`` (``item_id,user_id,timestamp``) and orders each user's
@@ -236,7 +236,7 @@ def check_csv_is_ours(csv_file: Path, missing_file: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ command
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m REC.datasets.microlens", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m REC import", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, help="MicroLens pairs file, e.g. MicroLens-100K_pairs.tsv")
     p.add_argument("--covers", required=True, help="folder of covers named <item_id>.jpg (.jpeg, .png, .webp; "
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     print(f"  python generate_lmdb.py --data_path {out} --dataset {args.name}")
     print(f"  python main.py --device 0 --config_file IDNet/sasrec.yaml overall/ID.yaml {data} --precision=bf16")
     print(f"  python main.py --device 0 --config_file PixelNet/sasrec.yaml overall/ViT.yaml {data} --precision=bf16")
-    print(f"  python -m REC.features --config_file overall/ResNet50.yaml {data} --device cuda --precision bf16")
+    print(f"  python -m REC features --config_file overall/ResNet50.yaml {data} --device cuda --precision bf16")
     print(f"  python main.py --device 0 --config_file ViNet/vbpr.yaml overall/ID.yaml {data} "
           f"--v_feat_path={out / 'visual_features' / 'resnet50.npy'}")
     return 1 if covers.missing and not args.drop_missing else 0

@@ -133,7 +133,7 @@ class FullRankingEvaluator:
 
 def score_batches(model, items: torch.Tensor, batches, device: torch.device, precision: str):
     """Per batch of users (``REC.data.EvalBatches``): (the batch on ``device``, float32 scores [B, item_num] of
-    every item). The one scoring loop of evaluation and of ``REC.predict``, so both rank alike: the user side
+    every item). The one scoring loop of evaluation and of ``REC.app.predict``, so both rank alike: the user side
     under autocast, the dot products in fp32 against ``items`` (float32 [item_num, d])."""
     for batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

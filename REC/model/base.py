@@ -90,7 +90,7 @@ class RecModel(nn.Module):
     input_type: str | None
     encodes_covers: bool = False  # True: items are encoded from their cover images (PixelNet, REC.model.pixel)
     # True: user_representations reads a learned per-user vector (batch[USER_ID]), so only users of the
-    # training data can be scored, never a bare history of items (REC.predict refuses those)
+    # training data can be scored, never a bare history of items (REC.app.predict refuses those)
     needs_user_id: bool = False
     # True: training reads the whole item table at every step (LightGCN's propagation), so its gradient is dense
     # whatever the loss, and item_table_updates: sparse has nothing to save

@@ -179,7 +179,7 @@ class SampledSoftmax(Objective):
         if shared_negatives is None:
             if self.num_negatives:
                 raise KeyError(f"sampled_softmax with num_negatives {self.num_negatives}: the training batch has no "
-                               f"{SHARED_NEGATIVES!r}; build them with REC.run.training_batches, which "
+                               f"{SHARED_NEGATIVES!r}; build them with REC.app.train.training_batches, which "
                                f"draws them from this objective's draw_distribution")
             shared_negatives = targets.new_zeros(0)
         negative_ids = shared_negatives.to(users.device)

@@ -178,7 +178,7 @@ class CoverItems(nn.Module):
     def weight(self) -> torch.Tensor:
         if self._table is None:
             raise RuntimeError("no item table: encode every cover and look items up inside "
-                               "`with model.cover_table(table):` (as FullRankingEvaluator and REC.predict do)")
+                               "`with model.cover_table(table):` (as FullRankingEvaluator and REC.app.predict do)")
         return self._table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

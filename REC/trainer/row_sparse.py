@@ -8,7 +8,7 @@ gradient, and a step updates the moments, the decoupled weight decay and the wei
 only: a lazy AdamW, as TensorFlow's LazyAdam or torch's SparseAdam (which has no weight decay). Rows a step does
 not touch keep their moments as they were instead of decaying them, so the option changes the optimisation
 (measured beside the default in bench/README.md). Dense gradients (every other parameter) get the ordinary AdamW
-update; training refuses the option where a loss reads the whole table (REC/run.py says which).
+update; training refuses the option where a loss reads the whole table (REC/app/train.py says which).
 """
 from __future__ import annotations
 

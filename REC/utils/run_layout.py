@@ -1,7 +1,7 @@
 """What a run directory holds, named once.
 
 ``main.py`` makes one directory per run (``<output_dir>/<model>-<dataset>-<time>``); training, resume,
-``REC.evaluate``, ``REC.predict``, ``REC.sweep``, ``REC.report`` and init_from all read it. Each file's name and
+``REC.app.evaluate``, ``REC.app.predict``, ``REC.app.sweep``, ``REC.app.report`` and init_from all read it. Each file's name and
 role are here, so that no module spells them itself and a change of layout is one edit.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ TRANSFER_REPORT_FILE = "transfer_report.json"  # what init_from loaded and why t
 LAST_CHECKPOINT = "last.pth"                   # the newest epoch's state: what --resume continues from
 BEST_CHECKPOINT = "best.pth"                   # the best validation epoch's weights: evaluate, predict, init_from
 RESULT_FILE = "result.json"                    # written once the run is tested: a directory with it is finished
-SWEEP_FILE = "sweep.json"                      # in a sweep's directory (REC.sweep), which holds trial runs
+SWEEP_FILE = "sweep.json"                      # in a sweep's directory (REC.app.sweep), which holds trial runs
 
 
 class MissingCheckpointError(UserError, FileNotFoundError):

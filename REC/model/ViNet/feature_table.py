@@ -1,5 +1,5 @@
 """The model side of frozen item features: the ViNet models' table, read from one ``.npy`` per dataset and image
-encoder (written by ``python -m REC.features``), row i = internal item id i (items numbered by first appearance in
+encoder (written by ``python -m REC features``), row i = internal item id i (items numbered by first appearance in
 the CSV, as in the original), row 0 = padding.
 
 Not a model (no ``@register_model``): the ViNet models share the loader and the holder below.
@@ -44,7 +44,7 @@ def feature_sidecar(path: Path) -> dict | None:
                 meta = json.loads(meta_path.read_text())
             except (OSError, ValueError) as exc:
                 raise FeatureFileError(f"{meta_path}, the description of {path}, cannot be read ({exc}); extract "
-                                       f"the features again (python -m REC.features)") from None
+                                       f"the features again (python -m REC features)") from None
             return meta if isinstance(meta, dict) else None
     return None
 
@@ -53,7 +53,7 @@ def check_feature_file(path: Path, where: str, item_ids: str | None) -> np.ndarr
     """The file's layout, what it was made for and its bytes (once per process and file version): a file made for
     another dataset with the same number of items, or one damaged after it was written, is an error naming it.
     Returns the checked rows (memory-mapped copy-on-write) of a file of the shared per-item format, else None."""
-    redo = "extract the features again (python -m REC.features)"
+    redo = "extract the features again (python -m REC features)"
     try:
         found = ItemArrayFile.on_disk(path)
         if found is not None:

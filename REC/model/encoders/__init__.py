@@ -1,7 +1,7 @@
 """Image item encoders for PixelNet and ViNet: a timm or open_clip backbone, a readout and a projection head.
 
 ``build_item_encoder(config, out_dim)`` builds the one named by ``config['encoder']``; ``list_encoders()`` lists
-the registered names (``python -m REC.model.encoders`` prints them with their sizes). Importing this package
+the registered names (``python -m REC encoders`` prints them with their sizes). Importing this package
 imports every module in it, so the encoders a module registers count by its being here, as models do
 (``REC.model.registry``); nothing is downloaded before an encoder with pretrained weights is built.
 """

@@ -1,4 +1,4 @@
-"""``python -m REC.model.encoders [OUT_DIM]``: the registered encoders with their shipped settings and sizes.
+"""``python -m REC encoders [OUT_DIM]``: the registered encoders with their shipped settings and sizes.
 
 Each is built on the meta device (no memory, no weights read), with a head to OUT_DIM (default 512).
 """

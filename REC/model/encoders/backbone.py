@@ -123,7 +123,7 @@ class Backbone(nn.Module):
     then applied to every token and the results averaged, the original's ``mean`` readout). The library module
     is ``self.net``; ``block_layout()`` names its parts, or returns None when it cannot be partly frozen.
 
-    Frozen features (``REC.features``) read a backbone without a head: ``pooled`` for one vector per image,
+    Frozen features (``REC.app.extract``) read a backbone without a head: ``pooled`` for one vector per image,
     ``feature_map`` for the regions before pooling where ``has_feature_map`` says there are any. They are the
     backbone's own methods so that whoever reads them needs to know no backbone class.
     """

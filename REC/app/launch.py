@@ -16,16 +16,16 @@ import logging
 import sys
 import uuid
 
-from .config import split_config_files
+from ..config import split_config_files
 from .configure import build_config
-from .distributed import DeviceError, DeviceSpec, select_gpus
+from ..distributed import DeviceError, DeviceSpec, select_gpus
 from .loaded_run import load_run_config
-from .run import create_run, preflight, worker
-from .trainer.checkpoint import CheckpointError, saved_world_size
-from .utils.errors import UserError
-from .utils.run_layout import RunDir
-from .utils.logging import setup_logging
-from .utils.run_dir_line import run_dir_line
+from .train import create_run, preflight, worker
+from ..trainer.checkpoint import CheckpointError, saved_world_size
+from ..utils.errors import UserError
+from ..utils.run_layout import RunDir
+from ..utils.logging import setup_logging
+from ..utils.run_dir_line import run_dir_line
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def check_resume(run_dir: str, world: int) -> None:
         example = "cpu" if saved == 1 else f"cpu:{saved}"
         raise CheckpointError(f"--resume {run_dir}: its last.pth was written by {saved} process(es) and this launch "
                               f"starts {world}; data sharding and per-rank seeds depend on that number, so resume "
-                              f"it on {saved} process(es) in all (e.g. --device {example}); python -m REC.evaluate "
+                              f"it on {saved} process(es) in all (e.g. --device {example}); python -m REC evaluate "
                               f"re-evaluates its checkpoints on any layout")
 
 

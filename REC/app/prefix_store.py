@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import distributed as dist
-from .data.cover_batches import ChunkCovers, cover_lmdb_path
-from .data.interactions import prepared_data_dir
-from .data.item_array import human_bytes, read_json
-from .data.prefix_cache import PrefixCache, PrefixCacheError, files_digest
-from .utils.integrity import folder_is_writable
-from .utils.precision import autocast
-from .model.pixel import PrefixPlan
+from .. import distributed as dist
+from ..data.cover_batches import ChunkCovers, cover_lmdb_path
+from ..data.interactions import prepared_data_dir
+from ..data.item_array import human_bytes, read_json
+from ..data.prefix_cache import PrefixCache, PrefixCacheError, files_digest
+from ..utils.integrity import folder_is_writable
+from ..utils.precision import autocast
+from ..model.pixel import PrefixPlan
 
 log = logging.getLogger(__name__)
 

@@ -10,33 +10,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed as dist
-from .config import Config, ConfigError
+from .. import distributed as dist
+from ..config import Config, ConfigError
 from .configure import build_config
-from .data import (DataError, EvalBatches, Interactions, Split, build_train_batches, prepare_run_split,
+from ..data import (DataError, EvalBatches, Interactions, Split, build_train_batches, prepare_run_split,
                    prepare_split, save_run_vocabulary)
-from .data.protocols import save_protocol
-from .data.training import check_negatives_possible
-from .data.cover_batches import BatchesWithCovers, ItemCoverBatches, check_covers, cover_lmdb_path
-from .data.covers import CoverStore
-from .data.shared_negatives import SharedNegativeBatches
-from .encoder_cache import attach_prefix_store, log_plan
+from ..data.protocols import save_protocol
+from ..data.training import check_negatives_possible
+from ..data.cover_batches import BatchesWithCovers, ItemCoverBatches, check_covers, cover_lmdb_path
+from ..data.covers import CoverStore
+from ..data.shared_negatives import SharedNegativeBatches
+from .prefix_store import attach_prefix_store, log_plan
 from .loaded_run import load_run, load_run_config
-from .evaluator import FullRankingEvaluator, get_metric
-from .model import create_model
-from .model.base import DatasetInfo
-from .model import get_model_class
-from .model.objectives import check_supported, describe_objective
-from .trainer import Trainer
-from .trainer.checkpoint import new_run_id
-from .trainer.checkpoint import write_json_atomic
-from .trainer.trainer import SHARED_DIR_HINT
-from .trainer.live_log import check_live_log
-from .trainer.transfer import check_init_from, initialise_from
-from .utils.logging import setup_logging
-from .utils.precision import use_tf32
-from .utils.run_layout import BEST_CHECKPOINT, CONFIG_FILE, RunDir
-from .utils.batch_keys import SHARED_NEGATIVES
+from ..evaluator import FullRankingEvaluator, get_metric
+from ..model import create_model
+from ..model.base import DatasetInfo
+from ..model import get_model_class
+from ..model.objectives import check_supported, describe_objective
+from ..trainer import Trainer
+from ..trainer.checkpoint import new_run_id
+from ..trainer.checkpoint import write_json_atomic
+from ..trainer.trainer import SHARED_DIR_HINT
+from ..trainer.live_log import check_live_log
+from ..trainer.transfer import check_init_from, initialise_from
+from ..utils.logging import setup_logging
+from ..utils.precision import use_tf32
+from ..utils.run_layout import BEST_CHECKPOINT, CONFIG_FILE, RunDir
+from ..utils.batch_keys import SHARED_NEGATIVES
 
 log = logging.getLogger(__name__)
 

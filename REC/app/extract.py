@@ -1,4 +1,4 @@
-"""Frozen image features of every item, for the ViNet models: the library behind ``python -m REC.features``.
+"""Frozen image features of every item, for the ViNet models: the library behind ``python -m REC features``.
 
 The original shipped its feature files (``RN50.npy``, ``RN50_layer4.npy``) as downloads and no code that made
 them. Here they come from the same item encoders PixelNet trains (``REC.model.encoders``), frozen:
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
-from ..configure import build_config
+from .configure import build_config
 from ..data import load_interactions
 from ..data.cover_batches import ChunkCovers, check_covers, cover_lmdb_path
 from ..data.covers import CoverStore

@@ -1,5 +1,5 @@
 """A run directory brought back to life: its config, its data through its own vocabulary, its model with a
-checkpoint's weights. Training's resume, ``REC.evaluate``, ``REC.predict`` and the tests all start here, so a run
+checkpoint's weights. Training's resume, ``REC.app.evaluate``, ``REC.app.predict`` and the tests all start here, so a run
 is read back one way (the same ids, the same warnings, the same checks that the weights fit)."""
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
 from .configure import build_config
-from .data import Interactions, Split, prepare_run_split
-from .data.node_shared import shared_on_node
-from .data.vocabulary import DataCheck
-from .model import create_model
-from .model.base import DatasetInfo
-from .trainer.checkpoint import load_weights
-from .utils.run_layout import BEST_CHECKPOINT, CONFIG_FILE, RunDir
+from ..data import Interactions, Split, prepare_run_split
+from ..data.node_shared import shared_on_node
+from ..data.vocabulary import DataCheck
+from ..model import create_model
+from ..model.base import DatasetInfo
+from ..trainer.checkpoint import load_weights
+from ..utils.run_layout import BEST_CHECKPOINT, CONFIG_FILE, RunDir
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ extraction all build their config the same way without any of them importing the
 """
 from __future__ import annotations
 
-from .config import Config, ModelCatalog, load_config
-from .model import get_model_class, list_models, model_defaults_files
+from ..config import Config, ModelCatalog, load_config
+from ..model import get_model_class, list_models, model_defaults_files
 
 MODELS = ModelCatalog(defaults_files=model_defaults_files, names=list_models,
                       encodes_covers=lambda name: get_model_class(name).encodes_covers)

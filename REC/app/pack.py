@@ -15,10 +15,10 @@ import logging
 import os
 import sys
 
-from .data.cover_pack import pack_covers
-from .data.covers import DEFAULT_NAME, ENCODINGS
-from .data.interactions import csv_path
-from .utils.errors import UserError
+from ..data.cover_pack import pack_covers
+from ..data.covers import DEFAULT_NAME, ENCODINGS
+from ..data.interactions import csv_path
+from ..utils.errors import UserError
 
 
 def percent(text):

@@ -11,8 +11,10 @@ Every measurement runs in a fresh child process, so each peak (VmHWM) belongs to
 - cold: preparation from the CSV (parse, number ids, sort, write the cache);
 - warm, 1 rank: cache read, leave-one-out split, SASRec's training examples (chunks of 51), one batch of them,
   and a pass over the first evaluation batches; the RSS after each phase;
-- warm, N ranks: the same in N processes at once, joined in a gloo process group as DDP ranks are (so what rank 0
-  builds for all, the training examples, is shared); their summed peak and PSS.
+- warm, N ranks: the same on N CPU ranks started by PixelRec's launcher as a training run's are (from its fork
+  server) and joined in a gloo group (so what rank 0 builds for all, the training part and examples, is shared);
+  the ranks' summed peaks and the whole job's PSS (launcher, fork server and ranks) while all are alive;
+  ``--compare_spawn`` measures each again with spawned ranks, as every run started them before the fork server.
 
 Then a least-squares line through the cold peaks (MiB = a + b * interactions) and a power law through the cold
 times (s = c * interactions^p), projected to Pixel8M (158.5M) and PixelRec (195.8M). The last line printed is
@@ -42,38 +44,106 @@ print(json.dumps(dict(seconds=time.perf_counter() - t, peak_mib=peak_rss_mib(), 
 """
 
 WARM = r"""
-import json, sys, time
-from REC.data import EvalBatches, leave_one_out, load_interactions
-from REC.data.training.next_item import NextItemBatches
-from REC.utils.memory import peak_rss_mib, pss_mib, rss_mib
-folder, name, cache, rank, world = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-if world > 1:  # a real process group, as DDP ranks have: what one rank builds for all is shared
-    import torch.distributed
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[6]}", rank=rank,
-                                         world_size=world)
-phases = {}
-def phase(label, fn):
-    t = time.perf_counter(); out = fn()
-    phases[label] = dict(seconds=time.perf_counter() - t, rss_mib=rss_mib(), peak_mib=peak_rss_mib())
-    return out
-inter = phase("cache read", lambda: load_interactions(folder, name, cache))
-config = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 64, "seed": 0, "data_path": folder, "dataset": name,
-          "cache_dir": cache}
-def shared_split():  # as REC.app.loaded_run does for a run: the training part is shared by the ranks of a node
-    import dataclasses
-    from REC.data.node_shared import shared_on_node
-    split = leave_one_out(inter)
-    return dataclasses.replace(split, train_items=shared_on_node("train-items", config, lambda: split.train_items))
-split = phase("split", shared_split)
-examples = phase("training examples", lambda: NextItemBatches(split, config, rank, world))
-phase("one training batch", lambda: next(iter(examples)))
-evals = EvalBatches(split.test, 50, 4096, rank, world)
-def first_batches(n=20):
-    for k, _ in zip(range(n), evals):
-        pass
-phase("20 evaluation batches", first_batches)
-print(json.dumps(dict(phases=phases, peak_mib=peak_rss_mib(), pss_mib=pss_mib())))
+import json, sys
+from bench.bench_scale import warm_run
+print(json.dumps(warm_run(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))
 """
+
+
+def tree_pss_mib(root: int, ranks: set[int]) -> dict:
+    """PSS of ``root`` (the launcher) and every process below it (Linux), summed and by kind: what a launched job
+    holds, fork server and multiprocessing's helper processes included; ``ranks``: the ranks' process ids."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | below, bool(below)
+    kinds = {"launcher": 0.0, "ranks": 0.0, "fork server": 0.0, "other": 0.0}
+    for pid in tree:
+        try:
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        pss = sum(int(line.split()[1]) for line in lines if line.startswith("Pss:")) / 1024
+        kind = "ranks" if pid in ranks else "launcher" if pid == root else \
+            "fork server" if b"forkserver" in command else "other"
+        kinds[kind] += pss
+    return dict(total=sum(kinds.values()), **kinds)
+
+
+def warm_rank(folder: str, name: str, cache: str, launcher: int) -> dict:
+    """One rank's warm phases, as a run's rank meets them: joined in a gloo group when launched (what one rank
+    builds for all, the training part and examples, is shared); at the end, while every rank is still alive,
+    rank 0 sums the PSS of the whole job below ``launcher``."""
+    import os
+    import torch.distributed as dist
+    from REC.data import EvalBatches, leave_one_out, load_interactions
+    from REC.data.node_shared import shared_split
+    from REC.data.training.next_item import NextItemBatches
+    from REC.utils.memory import peak_rss_mib, pss_mib, rss_mib
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    phases = {}
+
+    def phase(label, fn):
+        t = time.perf_counter()
+        out = fn()
+        phases[label] = dict(seconds=time.perf_counter() - t, rss_mib=rss_mib(), peak_mib=peak_rss_mib())
+        return out
+
+    inter = phase("cache read", lambda: load_interactions(folder, name, cache))
+    config = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 64, "seed": 0, "data_path": folder, "dataset": name,
+              "cache_dir": cache}
+    # as a run's ranks do (REC.data.prepare_split): rank 0 builds the split, the others map it
+    split = phase("split", lambda: shared_split(config, lambda: leave_one_out(inter), inter))
+    examples = phase("training examples", lambda: NextItemBatches(split, config, rank, world))
+    phase("one training batch", lambda: next(iter(examples)))
+    evals = EvalBatches(split.test, 50, 4096, rank, world)
+
+    def first_batches(n=20):
+        for _ in zip(range(n), evals):
+            pass
+
+    phase("20 evaluation batches", first_batches)
+    pids = [os.getpid()] * world
+    if world > 1:
+        dist.all_gather_object(pids, os.getpid())
+    job = tree_pss_mib(launcher, set(pids)) if rank == 0 else None
+    result = dict(phases=phases, peak_mib=peak_rss_mib(), pss_mib=pss_mib(), job_pss_mib=job)
+    peaks = [None] * world
+    if world > 1:
+        dist.all_gather_object(peaks, result["peak_mib"])
+        dist.barrier()  # the others stay alive until rank 0 has measured them
+        dist.destroy_process_group()
+        result["peaks_mib"] = peaks
+    else:
+        result["peaks_mib"] = [result["peak_mib"]]
+    return result
+
+
+def warm_run(folder: str, name: str, cache: str, world: int, start: str) -> dict:
+    """The warm phases on ``world`` CPU ranks, started by PixelRec's own launcher as a training run's are (``start``:
+    ``launcher``, its choice, or ``spawn``, how every rank started before it used a fork server)."""
+    import os
+    from types import SimpleNamespace
+    import REC.app.launch as launcher
+    from REC.distributed import DeviceSpec
+    if world == 1:
+        return warm_rank(folder, name, cache, os.getpid())
+    if start == "spawn":
+        launcher.start_method = lambda spec: "spawn"
+    args = SimpleNamespace(spec=DeviceSpec.parse(f"cpu:{world}"), nnodes=1, master_port=None, master_addr=None,
+                           node_rank=0)
+    return launcher.launch(warm_rank, (folder, name, cache, os.getpid()), args)
 
 
 def child(code: str, *args) -> dict:
@@ -83,32 +153,13 @@ def child(code: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def children(code: str, argsets: list[tuple]) -> list[dict]:
-    procs = [subprocess.Popen([sys.executable, "-c", code, *map(str, a)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for a in argsets]
-    results = []
-    for p in procs:
-        stdout, stderr = p.communicate()
-        if p.returncode:
-            sys.exit(stderr[-3000:])
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
-    return results
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def count(text: str) -> int:
     text = text.strip().upper()
     scale = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}.get(text[-1:], 1)
     return int(float(text.rstrip("KMG")) * scale)
 
 
-def measure(csv: Path, ranks: list[int], work: Path) -> dict:
+def measure(csv: Path, ranks: list[int], work: Path, compare_spawn: bool = False) -> dict:
     """``work``: where the prepared cache and the shared arrays go (never beside a given CSV, whose folder may
     be read-only or shared)."""
     folder, name = csv.parent, csv.stem
@@ -122,15 +173,20 @@ def measure(csv: Path, ranks: list[int], work: Path) -> dict:
           f"({cold['seconds'] / cold['interactions'] * 1e6:.2f} s per M interactions)")
     row = dict(cold, warm={})
     for world in ranks:
-        port = free_port()
-        results = children(WARM, [(folder, name, cache, r, world, port) for r in range(world)])
-        row["warm"][world] = results
-        if world == 1:
-            for label, p in results[0]["phases"].items():
-                print(f"  warm, 1 rank: {label:<22} {p['seconds']:6.2f} s   RSS after {p['rss_mib']:8.0f} MiB"
-                      f"   peak {p['peak_mib']:8.0f} MiB")
-        print(f"  warm, {world} rank(s): summed peak {sum(r['peak_mib'] for r in results):8.0f} MiB, summed PSS "
-              f"at the end {sum(r['pss_mib'] for r in results):8.0f} MiB")
+        for start in (["launcher", "spawn"] if world > 1 and compare_spawn else ["launcher"]):
+            result = child(WARM, folder, name, cache, world, start)
+            row["warm"][f"{world}/{start}"] = result
+            if world == 1:
+                for label, p in result["phases"].items():
+                    print(f"  warm, 1 rank: {label:<22} {p['seconds']:6.2f} s   RSS after {p['rss_mib']:8.0f} MiB"
+                          f"   peak {p['peak_mib']:8.0f} MiB")
+            how = "" if world == 1 else " (ranks spawned, as before the fork server)" if start == "spawn" else \
+                " (the launcher's fork server)"
+            job = result["job_pss_mib"]
+            parts = ", ".join(f"{kind} {job[kind]:.0f}" for kind in ("launcher", "ranks", "fork server", "other")
+                              if job[kind])
+            print(f"  warm, {world} rank(s){how}: summed rank peaks {sum(result['peaks_mib']):8.0f} MiB, "
+                  f"the whole job's PSS at the end {job['total']:8.0f} MiB ({parts})")
     return row
 
 
@@ -156,6 +212,8 @@ def main():
     p.add_argument("--folder", default="/tmp/pixelrec_scale", help="generated logs, caches and shared arrays")
     p.add_argument("--csv", help="measure this log instead of generated ones")
     p.add_argument("--ranks", default="1,2", help="warm measurements with these numbers of processes")
+    p.add_argument("--compare_spawn", action="store_true",
+                   help="measure every multi-rank case a second time with spawned ranks (as before the fork server)")
     args = p.parse_args()
     ranks = [int(r) for r in args.ranks.split(",") if r]
     if args.csv:
@@ -170,7 +228,7 @@ def main():
                 write_pixel_shaped_csv(csv, size, args.items, seed=0)
                 print(f"wrote {csv} ({size:,} rows) in {time.perf_counter() - t:.0f} s")
             csvs.append(csv)
-    rows = [measure(csv, ranks, Path(args.folder)) for csv in csvs]
+    rows = [measure(csv, ranks, Path(args.folder), args.compare_spawn) for csv in csvs]
     fit(rows)
     print(f"peak_rss_mib={max(rows, key=lambda r: r['interactions'])['peak_mib']:.0f}")
 

@@ -74,3 +74,33 @@ def test_one_process_commands_take_the_launchers_device_grammar(monkeypatch):
     with pytest.raises(DeviceError, match=r"--device 0,2: CUDA shows only 1 GPU\(s\), "
                                           r"CUDA_VISIBLE_DEVICES='4,7' and this needs 2"):
         select_gpus(DeviceSpec.parse("0,2"))
+
+
+def what_a_rank_sees(name):
+    """A launched process's view: the variable, its folder, its rank, whether it was forked from a server that
+    had imported torch (its parent is not the launcher) and whether torch was imported before this ran."""
+    import os
+    return os.environ.get(name), os.getcwd(), os.environ["RANK"], os.getppid()
+
+
+def test_cpu_ranks_start_from_a_fork_server_with_the_launchers_environment_now(tmp_path, monkeypatch):
+    """CPU ranks fork from a server that imported torch once (their memory is shared; bench_scale measures it), yet
+    each launch's ranks see that launch's environment and folder, as spawned ranks would: a second launch from the
+    same process must not inherit the first one's (a stale CUDA_VISIBLE_DEVICES or data_path would be silent)."""
+    import os
+    from types import SimpleNamespace
+    from REC.app.launch import launch, start_method
+    args = SimpleNamespace(spec=DeviceSpec.parse("cpu:2"), nnodes=1, master_port=None, master_addr=None,
+                           node_rank=0)
+    assert start_method(args.spec) == "forkserver" and start_method(DeviceSpec.parse("0,1")) == "spawn"
+    seen = []
+    for mark in ("first", "second"):
+        folder = tmp_path / mark
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        monkeypatch.setenv("PIXELREC_TEST_MARK", mark)
+        seen.append(launch(what_a_rank_sees, ("PIXELREC_TEST_MARK",), args))
+    for mark, (value, cwd, rank, parent) in zip(("first", "second"), seen):
+        assert (value, cwd, rank) == (mark, str(tmp_path / mark), "0")
+        assert parent != os.getpid()  # forked by the server, not started by this process
+    assert seen[0][3] != seen[1][3]  # each launch had its own server

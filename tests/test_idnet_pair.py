@@ -12,6 +12,7 @@ from REC.data import build_train_batches, leave_one_out, load_interactions
 from REC.model.base import DatasetInfo
 from REC.model.IDNet.lightgcn import LightGCN, normalized_adjacency
 from REC.app.configure import build_config
+from REC.utils.batch_keys import ITEMS, NEGATIVES, USER_ID
 
 
 def pair_config(seq_data, name="mf", *extra):
@@ -95,7 +96,7 @@ def test_normalized_adjacency_equals_a_dense_hand_computation():
 def test_propagation_equals_dense_products_and_its_gradient_too():
     users, items, user_num, item_num = tiny_graph()
     torch.manual_seed(0)
-    model = LightGCN({"embedding_size": 5, "n_layers": 1}, DatasetInfo.from_pairs(item_num, user_num, users, items))
+    model = LightGCN({"embedding_size": 5, "n_layers": 1, "propagation": "step"}, DatasetInfo.from_pairs(item_num, user_num, users, items))
     dense = model.adjacency.to_dense()
     e0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
     u, i = model.propagate()
@@ -154,3 +155,50 @@ def test_lightgcn_trains_under_autocast(seq_data, split):
         loss = model(build_train_batches("PAIR", split, cfg)[0])
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(model.item_embedding.weight.grad).all()
+
+
+def nonzero_rows(grad):
+    return set(torch.nonzero(grad.abs().sum(1)).reshape(-1).tolist())
+
+
+def test_epoch_propagation_propagates_once_per_epoch_and_trains_the_batch_rows(seq_data, split):
+    """propagation: epoch: at an epoch's start the loss is the exact one (the stored layers are the current
+    weights'); a step's gradient reaches only the batch's own rows (step's reaches their graph neighbours too); the
+    epoch's later steps reuse the stored layers and the next epoch (model.train()) propagates again."""
+    info = DatasetInfo.from_split(split)
+    models = {}
+    for mode in ("step", "epoch"):
+        torch.manual_seed(0)
+        models[mode] = LightGCN(pair_config(seq_data, "lightgcn", "--train_batch_size=16", f"--propagation={mode}"),
+                                info).train()
+    assert models["step"].reads_item_table_whole and not models["epoch"].reads_item_table_whole
+    batches = build_train_batches("PAIR", split, pair_config(seq_data, "lightgcn", "--train_batch_size=16"))
+    batch = batches[0]
+    losses = {mode: model(batch) for mode, model in models.items()}
+    torch.testing.assert_close(losses["epoch"], losses["step"], rtol=1e-5, atol=1e-6)
+    for loss in losses.values():
+        loss.backward()
+    users = set(batch[USER_ID].tolist())
+    items = set(batch[ITEMS].tolist()) | set(batch[NEGATIVES].reshape(-1).tolist())
+    cached, exact = models["epoch"], models["step"]
+    assert nonzero_rows(cached.user_embedding.weight.grad) <= users
+    assert nonzero_rows(cached.item_embedding.weight.grad) <= items
+    assert not nonzero_rows(exact.item_embedding.weight.grad) <= items  # the exact gradient crosses the graph
+
+    calls, propagate = [], cached._layers
+    cached._layers = lambda with_ego: calls.append(with_ego) or propagate(with_ego)
+    with torch.no_grad():
+        cached.user_embedding.weight.add_(0.5)  # an optimizer step: the stored layers now lag the weights
+        stale = cached(batch)
+        assert calls == [] and not torch.allclose(stale, _exact_loss(cached, batch))
+        cached.train()  # the next epoch
+        torch.testing.assert_close(cached(batch), _exact_loss(cached, batch), rtol=1e-5, atol=1e-6)
+    assert calls.count(False) == 1  # one propagation of the stored layers (the True ones are _exact_loss's)
+
+
+def _exact_loss(model, batch):
+    """The loss of ``model``'s current weights with an exact propagation (what propagation: step computes)."""
+    from REC.model.base import bpr_loss
+    users, items = model.propagate()
+    u = users[batch[USER_ID]]
+    return bpr_loss((u * items[batch[ITEMS]]).sum(-1), (u * items[batch[NEGATIVES]]).sum(-1)).mean()

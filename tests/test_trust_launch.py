@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from REC.distributed import compose_visible_devices
+from REC.distributed import DeviceSpec, compose_visible_devices
 from REC.app.evaluate import main as evaluate_main
 from REC.app.launch import launch_config, main, parse_args
 from REC.trainer.checkpoint import CheckpointError, load
@@ -51,7 +51,8 @@ def test_multi_node_arguments(capsys):
             parse_args(base + argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
     # every node derives the same rendezvous run id (the static rendezvous prefixes every store key with it)
-    configs = [launch_config(Namespace(nnodes=2, node_rank=r, master_addr="10.0.0.1", master_port=29500), 1)
+    configs = [launch_config(Namespace(nnodes=2, node_rank=r, master_addr="10.0.0.1", master_port=29500,
+                                         spec=DeviceSpec.parse("cpu")), 1)
                for r in (0, 1)]
     assert configs[0].run_id == configs[1].run_id
     assert [c.rdzv_configs["rank"] for c in configs] == [0, 1]

@@ -11,8 +11,10 @@ The other nodes' launchers check their config and data but make no directory; th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import uuid
 
@@ -84,6 +86,32 @@ def check_launch_args(p: argparse.ArgumentParser, args) -> None:
             p.exit(2, f"error: {exc}\n")
 
 
+def start_method(spec: DeviceSpec) -> str:
+    """How this node's processes start. CPU runs: from a fork server that has imported torch and PixelRec once, so
+    the ranks share that interpreter's memory (about 250 MB less per rank than each importing its own; measured by
+    bench/bench_scale.py) and start without importing torch again. GPU runs keep ``spawn``: a process forked from
+    one in which anything touched CUDA cannot use it, and a GPU rank's host memory matters less."""
+    import multiprocessing
+    return "forkserver" if spec.kind == "cpu" and "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+@contextlib.contextmanager
+def fork_server(entry):
+    """The fork server of one launch: it imports what every rank imports, and it is stopped when the launch ends,
+    so that a later launch from the same process (tests, a notebook) gets a server with that launch's
+    environment, working directory and standard streams, which a forked rank inherits from its server."""
+    import multiprocessing
+    import multiprocessing.forkserver as forkserver
+    modules = ["torch", __name__] + ([entry.__module__] if entry.__module__.startswith("REC.") else [])
+    multiprocessing.set_forkserver_preload(modules)
+    try:
+        yield
+    finally:
+        stop = getattr(forkserver._forkserver, "_stop", None)  # the module's own stop (it has no public one)
+        if stop is not None:
+            stop()
+
+
 def launch_config(args, nproc: int):
     from torch.distributed.launcher.api import LaunchConfig
     if args.nnodes == 1 and args.master_port is None:
@@ -97,9 +125,7 @@ def launch_config(args, nproc: int):
         run_id = f"pixelrec-{args.master_port}"
     return LaunchConfig(min_nodes=args.nnodes, max_nodes=args.nnodes, nproc_per_node=nproc,
                         run_id=run_id, rdzv_backend=backend, rdzv_endpoint=endpoint,
-                        rdzv_configs=rdzv_configs, max_restarts=0, start_method="spawn")
-
-
+                        rdzv_configs=rdzv_configs, max_restarts=0, start_method=start_method(args.spec))
 
 
 def _fail(status: int, message: str):
@@ -107,9 +133,26 @@ def _fail(status: int, message: str):
     raise SystemExit(status)
 
 
-def _process_entry(entry, *entry_args):
+# the environment this module was imported with in a launched process: the fork server's (or, spawned, the
+# launcher's), before torch's launcher added the rank's own variables
+_STARTING_ENVIRONMENT = dict(os.environ)
+
+
+def _adopt_launcher_state(environment: dict, cwd: str) -> None:
+    """A forked rank starts with its fork server's environment and folder; it takes the launcher's as they are now
+    (CUDA_VISIBLE_DEVICES, what the launcher verified, a relative data_path), keeping what torch's launcher set
+    for this rank (RANK, LOCAL_RANK, MASTER_PORT, ...): exactly what a spawned rank would have had."""
+    per_rank = {k: v for k, v in os.environ.items() if _STARTING_ENVIRONMENT.get(k) != v}
+    os.environ.clear()
+    os.environ.update(environment)
+    os.environ.update(per_rank)
+    os.chdir(cwd)
+
+
+def _process_entry(launcher_state, entry, *entry_args):
     """What each launched process runs: any error is recorded for the launcher (torch's error file); a clear one
     then ends the process with status 2 and no traceback, since the launcher prints its message."""
+    _adopt_launcher_state(*launcher_state)
     from torch.distributed.elastic.multiprocessing.errors import get_error_handler
     handler = get_error_handler()
     handler.initialize()
@@ -134,8 +177,11 @@ def launch(entry, entry_args: tuple, args):
             return entry(*entry_args)
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.launcher.api import elastic_launch
+        config = launch_config(args, spec.nproc)
+        starting = fork_server(entry) if config.start_method == "forkserver" else contextlib.nullcontext()
         try:
-            results = elastic_launch(launch_config(args, spec.nproc), _process_entry)(entry, *entry_args)
+            with starting:
+                results = elastic_launch(config, _process_entry)((dict(os.environ), os.getcwd()), entry, *entry_args)
         except ChildFailedError as exc:
             rank, failure = exc.get_first_failure()
             message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message

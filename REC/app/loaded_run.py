@@ -4,7 +4,7 @@ is read back one way (the same ids, the same warnings, the same checks that the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,7 +12,6 @@ import torch
 from ..config import Config, ConfigError
 from .configure import build_config
 from ..data import Interactions, Split, prepare_run_split
-from ..data.node_shared import shared_on_node
 from ..data.vocabulary import DataCheck
 from ..model import create_model
 from ..model.base import DatasetInfo
@@ -49,10 +48,7 @@ def load_run(run_dir: str | Path, device: torch.device, checkpoint: str | None =
     ``config``: the run's config when the caller has read it already."""
     run_dir = Path(run_dir)
     config = config if config is not None else load_run_config(run_dir)
-    inter, split, check = prepare_run_split(config, run_dir)
-    # every rank holds the same training part: one file-backed copy per node (REC.data.node_shared), kept
-    # before anything else refers to this rank's own copy, which is then freed
-    split = replace(split, train_items=shared_on_node("train-items", config, lambda: split.train_items))
+    inter, split, check = prepare_run_split(config, run_dir)  # one file-backed copy per node for all its ranks
     if check.worth_a_warning:
         log.warning("%s", check.describe(run_dir))
     info = DatasetInfo.from_split(split, item_ids=inter.item_tokens.digest())

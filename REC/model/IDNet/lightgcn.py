@@ -67,13 +67,14 @@ class _SymmetricSpMM(torch.autograd.Function):
 class LightGCN(RecModel):
     input_type = "PAIR"
     needs_user_id = True
-    reads_item_table_whole = True  # the propagation at every step, as the original
+    reads_item_table_whole = True  # the propagation at every step, as the original (propagation: epoch reads rows)
 
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         if info.train_users is None:
             raise ValueError("LightGCN needs the training interactions: build its DatasetInfo with from_split")
-        d, self.n_layers = config["embedding_size"], config["n_layers"]
+        d, self.n_layers, self.propagation = config["embedding_size"], config["n_layers"], config["propagation"]
+        self.reads_item_table_whole = self.propagation == "step"
         self.user_embedding = nn.Embedding(info.user_num, d)
         self.item_embedding = self.item_table(info.item_num, d)
         nn.init.xavier_normal_(self.user_embedding.weight)
@@ -84,6 +85,7 @@ class LightGCN(RecModel):
         self.adjacency = None if self.user_embedding.weight.is_meta else normalized_adjacency(
             info.train_users, info.train_items, info.user_num, info.item_num)
         self._eval_users: torch.Tensor | None = None
+        self._higher: tuple[torch.Tensor, torch.Tensor] | None = None  # propagation: epoch's layers 1..n_layers
 
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
@@ -92,30 +94,55 @@ class LightGCN(RecModel):
         return module
 
     def train(self, mode: bool = True):
-        self._eval_users = None  # the weights may change from here on
+        # the weights may change from here on; the trainer calls this at the start of every epoch, which is when
+        # propagation: epoch propagates again
+        self._eval_users = self._higher = None
         return super().train(mode)
 
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(users [user_num, d], items [item_num, d]): the mean of layers 0..n_layers, always in fp32 (sparse
-        products have no reduced-precision kernels on CPU)."""
+    def _layers(self, with_ego: bool) -> torch.Tensor:
+        """[user_num + item_num, d]: the sum of layers 0..n_layers (or 1..n_layers) over n_layers + 1, always in
+        fp32 (sparse products have no reduced-precision kernels on CPU)."""
         with torch.autocast(self.adjacency.device.type, enabled=False):
             x = torch.cat([self.user_embedding.weight, self.item_embedding.weight]).float()
-            total = x
+            total = x if with_ego else None
             for _ in range(self.n_layers):
                 x = _SymmetricSpMM.apply(self.adjacency, x)
-                total = total + x
-        return (total / (self.n_layers + 1)).split([self.user_num, self.item_num])
+                total = x if total is None else total + x
+        return total / (self.n_layers + 1)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users [user_num, d], items [item_num, d]): the mean of layers 0..n_layers."""
+        return self._layers(with_ego=True).split([self.user_num, self.item_num])
+
+    def _epoch_rows(self):
+        """propagation: epoch: (user rows, item rows) as functions of ids, each its layer-0 embedding (which learns)
+        plus layers 1..n_layers from this epoch's one propagation (constants, computed without gradients)."""
+        if self._higher is None:
+            with torch.no_grad():
+                self._higher = self._layers(with_ego=False).split([self.user_num, self.item_num])
+        higher_users, higher_items = self._higher
+        share = 1.0 / (self.n_layers + 1)
+        return (lambda ids: self.user_embedding(ids).float() * share + higher_users[ids],
+                lambda ids: self.item_embedding(ids).float() * share + higher_items[ids],
+                lambda: self.item_embedding.weight.float() * share + higher_items)
 
     def paper_loss(self, batch):
-        # The full propagation runs at every step, as the original.
-        users, items = self.propagate()
-        u = users[batch[USER_ID]]
-        pos = (u * items[batch[ITEMS]]).sum(-1)
-        neg = (u * items[batch[NEGATIVES]]).sum(-1)
+        if self.propagation == "epoch":
+            user_rows, item_rows, _ = self._epoch_rows()
+            u, pos_items, neg_items = user_rows(batch[USER_ID]), item_rows(batch[ITEMS]), item_rows(batch[NEGATIVES])
+        else:  # the full propagation at every step, as the original
+            users, items = self.propagate()
+            u, pos_items, neg_items = users[batch[USER_ID]], items[batch[ITEMS]], items[batch[NEGATIVES]]
+        pos = (u * pos_items).sum(-1)
+        neg = (u * neg_items).sum(-1)
         return bpr_loss(pos, neg).mean()  # the original's -mean(1e-8 + log sigmoid) differs by the constant 1e-8
 
     def target_rows(self, batch):
-        """One row per training interaction, from one propagation of the whole graph (as the paper's loss)."""
+        """One row per training interaction, from one propagation of the whole graph (as the paper's loss), or
+        from this epoch's (propagation: epoch)."""
+        if self.propagation == "epoch":
+            user_rows, item_rows, all_items = self._epoch_rows()
+            return TargetRows(user_rows(batch[USER_ID]), batch[ITEMS], item_rows, all_items)
         users, items = self.propagate()
         return TargetRows(users[batch[USER_ID]], batch[ITEMS], lambda ids: items[ids], lambda: items)
 

@@ -13,7 +13,8 @@ from .conftest import ROOT
 PACKAGE = ROOT / "REC"
 # the earlier command paths: three-line modules that forward to REC.app (see REC/app/moved.py)
 MOVED = {"REC.evaluate": "REC.app.evaluate", "REC.predict": "REC.app.predict", "REC.sweep": "REC.app.sweep",
-         "REC.report": "REC.app.report", "REC.features.__main__": "REC.app.features"}
+         "REC.report": "REC.app.report", "REC.features.__main__": "REC.app.features",
+         "REC.features.extract": "REC.app.extract"}
 GROUND = ("REC.config", "REC.utils", "REC.distributed")
 
 

@@ -207,3 +207,11 @@ def test_shipped_sweep_files_build_valid_configs(name, capsys):
     status, out, err = call_main(sweep.main, ["--config_file", *configs, "--grid", grid, *trials, "--dry_run"], capsys)
     assert status == 0, err
     assert len(out.strip().splitlines()) == {"demo.yaml": 4, "adaptation.yaml": 16}.get(name, 20)
+
+
+def test_trials_find_this_package_from_any_folder():
+    """A trial runs ``python -m REC train`` with the folder that holds REC/ first on PYTHONPATH (not REC/ itself,
+    whose modules would shadow installed packages of the same names, such as ``datasets``)."""
+    from REC.app.sweep import PACKAGE_ROOT
+    import REC
+    assert PACKAGE_ROOT == Path(REC.__file__).resolve().parent.parent

@@ -92,7 +92,12 @@ def start_method(spec: DeviceSpec) -> str:
     bench/bench_scale.py) and start without importing torch again. GPU runs keep ``spawn``: a process forked from
     one in which anything touched CUDA cannot use it, and a GPU rank's host memory matters less."""
     import multiprocessing
-    return "forkserver" if spec.kind == "cpu" and "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    import multiprocessing.forkserver as forkserver
+    if spec.kind != "cpu" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    # a fork server that other code of this process started (with its own imports, environment and streams) is
+    # neither this launch's to configure nor to stop: spawn then, as before
+    return "forkserver" if getattr(forkserver._forkserver, "_forkserver_pid", None) is None else "spawn"
 
 
 @contextlib.contextmanager
@@ -103,6 +108,7 @@ def fork_server(entry):
     import multiprocessing
     import multiprocessing.forkserver as forkserver
     modules = ["torch", __name__] + ([entry.__module__] if entry.__module__.startswith("REC.") else [])
+    before = list(getattr(forkserver._forkserver, "_preload_modules", []))
     multiprocessing.set_forkserver_preload(modules)
     try:
         yield
@@ -110,6 +116,7 @@ def fork_server(entry):
         stop = getattr(forkserver._forkserver, "_stop", None)  # the module's own stop (it has no public one)
         if stop is not None:
             stop()
+        multiprocessing.set_forkserver_preload(before)
 
 
 def launch_config(args, nproc: int):

@@ -1,6 +1,7 @@
 """Earlier module paths of the commands, kept working: ``python -m REC.predict`` (and ``REC.evaluate``,
-``REC.sweep``, ``REC.report``, ``REC.features``) and ``from REC.predict import Recommender`` in scripts written
-before the commands moved here. Each old path is a three-line module that calls ``forward``."""
+``REC.sweep``, ``REC.report``, ``REC.features``, ``REC.features.extract``) and ``from REC.predict import
+Recommender`` in scripts written before the commands moved here. Each old path is a three-line module that calls
+``forward``."""
 from __future__ import annotations
 
 import importlib

@@ -34,7 +34,7 @@ SUMMARY_FILE = "summary.csv"
 LOCK_FILE = "sweep.lock"
 # a trial runs the train command of this same package (``python -m REC train`` = main.py), found through
 # PYTHONPATH: an installed package has no main.py beside it, a checkout's cwd may be anywhere
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds REC/
 TRAIN = ["-m", "REC", "train"]
 # what must match for a rerun to continue a sweep: any of these changes which trials exist or what they train;
 # `resolved` is the base config after merging (the files' contents, not only their names)

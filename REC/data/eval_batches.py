@@ -44,9 +44,10 @@ class EvalBatches:
             b = min(a + self.batch_size, self.stop)
             counts, history = s.histories(a, b)
             yield {
-                USER_ID: torch.from_numpy(s.users[a:b]),
+                # copies: under several processes the split is a read-only map, which torch must not alias
+                USER_ID: torch.from_numpy(np.array(s.users[a:b])),
                 ITEM_SEQ: torch.from_numpy(s.last_items(self.max_len, a, b)),  # per batch: no [users, M] table
-                TARGET: torch.from_numpy(s.targets[a:b]),
+                TARGET: torch.from_numpy(np.array(s.targets[a:b])),
                 HIST_ROW: torch.from_numpy(np.repeat(np.arange(b - a), counts)),
                 HIST_ITEM: torch.from_numpy(history),
             }

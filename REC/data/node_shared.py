@@ -80,10 +80,11 @@ def shared_split(config, build: Callable[[], Split], inter) -> Split:
     built = {}
 
     def packed() -> np.ndarray:
-        split = build()
-        built["split"] = split
+        split = built["split"] = build()
+        if dist.rank() != 0:  # a rank that cannot see rank 0's file keeps its own split, unpacked
+            return np.zeros(0, dtype=np.uint8)
         arrays = []
-        built["skeleton"] = _skeleton(split, references, arrays)
+        built["skeleton"] = _skeleton(split, references, arrays, {})
         return _pack(arrays, built)
 
     table = shared_on_node("split", config, packed)
@@ -94,22 +95,25 @@ def shared_split(config, build: Callable[[], Split], inter) -> Split:
     return _rebuild(skeleton, table, references)
 
 
-def _skeleton(obj, references: dict, arrays: list) -> dict:
+def _skeleton(obj, references: dict, arrays: list, seen: dict) -> dict:
     """A split (or one of its EvalSplits) with each array field named by where it is found: one of the
-    ``references`` (by name), or the next entry of ``arrays`` (appended)."""
+    ``references`` (by name), or an entry of ``arrays``, appended once per array object (validation and test
+    share their users and history starts: ``seen`` maps id(array) to its entry)."""
     from dataclasses import fields, is_dataclass
     out = {"class": type(obj).__name__, "fields": {}}
     for f in fields(obj):
         value = getattr(obj, f.name)
         if is_dataclass(value):
-            out["fields"][f.name] = ("part", _skeleton(value, references, arrays))
+            out["fields"][f.name] = ("part", _skeleton(value, references, arrays, seen))
         elif isinstance(value, np.ndarray):
             ref = next((name for name, array in references.items() if value is array), None)
             if ref is not None:
                 out["fields"][f.name] = ("reference", ref)
             else:
-                arrays.append(value)
-                out["fields"][f.name] = ("array", len(arrays) - 1)
+                if id(value) not in seen:
+                    arrays.append(value)
+                    seen[id(value)] = len(arrays) - 1
+                out["fields"][f.name] = ("array", seen[id(value)])
         else:
             out["fields"][f.name] = ("value", value)
     return out

@@ -2,11 +2,13 @@
 ``item_table_updates: sparse`` (row-sparse gradient, lazy AdamW), on one process.
 
     python -m bench.bench_item_table --items 10000,400000 --embedding 512 --batch 64 [--model SASRec]
+    python -m bench.bench_item_table --model MF --items 400000 --users 10000,1000000 --embedding 256 --batch 1024
 
 Each setting builds the model from its shipped config (IDNet/<model>.yaml + overall/ID.yaml) for a catalogue of
-the given size, and times ``--steps`` optimizer steps (after ``--warmup``) on random sequences of
-MAX_ITEM_LIST_LENGTH + 1 items with sampled negatives, as NEXT_ITEM batches are; prints seconds per step, and the
-ratio of each catalogue's step to the smallest one's.
+the given size (and ``--users`` users: the user table of MF and LightGCN grows with them), and times ``--steps``
+optimizer steps (after ``--warmup``) on random batches shaped as the model's training batches are: sequences of
+MAX_ITEM_LIST_LENGTH + 1 items with sampled negatives (NEXT_ITEM models), or (user, item, negative) triples (PAIR
+models); prints seconds per step, and the ratio of the largest setting's step to the smallest one's.
 """
 import argparse
 import time
@@ -18,25 +20,30 @@ from REC.app.configure import build_config
 from REC.model import create_model
 from REC.model.base import DatasetInfo
 from REC.trainer.optim import build_optimizer
+from REC.utils.batch_keys import ITEMS, NEGATIVES, TARGET_MASK, USER_ID
 
 from bench.main_runs import ROOT
 
 
-def batch(rng, items: int, size: int, length: int) -> dict:
+def batch(rng, input_type: str, items: int, users: int, size: int, length: int) -> dict:
+    if input_type == "PAIR":
+        return {USER_ID: torch.from_numpy(rng.integers(1, users, size=size)),
+                ITEMS: torch.from_numpy(rng.integers(1, items, size=size)),
+                NEGATIVES: torch.from_numpy(rng.integers(1, items, size=size))}
     seq = torch.from_numpy(rng.integers(1, items, size=(size, length + 1)))
-    return {"items": seq, "negatives": torch.from_numpy(rng.integers(1, items, size=(size, length + 1))),
-            "target_mask": torch.ones(size, length + 1, dtype=torch.bool)}
+    return {ITEMS: seq, NEGATIVES: torch.from_numpy(rng.integers(1, items, size=(size, length + 1))),
+            TARGET_MASK: torch.ones(size, length + 1, dtype=torch.bool)}
 
 
-def step_seconds(model_name: str, items: int, updates: str, args) -> float:
+def step_seconds(model_name: str, items: int, users: int, updates: str, args) -> float:
     config = build_config([ROOT / "IDNet" / f"{model_name.lower()}.yaml", ROOT / "overall" / "ID.yaml"],
                           [f"--embedding_size={args.embedding}", f"--item_table_updates={updates}",
                            f"--MAX_ITEM_LIST_LENGTH={args.length}"])
     torch.manual_seed(0)
-    model = create_model(model_name, config, DatasetInfo(items, 1000))
+    model = create_model(model_name, config, DatasetInfo(items, users))
     optimizer = build_optimizer(model, config)
     rng = np.random.default_rng(0)
-    batches = [batch(rng, items, args.batch, args.length) for _ in range(4)]
+    batches = [batch(rng, model.input_type, items, users, args.batch, args.length) for _ in range(4)]
     times = []
     for k in range(args.warmup + args.steps):
         t = time.perf_counter()
@@ -56,15 +63,18 @@ def main():
     p.add_argument("--length", type=int, default=10, help="MAX_ITEM_LIST_LENGTH (overall/ID.yaml's is 10)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--users", default="1000", help="user counts (the user table of MF and LightGCN)")
     p.add_argument("--updates", default="dense,sparse")
     args = p.parse_args()
-    sizes = [int(x) for x in args.items.split(",")]
+    sizes = [(int(i), int(u)) for i in args.items.split(",") for u in args.users.split(",")]
+    several_users = "," in args.users
     print(f"{args.model}, d {args.embedding}, batch {args.batch}, M {args.length}, {torch.get_num_threads()} threads, "
           f"fp32; median of {args.steps} steps")
-    print("| item_table_updates | " + " | ".join(f"{n:,} items" for n in sizes) + " | largest / smallest |")
+    print("| item_table_updates | " + " | ".join(f"{i:,} items" + (f", {u:,} users" if several_users else "")
+                                             for i, u in sizes) + " | largest / smallest |")
     print("|---|" + "---|" * (len(sizes) + 1))
     for updates in args.updates.split(","):
-        secs = [step_seconds(args.model, n, updates, args) for n in sizes]
+        secs = [step_seconds(args.model, i, u, updates, args) for i, u in sizes]
         print(f"| {updates} | " + " | ".join(f"{s:.3f} s" for s in secs) + f" | {secs[-1] / secs[0]:.2f}x |")
 
 

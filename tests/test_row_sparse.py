@@ -72,6 +72,45 @@ def test_the_option_makes_the_id_table_sparse_and_picks_the_lazy_optimizer():
     assert not dense.item_embedding.sparse and type(build_optimizer(dense, default)) is torch.optim.AdamW
 
 
+@pytest.mark.parametrize("name", ["MF", "LightGCN"])
+def test_the_option_makes_the_user_table_sparse_too_and_a_step_moves_only_the_batch_rows(name):
+    """MF and LightGCN learn a vector per user: with the option, a step moves the rows of its batch's users and
+    items only (at millions of users the dense user table's AdamW pass would be the whole step); the default
+    stays dense."""
+    from REC.utils.batch_keys import ITEMS, NEGATIVES, USER_ID
+
+    files = [ROOT / "IDNet" / f"{name.lower()}.yaml", ROOT / "overall" / "ID.yaml"]
+    users, items = torch.tensor([1, 1, 2, 4]), torch.tensor([1, 2, 3, 2])
+    info = DatasetInfo.from_pairs(8, 6, users.numpy(), items.numpy())
+    extra = ["--propagation=epoch"] if name == "LightGCN" else []
+    config = build_config(files, ["--embedding_size=8", "--item_table_updates=sparse", *extra])
+    torch.manual_seed(0)
+    model = create_model(name, config, info).train()
+    assert model.user_embedding.sparse and model.item_embedding.sparse
+    optimizer = build_optimizer(model, config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = {USER_ID: torch.tensor([1, 4]), ITEMS: torch.tensor([1, 2]), NEGATIVES: torch.tensor([5, 3])}
+    optimizer.zero_grad()
+    model(batch).backward()
+    assert model.user_embedding.weight.grad.is_sparse
+    optimizer.step()
+    moved_users = (model.user_embedding.weight != before["user_embedding.weight"]).any(1).nonzero().flatten()
+    moved_items = (model.item_embedding.weight != before["item_embedding.weight"]).any(1).nonzero().flatten()
+    assert moved_users.tolist() == [1, 4] and moved_items.tolist() == [1, 2, 3, 5]
+    dense = create_model(name, build_config(files, ["--embedding_size=8", *extra]), info)
+    assert not dense.user_embedding.sparse and not dense.item_embedding.sparse
+
+
+def test_a_pixelnet_model_keeps_its_user_table_dense():
+    """PixelNet's items come from covers, so the option is refused there; its user table is not made sparse
+    behind the refusal's back (the refusal looks for a sparse ID table)."""
+    config = build_config([ROOT / "PixelNet" / "mf.yaml", ROOT / "overall" / "ViT.yaml"],
+                          ["--item_table_updates=sparse", "--encoder_pretrained=false"])
+    model = create_model(config["model"], config, DatasetInfo(8, 6, shapes_only=True))
+    assert model.encodes_covers and not model.user_embedding.sparse
+    assert not any(getattr(p, "_row_sparse_table", False) for p in model.parameters())
+
+
 @pytest.mark.slow
 def test_sparse_updates_train_under_ddp(seq_data, tmp_path):
     """Two gloo processes, whose DDP all-reduces the row-sparse gradient: the model learns (popularity gets

@@ -75,6 +75,12 @@ class TargetRows:
     all_items: Callable[[], torch.Tensor]
 
 
+def _id_table(num: int, d: int, sparse: bool, **kwargs) -> nn.Embedding:
+    table = nn.Embedding(num, d, sparse=sparse, **kwargs)
+    table.weight._row_sparse_table = sparse  # the optimizer's cue (REC.trainer.optim)
+    return table
+
+
 class RecModel(nn.Module):
     """Base of every recommender.
 
@@ -108,9 +114,14 @@ class RecModel(nn.Module):
     def item_table(self, num: int, d: int, **kwargs) -> nn.Module:
         """The item table of an ID model; PixelNet replaces it by cover encodings (``REC.model.pixel``). With
         ``item_table_updates: sparse`` its gradient is row-sparse (``REC.trainer.row_sparse``)."""
-        table = nn.Embedding(num, d, sparse=self._sparse_item_table, **kwargs)
-        table.weight._row_sparse_table = self._sparse_item_table  # the optimizer's cue (REC.trainer.optim)
-        return table
+        return _id_table(num, d, self._sparse_item_table, **kwargs)
+
+    def user_table(self, num: int, d: int, **kwargs) -> nn.Module:
+        """The user table of a model that learns one vector per user (MF, LightGCN). ``item_table_updates:
+        sparse`` makes it row-sparse too where the item table is an ID table: a step then moves the rows of its
+        batch's users only, which is what makes such a step cost the batch (at Pixel8M's 8.9M users the dense
+        table's AdamW pass is most of the step). A PixelNet model keeps it dense, as it keeps its encoder."""
+        return _id_table(num, d, self._sparse_item_table and not self.encodes_covers, **kwargs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of a batch: the model's own (``paper_loss``, the paper's), or the configured

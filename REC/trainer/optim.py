@@ -51,7 +51,7 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     if not groups:
         raise ConfigError("the model has no trainable parameters (nothing for the optimizer to train)")
     if any(getattr(p, "_row_sparse_table", False) for g in groups for p in g["params"]):
-        log.info("item_table_updates: sparse: a step moves only the item-table rows it touched (lazy AdamW)")
+        log.info("item_table_updates: sparse: a step moves only the ID-table rows it touched (lazy AdamW)")
         return RowSparseAdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     # fused AdamW does the whole update in one kernel per device; identical maths to the for-loop version
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=True)

@@ -75,7 +75,7 @@ class LightGCN(RecModel):
             raise ValueError("LightGCN needs the training interactions: build its DatasetInfo with from_split")
         d, self.n_layers, self.propagation = config["embedding_size"], config["n_layers"], config["propagation"]
         self.reads_item_table_whole = self.propagation == "step"
-        self.user_embedding = nn.Embedding(info.user_num, d)
+        self.user_embedding = self.user_table(info.user_num, d)
         self.item_embedding = self.item_table(info.item_num, d)
         nn.init.xavier_normal_(self.user_embedding.weight)
         nn.init.xavier_normal_(self.item_embedding.weight)

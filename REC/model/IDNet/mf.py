@@ -19,7 +19,7 @@ class MF(RecModel):
     def __init__(self, config, info: DatasetInfo):
         super().__init__(config, info)
         d, hidden = config["embedding_size"], list(config["mlp_hidden_size"])
-        self.user_embedding = nn.Embedding(info.user_num, d)
+        self.user_embedding = self.user_table(info.user_num, d)
         self.item_embedding = self.item_table(info.item_num, d)
         self.user_tower = mlp_layers([d, *hidden], config["dropout_prob"])
         self.item_tower = mlp_layers([d, *hidden], config["dropout_prob"])

@@ -5,7 +5,7 @@
     python -m bench.bench_item_table --model MF --items 400000 --users 10000,1000000 --embedding 256 --batch 1024
 
 Each setting builds the model from its shipped config (IDNet/<model>.yaml + overall/ID.yaml) for a catalogue of
-the given size (and ``--users`` users: the user table of MF and LightGCN grows with them), and times ``--steps``
+the given size (and ``--users`` users: MF's user table grows with them; LightGCN has bench_lightgcn), and times ``--steps``
 optimizer steps (after ``--warmup``) on random batches shaped as the model's training batches are: sequences of
 MAX_ITEM_LIST_LENGTH + 1 items with sampled negatives (NEXT_ITEM models), or (user, item, negative) triples (PAIR
 models); prints seconds per step, and the ratio of the largest setting's step to the smallest one's.
@@ -63,7 +63,7 @@ def main():
     p.add_argument("--length", type=int, default=10, help="MAX_ITEM_LIST_LENGTH (overall/ID.yaml's is 10)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--users", default="1000", help="user counts (the user table of MF and LightGCN)")
+    p.add_argument("--users", default="1000", help="user counts (the size of MF's user table)")
     p.add_argument("--updates", default="dense,sparse")
     args = p.parse_args()
     sizes = [(int(i), int(u)) for i in args.items.split(",") for u in args.users.split(",")]

@@ -92,7 +92,9 @@ def check_sparse_item_table(config: Config, model, devices: dist.DeviceSpec | No
     reads it whole gives a dense gradient, which DDP refuses for a sparse table), gradients that clipping can
     read, and a backend that all-reduces sparse tensors (gloo; NCCL cannot)."""
     where = f"{config.source_of('item_table_updates')}: key 'item_table_updates' = 'sparse'"
-    if not any(getattr(p, "_row_sparse_table", False) for p in model.parameters()):
+    # the item table itself: a sparse user table alone (a model whose items are covers or features) is not enough
+    items = getattr(model, "item_embedding", None)
+    if not (isinstance(items, torch.nn.Embedding) and getattr(items.weight, "_row_sparse_table", False)):
         what = "encodes its items from covers" if model.encodes_covers else "has no ID item table built by rows"
         raise ConfigError(f"{where}, but {config['model']} {what}; expected dense (the default)")
     if model.reads_item_table_whole or config["loss"] == "softmax":

@@ -118,9 +118,10 @@ class RecModel(nn.Module):
 
     def user_table(self, num: int, d: int, **kwargs) -> nn.Module:
         """The user table of a model that learns one vector per user (MF, LightGCN). ``item_table_updates:
-        sparse`` makes it row-sparse too where the item table is an ID table: a step then moves the rows of its
-        batch's users only, which is what makes such a step cost the batch (at Pixel8M's 8.9M users the dense
-        table's AdamW pass is most of the step). A PixelNet model keeps it dense, as it keeps its encoder."""
+        sparse`` makes it row-sparse too: a step then moves the rows of its batch's users only, which is what
+        makes such a step cost the batch (at Pixel8M's 8.9M users the dense table's AdamW pass is most of the
+        step). Read it by lookups only (``.weight`` gives a dense gradient, which DDP refuses for a sparse table).
+        A PixelNet model keeps it dense (the option is refused there: its items are covers)."""
         return _id_table(num, d, self._sparse_item_table and not self.encodes_covers, **kwargs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -5,10 +5,10 @@
     python -m bench.bench_item_table --model MF --items 400000 --users 10000,1000000 --embedding 256 --batch 1024
 
 Each setting builds the model from its shipped config (IDNet/<model>.yaml + overall/ID.yaml) for a catalogue of
-the given size (and ``--users`` users: MF's user table grows with them; LightGCN has bench_lightgcn), and times ``--steps``
-optimizer steps (after ``--warmup``) on random batches shaped as the model's training batches are: sequences of
-MAX_ITEM_LIST_LENGTH + 1 items with sampled negatives (NEXT_ITEM models), or (user, item, negative) triples (PAIR
-models); prints seconds per step, and the ratio of the largest setting's step to the smallest one's.
+the given size and ``--users`` users (MF's user table grows with them; LightGCN has bench_lightgcn), and times
+``--steps`` optimizer steps (after ``--warmup``) on random batches shaped as the model's training batches are:
+sequences of MAX_ITEM_LIST_LENGTH + 1 items with sampled negatives (NEXT_ITEM models), or (user, item, negative)
+triples (PAIR models); prints seconds per step, and the ratio of the largest setting's step to the smallest one's.
 """
 import argparse
 import time

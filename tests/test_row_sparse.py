@@ -8,6 +8,7 @@ from REC.model import create_model
 from REC.model.base import DatasetInfo
 from REC.trainer.optim import build_optimizer
 from REC.trainer.row_sparse import RowSparseAdamW
+from REC.utils.batch_keys import ITEMS, NEGATIVES, USER_ID
 
 from .conftest import ROOT, call_main, run_main, sasrec_args
 
@@ -77,8 +78,6 @@ def test_the_option_makes_the_user_table_sparse_too_and_a_step_moves_only_the_ba
     """MF and LightGCN learn a vector per user: with the option, a step moves the rows of its batch's users and
     items only (at millions of users the dense user table's AdamW pass would be the whole step); the default
     stays dense."""
-    from REC.utils.batch_keys import ITEMS, NEGATIVES, USER_ID
-
     files = [ROOT / "IDNet" / f"{name.lower()}.yaml", ROOT / "overall" / "ID.yaml"]
     users, items = torch.tensor([1, 1, 2, 4]), torch.tensor([1, 2, 3, 2])
     info = DatasetInfo.from_pairs(8, 6, users.numpy(), items.numpy())
@@ -105,7 +104,7 @@ def test_the_option_makes_the_user_table_sparse_too_and_a_step_moves_only_the_ba
 
 def test_a_pixelnet_model_keeps_its_user_table_dense():
     """PixelNet's items come from covers, so the option is refused there; its user table is not made sparse
-    behind the refusal's back (the refusal looks for a sparse ID table)."""
+    behind the refusal's back (the refusal looks at the item table, which here encodes covers)."""
     config = build_config([ROOT / "PixelNet" / "mf.yaml", ROOT / "overall" / "ViT.yaml"],
                           ["--item_table_updates=sparse", "--encoder_pretrained=false"])
     model = create_model(config["model"], config, DatasetInfo(8, 6, shapes_only=True))
